@@ -1,0 +1,1 @@
+"""Attune's service: the FastAPI app and the infrastructure it shares with the workers."""

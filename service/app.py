@@ -1,0 +1,92 @@
+"""The FastAPI application: routers, error rendering, and the per-process resources of the lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service import store as store_mod
+from service.embedded import EmbeddedRedis
+from service.errors import AttuneError
+from service.metrics import LatencyMiddleware
+from service.routes import admin, dashboard, events, gateway, health, profiles, stats
+from service.settings import Settings, get_settings
+
+log = logging.getLogger("attune.api")
+ROUTE_MODULES = (health, events, admin, profiles, gateway, stats, dashboard)
+
+DESCRIPTION = """Attune turns implicit role-play signals (repeats, reply lengths, reading and typing times,
+choices between alternatives) into per-user preference profiles, and conditions M2-her requests with them.
+
+Every `/v1/` call takes `Authorization: Bearer <key>`. Errors read
+`{"error": {"code": "snake_case", "message": "what to do"}}`."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        embedded = None
+        url = settings.redis_url
+        if not url:
+            embedded = EmbeddedRedis(settings.data_dir)
+            url = embedded.start()
+            log.warning("ATTUNE_REDIS_URL is unset: using the embedded Redis at %s", url)
+        client = store_mod.connect(url)
+        app.state.store = store_mod.Store(client, settings.partitions, settings.dedup_ttl_seconds)
+        app.state.stats = store_mod.StatsBuffer()
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                await stack.enter_async_context(app.state.stats.running(client))
+                for module in ROUTE_MODULES:
+                    if hasattr(module, "lifespan"):
+                        await stack.enter_async_context(module.lifespan(app))
+                yield
+        finally:
+            await client.aclose()
+            if embedded is not None:
+                embedded.stop()
+
+    app = FastAPI(title="Attune", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    for module in ROUTE_MODULES:
+        app.include_router(module.router)
+    app.add_middleware(LatencyMiddleware)
+
+    @app.exception_handler(AttuneError)
+    async def attune_error(_: Request, exc: AttuneError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        message = f"{where}: {first.get('msg', 'invalid')}" if where else "the request is invalid"
+        return JSONResponse({"error": {"code": "invalid_request", "message": message}}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse({"error": {"code": code, "message": str(exc.detail)}}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error: %s", type(exc).__name__)
+        return JSONResponse({"error": {"code": "internal_error", "message": "an unexpected error occurred; it was logged"}},
+                            status_code=500)
+
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory (attune serve): settings from the environment."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return create_app()

@@ -1,0 +1,143 @@
+"""API keys: creation (shown once, stored as a SHA-256 hash), checking, scopes, and FastAPI dependencies.
+
+A key reads `atk_<app>_<key_id>_<secret>`: the app and id locate the record without a scan, the
+secret (256 bits) is only ever stored hashed. The admin key comes from ATTUNE_ADMIN_KEY and is
+compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.errors import BadRequest, Forbidden, RateLimited, Unauthorized
+from service.settings import Settings
+from service.store import Store
+
+SCOPES = ("ingest", "read", "condition", "manage")
+APP_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+_KEY = re.compile(r"^atk_([a-z0-9][a-z0-9-]{0,63})_([0-9a-f]{12})_([0-9a-f]{64})$")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    app: str | None  # None: the admin key, not yet bound to an app
+    scopes: tuple[str, ...]
+    admin: bool = False
+    key_id: str | None = None
+
+    def has(self, scope: str) -> bool:
+        return self.admin or scope in self.scopes
+
+
+def check_app_name(app: str) -> str:
+    if not APP_NAME.match(app):
+        raise BadRequest(
+            f"app name {app[:80]!r} is invalid: use 1 to 64 lower-case letters, digits or '-', starting with a letter or digit",
+            code="invalid_app",
+        )
+    return app
+
+
+def check_scopes(scopes: list[str]) -> list[str]:
+    bad = [s for s in scopes if s not in SCOPES]
+    if not scopes or bad:
+        raise BadRequest(f"scopes must be a non-empty list from {', '.join(SCOPES)}; unknown: {bad}", code="invalid_scopes")
+    return sorted(set(scopes), key=SCOPES.index)
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+async def create_key(store: Store, app: str, scopes: list[str]) -> dict[str, object]:
+    app = check_app_name(app)
+    scopes = check_scopes(scopes)
+    key_id = secrets.token_hex(6)
+    secret = secrets.token_hex(32)
+    await store.save_key(app, key_id, {
+        "app": app, "scopes": ",".join(scopes), "hash": hash_secret(secret),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    })
+    return {"key": f"atk_{app}_{key_id}_{secret}", "key_id": key_id, "app": app, "scopes": scopes}
+
+
+def bearer(request: Request) -> str:
+    header = request.headers.get("authorization")
+    if not header:
+        raise Unauthorized("missing Authorization header; send 'Authorization: Bearer <key>'", code="missing_key")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("Authorization must read 'Bearer <key>'", code="malformed_authorization")
+    return token.strip()
+
+
+async def authenticate(request: Request, scope: str, cost: int = 1) -> Principal:
+    """Who is calling, with the scope checked and the call counted against the app's rate limit."""
+    settings: Settings = request.app.state.settings
+    store: Store = request.app.state.store
+    token = bearer(request)
+    admin = settings.admin_key.get_secret_value() if settings.admin_key else None
+    if admin and hmac.compare_digest(token.encode(), admin.encode()):
+        return _bind_admin(request)
+    m = _KEY.match(token)
+    if not m:
+        raise Unauthorized("unknown API key; create one with POST /v1/admin/apps/{app}/keys", code="invalid_key")
+    app, key_id, secret = m.groups()
+    check = await store.check_key(app, key_id, hash_secret(secret), max(1, cost))
+    if not check.valid:
+        raise Unauthorized("unknown or revoked API key", code="invalid_key")
+    if scope not in check.scopes:
+        raise Forbidden(
+            f"this key lacks the '{scope}' scope (it has: {', '.join(check.scopes)}); create a key with it",
+            code="missing_scope",
+        )
+    if check.used > settings.rate_limit_per_second:
+        raise RateLimited(
+            f"app {app!r} exceeded its rate limit of {settings.rate_limit_per_second} events per second; slow down",
+            retry_after=1,
+        )
+    return Principal(app=app, scopes=check.scopes, key_id=key_id)
+
+
+def _bind_admin(request: Request) -> Principal:
+    """The admin key acts on any app: it names one with X-Attune-App (or ?app=) on app routes."""
+    app = request.headers.get("x-attune-app") or request.query_params.get("app")
+    return Principal(app=check_app_name(app) if app else None, scopes=SCOPES, admin=True)
+
+
+def require_app(principal: Principal) -> str:
+    if principal.app is None:
+        raise BadRequest("the admin key acts on every app: name one with the X-Attune-App header", code="app_required")
+    return principal.app
+
+
+def scope(name: str):  # noqa: ANN201 - a FastAPI dependency factory
+    async def dependency(request: Request) -> Principal:
+        return await authenticate(request, name)
+
+    return dependency
+
+
+async def admin_only(request: Request) -> Principal:
+    settings: Settings = request.app.state.settings
+    token = bearer(request)
+    admin = settings.admin_key.get_secret_value() if settings.admin_key else None
+    if admin and hmac.compare_digest(token.encode(), admin.encode()):
+        return Principal(app=None, scopes=SCOPES, admin=True)
+    if _KEY.match(token):
+        raise Forbidden("this route needs the admin key (ATTUNE_ADMIN_KEY); app keys cannot use it", code="admin_only")
+    raise Unauthorized("unknown key; admin routes take the admin key (ATTUNE_ADMIN_KEY)", code="invalid_key")
+
+
+Admin = Annotated[Principal, Depends(admin_only)]
+Reader = Annotated[Principal, Depends(scope("read"))]
+Manager = Annotated[Principal, Depends(scope("manage"))]
+Conditioner = Annotated[Principal, Depends(scope("condition"))]

@@ -1,0 +1,43 @@
+"""Reading request bodies within limits: size checked while reading, gzip inflated with a cap."""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import orjson
+from fastapi import Request
+
+from service.errors import BadRequest, PayloadTooLarge
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit:
+        raise PayloadTooLarge(f"body of {int(length)} bytes exceeds the limit of {limit} bytes; split the batch")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes; split the batch")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "identity").lower()
+    if encoding == "gzip":
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            raw = inflater.decompress(raw, limit + 1)
+        except zlib.error as exc:
+            raise BadRequest(f"Content-Encoding is gzip but the body is not valid gzip: {exc}", code="invalid_gzip") from exc
+        if len(raw) > limit or inflater.unconsumed_tail:
+            raise PayloadTooLarge(f"the uncompressed body exceeds the limit of {limit} bytes; split the batch")
+    elif encoding not in ("identity", ""):
+        raise BadRequest(f"Content-Encoding {encoding!r} is not supported; send gzip or no encoding",
+                         code="unsupported_encoding")
+    if not raw:
+        raise BadRequest("the body is empty; send a JSON object", code="empty_body")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}", code="invalid_json") from exc

@@ -1,0 +1,77 @@
+"""Every Redis key Attune writes, in one place.
+
+Hash tags ({...}) keep what must change together in one Redis Cluster slot:
+- a stream partition and the dedup keys of the events it receives share `{p:N}`, so the ingest
+  script that checks an event id and appends the event is atomic on a cluster too;
+- all keys of one user share `{u:APP:USER}`, so a worker's per-user update is one atomic script;
+- an app's key records and its rate-limit counters share `{a:APP}`.
+Every key that holds app data carries the app name: one app never reads another's keys.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+PREFIX = "attune"
+
+
+def partition_of(app: str, user_id: str, partitions: int) -> int:
+    """Stable across processes and machines (not Python's salted hash())."""
+    return zlib.crc32(f"{app}\x00{user_id}".encode()) % partitions
+
+
+def stream(partition: int) -> str:
+    return f"{PREFIX}:{{p:{partition}}}:events"
+
+
+def dead_letters(partition: int) -> str:
+    return f"{PREFIX}:{{p:{partition}}}:dead"
+
+
+def dedup(partition: int, app: str, event_id: str) -> str:
+    return f"{PREFIX}:{{p:{partition}}}:seen:{app}:{event_id}"
+
+
+CONSUMER_GROUP = "attune-workers"
+
+
+def user_tag(app: str, user_id: str) -> str:
+    return f"{PREFIX}:{{u:{app}:{user_id}}}"
+
+
+def user_key(app: str, user_id: str, suffix: str) -> str:
+    return f"{user_tag(app, user_id)}:{suffix}"
+
+
+def app_users(app: str) -> str:
+    """Sorted set of an app's users, scored by last update (ms): the user search and counts."""
+    return f"{PREFIX}:app:{app}:users"
+
+
+def api_key(app: str, key_id: str) -> str:
+    return f"{PREFIX}:{{a:{app}}}:key:{key_id}"
+
+
+def app_keys(app: str) -> str:
+    return f"{PREFIX}:{{a:{app}}}:keys"
+
+
+def rate(app: str, second: int) -> str:
+    return f"{PREFIX}:{{a:{app}}}:rate:{second}"
+
+
+KEY_INDEX = f"{PREFIX}:keyindex"  # hash key_id -> app, so a key can be revoked by its id alone
+APPS = f"{PREFIX}:apps"  # set of app names
+WORKERS = f"{PREFIX}:workers"  # sorted set worker id -> last heartbeat (ms)
+
+
+def worker_info(worker_id: str) -> str:
+    return f"{PREFIX}:worker:{worker_id}"
+
+
+def stats_minute(app: str, minute: int) -> str:
+    """Per-app, per-minute counters (hash). Expire after STATS_TTL_SECONDS."""
+    return f"{PREFIX}:stats:{app}:m:{minute}"
+
+
+STATS_TTL_SECONDS = 8 * 86400

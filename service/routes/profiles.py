@@ -1,0 +1,5 @@
+"""(placeholder: filled by its issue)"""
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,53 @@
+"""Typed settings from environment variables; built by get_settings(), never at import."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every variable of the contract, plus the knobs operators may tune."""
+
+    model_config = SettingsConfigDict(env_prefix="ATTUNE_", extra="ignore", populate_by_name=True)
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    redis_url: str | None = None
+    data_dir: Path = Path("./var")
+    admin_key: SecretStr | None = None
+
+    minimax_api_key: SecretStr | None = Field(default=None, validation_alias="MINIMAX_API_KEY")
+    minimax_base_url: str = Field(default="https://api.minimax.io", validation_alias="MINIMAX_BASE_URL")
+
+    # Streams: a user always lands in the same partition (hash of app and user).
+    partitions: int = Field(default=16, ge=1, le=1024)
+    # Events older than this are rejected; dedup keys live one day longer, so an event can never be
+    # accepted a second time after its dedup key expired (it would be too old by then).
+    retention_days: int = Field(default=7, ge=1, le=365)
+    max_future_seconds: int = 24 * 3600
+    max_batch_events: int = 1000
+    max_body_bytes: int = 1024 * 1024
+    # Per-app budget, in events per second (a request without events costs one).
+    rate_limit_per_second: int = Field(default=50_000, ge=1)
+    # Workers: a worker whose heartbeat is older than this counts as dead.
+    worker_heartbeat_seconds: float = 15.0
+
+    @property
+    def dedup_ttl_seconds(self) -> int:
+        return (self.retention_days + 1) * 86400
+
+    def masked(self) -> dict[str, object]:
+        """A view safe for logs: secrets shown as set or unset only."""
+        out = self.model_dump()
+        for name in ("admin_key", "minimax_api_key"):
+            out[name] = "***" if getattr(self, name) else None
+        return out
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

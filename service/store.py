@@ -1,0 +1,255 @@
+"""The Redis store shared by the API and the workers: connection, Lua scripts, ingestion, key records.
+
+Every redis-py exception is translated here, in `_guard`, into StoreUnavailable (503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError, RedisError
+
+from service import keys
+from service.errors import StoreUnavailable
+
+T = TypeVar("T")
+
+# KEYS[1] stream, KEYS[2..] dedup keys; ARGV[1] ttl, ARGV[2..] payloads. One event: check + append, atomic.
+INGEST_LUA = """
+local out = {}
+for i = 2, #KEYS do
+  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[1]) then
+    redis.call('XADD', KEYS[1], '*', 'e', ARGV[i])
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
+"""
+
+# KEYS[1] key record, KEYS[2] this second's rate counter; ARGV: secret hash, cost.
+# The stored and given values are SHA-256 digests of a 256-bit secret: comparing digests leaks
+# nothing an attacker could use (a timing difference would reveal digest bytes, not the secret).
+AUTH_LUA = """
+local rec = redis.call('HMGET', KEYS[1], 'hash', 'scopes')
+if not rec[1] or rec[1] ~= ARGV[1] then return {0} end
+local n = redis.call('INCRBY', KEYS[2], ARGV[2])
+if n == tonumber(ARGV[2]) then redis.call('EXPIRE', KEYS[2], 3) end
+return {1, rec[2], n}
+"""
+
+
+class Script:
+    """EVALSHA with a fallback to loading the script (after a Redis restart or on a new node)."""
+
+    def __init__(self, source: str) -> None:
+        import hashlib  # noqa: PLC0415
+
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    def queue(self, pipe: Any, keys_: list[str], args: list[Any]) -> None:
+        pipe.evalsha(self.sha, len(keys_), *keys_, *args)
+
+    async def __call__(self, client: aioredis.Redis, keys_: list[str], args: list[Any]) -> Any:
+        try:
+            return await client.evalsha(self.sha, len(keys_), *keys_, *args)
+        except NoScriptError:
+            return await client.eval(self.source, len(keys_), *keys_, *args)
+
+
+INGEST = Script(INGEST_LUA)
+AUTH = Script(AUTH_LUA)
+
+
+async def _guard(awaitable: Awaitable[T]) -> T:
+    try:
+        return await awaitable
+    except (RedisError, OSError) as exc:
+        raise StoreUnavailable() from exc
+
+
+@dataclass(frozen=True, slots=True)
+class KeyCheck:
+    valid: bool
+    scopes: tuple[str, ...] = ()
+    used: int = 0
+
+
+def connect(url: str, **kw: Any) -> aioredis.Redis:
+    opts: dict[str, Any] = {"socket_timeout": 3.0, "socket_connect_timeout": 2.0, "health_check_interval": 30}
+    opts.update(kw)
+    return aioredis.from_url(url, **opts)
+
+
+class StatsBuffer:
+    """Per-process counters flushed to per-minute Redis hashes about once a second.
+
+    Counting in memory keeps the hot path free of an extra Redis round trip; a crash loses at most
+    the last second of dashboard figures, never an event.
+    """
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, int], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+
+    def add(self, app: str, field: str, n: int = 1, now: float | None = None) -> None:
+        minute = int((now or time.time()) // 60)
+        self._counts[(app, minute)][field] += n
+
+    def add_many(self, app: str, fields: Iterable[tuple[str, int]], now: float | None = None) -> None:
+        minute = int((now or time.time()) // 60)
+        bucket = self._counts[(app, minute)]
+        for field, n in fields:
+            bucket[field] += n
+
+    async def flush(self, client: aioredis.Redis) -> None:
+        if not self._counts:
+            return
+        counts, self._counts = self._counts, defaultdict(lambda: defaultdict(int))
+        pipe = client.pipeline(transaction=False)
+        for (app, minute), fields in counts.items():
+            key = keys.stats_minute(app, minute)
+            for field, n in fields.items():
+                pipe.hincrby(key, field, n)
+            pipe.expire(key, keys.STATS_TTL_SECONDS)
+            pipe.sadd(keys.APPS, app) if app != "_all" else None
+        try:
+            await pipe.execute()
+        except (RedisError, OSError):
+            # Put them back: figures are retried on the next flush rather than lost.
+            for (app, minute), fields in counts.items():
+                for field, n in fields.items():
+                    self._counts[(app, minute)][field] += n
+
+    @contextlib.asynccontextmanager
+    async def running(self, client: aioredis.Redis, every: float = 1.0) -> AsyncIterator[None]:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(every)
+                await self.flush(client)
+
+        task = asyncio.create_task(loop())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            with contextlib.suppress(Exception):
+                await self.flush(client)
+
+
+class Store:
+    def __init__(self, client: aioredis.Redis, partitions: int, dedup_ttl: int) -> None:
+        self.redis = client
+        self.partitions = partitions
+        self.dedup_ttl = dedup_ttl
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.redis.ping())
+        except (RedisError, OSError):
+            return False
+
+    async def ingest(self, app: str, events: list[dict[str, Any]]) -> list[bool]:
+        """Append events whose id this app has not sent before; True where appended, False for duplicates.
+
+        One script call per partition, all in one pipeline round trip. Each event's check and append
+        are atomic, so a crash or a lost connection never leaves an event half-written: a retry of
+        the batch counts what got in as duplicates and appends the rest.
+        """
+        groups: dict[int, list[int]] = defaultdict(list)
+        for i, ev in enumerate(events):
+            groups[keys.partition_of(app, ev["user_id"], self.partitions)].append(i)
+        order = list(groups.items())
+
+        def queue(pipe: Any) -> None:
+            for part, idx in order:
+                ks = [keys.stream(part)] + [keys.dedup(part, app, events[i]["event_id"]) for i in idx]
+                args = [self.dedup_ttl] + [orjson.dumps({"app": app, **events[i]}) for i in idx]
+                INGEST.queue(pipe, ks, args)
+
+        results = await _guard(self._run_scripts(queue, INGEST))
+        out = [False] * len(events)
+        for (_, idx), res in zip(order, results, strict=True):
+            for i, flag in zip(idx, res, strict=True):
+                out[i] = bool(flag)
+        return out
+
+    async def _run_scripts(self, queue: Any, script: Script) -> list[Any]:
+        pipe = self.redis.pipeline(transaction=False)
+        queue(pipe)
+        try:
+            return await pipe.execute()
+        except NoScriptError:
+            await self.redis.script_load(script.source)
+            pipe = self.redis.pipeline(transaction=False)
+            queue(pipe)
+            return await pipe.execute()
+
+    async def check_key(self, app: str, key_id: str, secret_hash: str, cost: int) -> KeyCheck:
+        now = int(time.time())
+        res = await _guard(AUTH(self.redis, [keys.api_key(app, key_id), keys.rate(app, now)], [secret_hash, cost]))
+        if not res or int(res[0]) != 1:
+            return KeyCheck(False)
+        scopes = res[1].decode() if isinstance(res[1], bytes) else (res[1] or "")
+        return KeyCheck(True, tuple(s for s in scopes.split(",") if s), int(res[2]))
+
+    async def charge(self, app: str, cost: int) -> int:
+        """Count cost against the app's budget for this second (the admin key's calls on an app)."""
+        key = keys.rate(app, int(time.time()))
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.incrby(key, cost)
+        pipe.expire(key, 3)
+        res = await _guard(pipe.execute())
+        return int(res[0])
+
+    async def save_key(self, app: str, key_id: str, record: dict[str, str]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(keys.api_key(app, key_id), mapping=record)
+        pipe.sadd(keys.app_keys(app), key_id)
+        pipe.hset(keys.KEY_INDEX, key_id, app)
+        pipe.sadd(keys.APPS, app)
+        await _guard(pipe.execute())
+
+    async def delete_key(self, key_id: str) -> str | None:
+        app = await _guard(self.redis.hget(keys.KEY_INDEX, key_id))
+        if app is None:
+            return None
+        app = app.decode()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.delete(keys.api_key(app, key_id))
+        pipe.srem(keys.app_keys(app), key_id)
+        pipe.hdel(keys.KEY_INDEX, key_id)
+        await _guard(pipe.execute())
+        return app
+
+    async def list_keys(self, app: str) -> list[dict[str, str]]:
+        ids = sorted(k.decode() for k in await _guard(self.redis.smembers(keys.app_keys(app))))
+        pipe = self.redis.pipeline(transaction=False)
+        for key_id in ids:
+            pipe.hgetall(keys.api_key(app, key_id))
+        records = await _guard(pipe.execute())
+        out = []
+        for key_id, rec in zip(ids, records, strict=True):
+            if rec:
+                d = {k.decode(): v.decode() for k, v in rec.items()}
+                out.append({"key_id": key_id, "app": app, "scopes": d.get("scopes", "").split(","),
+                            "created_at": d.get("created_at")})
+        return out
+
+    async def apps(self) -> list[str]:
+        return sorted(a.decode() for a in await _guard(self.redis.smembers(keys.APPS)))
+
+    async def workers_alive(self, within_seconds: float) -> int:
+        now_ms = int(time.time() * 1000)
+        return int(await _guard(self.redis.zcount(keys.WORKERS, now_ms - int(within_seconds * 1000), "+inf")))

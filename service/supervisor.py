@@ -1,0 +1,155 @@
+"""`make run` / `attune run`: embedded Redis, the M2-her stand-in, the API and one worker, as child processes.
+
+Ctrl-C or SIGTERM stops the children first (the API drains, the worker hands back its batch), then
+Redis, which flushes its append-only file. Works without a terminal: everything goes to stdout.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from service.embedded import EmbeddedRedis, EmbeddedRedisError
+from service.settings import get_settings
+
+GRACE_SECONDS = 15.0
+
+
+def say(line: str) -> None:
+    print(f"[attune] {line}", flush=True)
+
+
+def _die_with_parent() -> None:
+    """Children get SIGTERM if the supervisor itself is killed (Linux), so nothing is left running."""
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _admin_key(data_dir: Path) -> str:
+    """Generated once and kept under the data dir (mode 600), so the dashboard login survives restarts."""
+    path = data_dir / "admin.key"
+    if path.exists():
+        return path.read_text().strip()
+    key = "adm_" + secrets.token_urlsafe(32)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    return key
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_http(port: int, host: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+def main() -> int:
+    settings = get_settings()
+    env = dict(os.environ)
+    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+    embedded: EmbeddedRedis | None = None
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if stopping:  # a second Ctrl-C: stop at once
+            for _, p in children:
+                p.kill()
+            if embedded:
+                embedded.stop(timeout=2)
+            os._exit(130)
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    def spawn(name: str, module: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([sys.executable, "-m", module], env={**env, **(extra_env or {})},
+                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
+        children.append((name, proc))
+        return proc
+
+    try:
+        if not settings.redis_url:
+            embedded = EmbeddedRedis(settings.data_dir)
+            env["ATTUNE_REDIS_URL"] = embedded.start()
+            say(f"embedded Redis: {env['ATTUNE_REDIS_URL']} (data in {embedded.data_dir})")
+        else:
+            say("Redis: ATTUNE_REDIS_URL (external)")
+        admin = settings.admin_key.get_secret_value() if settings.admin_key else _admin_key(settings.data_dir)
+        env["ATTUNE_ADMIN_KEY"] = admin
+        if not settings.minimax_api_key:
+            port = _free_port()
+            standin = spawn("standin", "service.standin", {"ATTUNE_STANDIN_PORT": str(port)})
+            if not _wait_http(port, "127.0.0.1", standin, 30):
+                say("the M2-her stand-in did not start; see the lines above")
+                return 1
+            env["MINIMAX_BASE_URL"] = f"http://127.0.0.1:{port}"
+            say("!" * 72)
+            say("MINIMAX_API_KEY is unset: conditioned chats go to the OFFLINE M2-her STAND-IN")
+            say(f"at {env['MINIMAX_BASE_URL']}, not to MiniMax. Set MINIMAX_API_KEY for real replies.")
+            say("!" * 72)
+        api = spawn("api", "service")
+        spawn("worker", "workers")
+        if not _wait_http(settings.port, settings.host, api):
+            say("the API did not start; see the lines above")
+            return 1
+        base = f"http://{settings.host}:{settings.port}"
+        say(f"API:        {base}   (docs: {base}/docs)")
+        say(f"dashboard:  {base}/dashboard")
+        say(f"admin key:  {admin}")
+        say("Ctrl-C stops everything.")
+        while not stopping:
+            for name, proc in children:
+                if proc.poll() is not None:
+                    say(f"{name} exited with code {proc.returncode}; stopping everything")
+                    stopping = True
+                    break
+            time.sleep(0.2)
+        return 0
+    except EmbeddedRedisError as exc:
+        say(str(exc))
+        return 1
+    finally:
+        say("stopping ...")
+        for _, proc in reversed(children):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + GRACE_SECONDS
+        for name, proc in reversed(children):
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                say(f"{name} did not stop within {GRACE_SECONDS:.0f} s; killing it")
+                proc.kill()
+                proc.wait()
+        if embedded is not None:
+            embedded.stop()
+        say("stopped")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
