@@ -75,3 +75,33 @@ def stats_minute(app: str, minute: int) -> str:
 
 
 STATS_TTL_SECONDS = 8 * 86400
+
+
+# --- Aggregates for /v1/admin/stats and the dashboard -------------------------------------------
+# Per-minute counters live in the hash stats_minute(app, minute) (minute = epoch seconds // 60),
+# incremented through service.store.StatsBuffer (in memory, flushed about once a second). Fields:
+#   accepted:<type>, duplicate, rejected:<code>          API, POST /v1/events
+#   denoise:<step>                                       worker: events discounted, by denoising step
+#   worker:applied                                       worker: events applied to profiles
+#   replies:cond, replies:uncond, repeats:cond, repeats:uncond
+#                                                        worker: closed replies and their repeats,
+#                                                        conditioned (gateway/condition applied) or not
+#   ips:num, ips:den                                     worker: sums for the inverse-propensity estimate
+#                                                        (x1e6 integers) of the conditioned policy
+#   upstream:requests, upstream:error:<minimax code>, upstream:lat:<bucket ms>
+#                                                        gateway: calls to M2-her, errors, latency histogram
+# Profile distributions (current, not per minute) live in the hash profile_hist(app), kept up to
+# date incrementally by the worker (old bucket -1, new bucket +1 on every profile change):
+#   len:<bucket chars>, pacing:<label>, conf:<decile 0..9>, trust:<label>
+def profile_hist(app: str) -> str:
+    return f"{PREFIX}:app:{app}:profile_hist"
+
+
+def profile(app: str, user_id: str, character_id: str | None = None) -> str:
+    """The served profile document (JSON), per user and per user and character."""
+    return user_key(app, user_id, f"profile:c:{character_id}" if character_id else "profile")
+
+
+def deleted(app: str, user_id: str) -> str:
+    """Tombstone: epoch ms of the user's deletion; events received before it are never applied."""
+    return user_key(app, user_id, "deleted_at")
