@@ -77,9 +77,27 @@ def stats_minute(app: str, minute: int) -> str:
 STATS_TTL_SECONDS = 8 * 86400
 
 
+def stats_hour(app: str, hour: int) -> str:
+    """The same counters summed per hour (hour = epoch seconds // 3600), written by StatsBuffer.flush
+    alongside the minute hash, so windows over 6 h read at most 192 hashes instead of 11,520."""
+    return f"{PREFIX}:stats:{app}:h:{hour}"
+
+
+def dashboard_session(token_hash: str) -> str:
+    """An operator's dashboard session (hash, with a TTL); named by the SHA-256 of the cookie's token."""
+    return f"{PREFIX}:dash:session:{token_hash}"
+
+
+def login_failures(client_ip: str, minute: int) -> str:
+    """Wrong admin keys typed at the dashboard login, per client IP and minute (rate limit)."""
+    return f"{PREFIX}:dash:fail:{client_ip}:{minute}"
+
+
 # --- Aggregates for /v1/admin/stats and the dashboard -------------------------------------------
 # Per-minute counters live in the hash stats_minute(app, minute) (minute = epoch seconds // 60),
-# incremented through service.store.StatsBuffer (in memory, flushed about once a second). Fields:
+# incremented through service.store.StatsBuffer (in memory, flushed about once a second), which also
+# adds every count to the hour hash stats_hour(app, hour): writers must go through StatsBuffer (or
+# HINCRBY both hashes) for windows over 6 h to see their figures. Fields:
 #   accepted:<type>, duplicate, rejected:<code>          API, POST /v1/events
 #   denoise:<step>                                       worker: events discounted, by denoising step
 #   worker:applied                                       worker: events applied to profiles

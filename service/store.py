@@ -118,9 +118,12 @@ class StatsBuffer:
         pipe = client.pipeline(transaction=False)
         for (app, minute), fields in counts.items():
             key = keys.stats_minute(app, minute)
+            hour_key = keys.stats_hour(app, minute // 60)
             for field, n in fields.items():
                 pipe.hincrby(key, field, n)
+                pipe.hincrby(hour_key, field, n)
             pipe.expire(key, keys.STATS_TTL_SECONDS)
+            pipe.expire(hour_key, keys.STATS_TTL_SECONDS)
             pipe.sadd(keys.APPS, app) if app != "_all" else None
         try:
             await pipe.execute()
