@@ -60,6 +60,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     app.add_middleware(LatencyMiddleware)
 
+    def openapi() -> dict[str, object]:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi  # noqa: PLC0415
+
+            from service.schemas import event_components  # noqa: PLC0415
+
+            spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            spec.setdefault("components", {}).setdefault("schemas", {}).update(event_components())
+            spec["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+            spec["security"] = [{"bearer": []}]
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     @app.exception_handler(AttuneError)
     async def attune_error(_: Request, exc: AttuneError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)

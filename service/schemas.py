@@ -124,8 +124,7 @@ EVENTS_OPENAPI = {
         "required": True,
         "description": "A batch (up to 1000 events, 1 MiB; Content-Encoding: gzip accepted) or a single event.",
         "content": {"application/json": {
-            "schema": {"anyOf": [{"$ref": "#/components/schemas/Batch"}, {"$ref": "#/components/schemas/ReplyShown"},
-                                 {"$ref": "#/components/schemas/Repeat"}]},
+            "schema": {"anyOf": [{"$ref": "#/components/schemas/Batch"}, {"$ref": "#/components/schemas/Event"}]},
             "example": {"sent_at": "2026-11-25T10:00:00.120Z", "events": [
                 {"event_id": "6f1c0a", "type": "reply_shown", "user_id": "u1", "session_id": "s1", "character_id": "c7",
                  "reply_id": "r1", "timestamp": "2026-11-25T09:59:58.000Z", "reply": {"chars": 412}},
@@ -145,3 +144,17 @@ class KeyCreated(BaseModel):
     key_id: str
     app: str
     scopes: list[str]
+
+
+def event_components() -> dict[str, object]:
+    """The event schemas as OpenAPI components (the ingestion route parses its body itself)."""
+    from pydantic import TypeAdapter  # noqa: PLC0415
+
+    template = "#/components/schemas/{model}"
+    batch = Batch.model_json_schema(ref_template=template)
+    components: dict[str, object] = dict(batch.pop("$defs", {}))
+    components["Batch"] = batch
+    event = TypeAdapter(Event).json_schema(ref_template=template)
+    components.update(event.pop("$defs", {}))
+    components["Event"] = {**event, "title": "Event", "description": "One event; its type decides its own fields."}
+    return components
