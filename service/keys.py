@@ -123,3 +123,33 @@ def profile(app: str, user_id: str, character_id: str | None = None) -> str:
 def deleted(app: str, user_id: str) -> str:
     """Tombstone: epoch ms of the user's deletion; events received before it are never applied."""
     return user_key(app, user_id, "deleted_at")
+
+
+def user_state(app: str, user_id: str) -> str:
+    """The worker's learning state of one user (JSON): open and closed replies, counters, applied watermark."""
+    return user_key(app, user_id, "state")
+
+
+def user_recent(app: str, user_id: str) -> str:
+    """The user's last 50 replies (list of JSON, newest first): the evidence shown next to a profile."""
+    return user_key(app, user_id, "recent")
+
+
+def population(app: str) -> str:
+    """Population snapshot (JSON): priors, robust bot statistics, repeat-model coefficients; refreshed by workers."""
+    return f"{PREFIX}:app:{app}:population"
+
+
+def population_users(app: str) -> str:
+    """Hash user id -> JSON summary of that user's estimates, the sample priors are refreshed from."""
+    return f"{PREFIX}:app:{app}:popusers"
+
+
+def lease(partition: int) -> str:
+    """Which worker reads a partition now (value: worker id, with a TTL renewed by the heartbeat)."""
+    return f"{PREFIX}:{{p:{partition}}}:lease"
+
+
+def open_users(partition: int) -> str:
+    """Sorted set of app\x00user with open replies, scored by the wall-clock ms they are due to be closed."""
+    return f"{PREFIX}:{{p:{partition}}}:open"

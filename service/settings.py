@@ -35,6 +35,21 @@ class Settings(BaseSettings):
     rate_limit_per_second: int = Field(default=50_000, ge=1)
     # Workers: a worker whose heartbeat is older than this counts as dead.
     worker_heartbeat_seconds: float = 15.0
+    # Worker loop (workers/): entries per read, how long a read blocks, and the shutdown grace.
+    worker_name: str | None = None  # consumer name; default host:pid. Stable names drain their own pending first
+    worker_batch_size: int = Field(default=500, ge=1, le=10_000)
+    worker_block_ms: int = Field(default=100, ge=0)
+    worker_grace_seconds: float = 10.0
+    # A partition is read by one worker at a time (a lease renewed every heartbeat) so each user's events
+    # are applied in stream order; a dead worker's partitions are taken over when its lease expires.
+    worker_lease_seconds: float = 10.0
+    worker_dead_letter_deliveries: int = Field(default=5, ge=1)  # an entry delivered this often goes to dead letters
+    worker_trim_every_seconds: float = 5.0
+    # A reply is closed (answered / silent) once the user's event time passed it by this much, or when no event
+    # of the user arrived for this long (wall clock); later outcome events still amend it while it is remembered.
+    close_after: float = 120.0
+    # Population priors and the repeat model are republished this often (0: never; tests use it for determinism).
+    population_refresh_seconds: float = 30.0
 
     @property
     def dedup_ttl_seconds(self) -> int:

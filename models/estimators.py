@@ -1,0 +1,103 @@
+"""Posteriors behind a profile: preferred length on a grid, Beta arms for pacing, rates with intervals.
+
+Pure numpy. Every function takes the evidence as arrays and returns plain floats, so the worker can
+recompute a user's estimates from the replies it remembers (late events simply amend a reply).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# Grid over the preferred log length (about 40 to 4000 characters) and the tolerance (log-space width).
+MU_GRID = np.linspace(math.log(40), math.log(4000), 93)
+W_GRID = np.array([0.25, 0.4, 0.6, 0.9])
+DS_GRID = np.linspace(0.0, 1.0, 41)
+DS_W_GRID = np.array([0.12, 0.2, 0.35])
+REPEAT_SPAN = 0.85  # share of non-base repeats a far-off length can cause
+DIRECTION_SLOPE = 2.5  # how sharply a stop / continue says "too long" / "too short"
+# Likelihood tempering: the simulated and real users are not exactly this model; a power below one
+# keeps the posterior from being more certain than the evidence warrants (confidence stays calibrated).
+TEMPER = 0.8
+
+
+def _log_sigmoid(z: np.ndarray) -> np.ndarray:
+    return -np.logaddexp(0.0, -z)
+
+
+def length_posterior(
+    x: np.ndarray, repeat: np.ndarray, success: np.ndarray, direction: np.ndarray, weight: np.ndarray,
+    base_rate: float, prior_mu: float, prior_sd: float,
+    pairs: list[tuple[float, float, float]] | None = None,
+    grid: np.ndarray = MU_GRID, w_grid: np.ndarray = W_GRID,
+) -> np.ndarray:
+    """Posterior over MU_GRID (marginalised over the tolerance) of the user's preferred log length.
+
+    x: log chars of closed replies; repeat/success: weights of a repeat (or other failure) and of a success;
+    direction: +w for "too long" (stop, shortened edit), -w for "too short" (continue, lengthened edit);
+    weight: forgetting weight of each reply; pairs: (log chars kept, log chars passed over, weight).
+    """
+    mu = grid[:, None, None]
+    w = w_grid[None, :, None]
+    logp = -0.5 * ((grid - prior_mu) / prior_sd) ** 2
+    total = np.repeat(logp[:, None], len(w_grid), axis=1) - math.log(len(w_grid))
+    if len(x):
+        d = (x[None, None, :] - mu) / w
+        mismatch = 1.0 - np.exp(-0.5 * d * d)
+        b = min(max(base_rate, 0.01), 0.9)
+        p_rep = np.clip(b + (1 - b) * REPEAT_SPAN * mismatch, 1e-4, 1 - 1e-4)
+        ll = (weight * repeat)[None, None, :] * np.log(p_rep) + (weight * success)[None, None, :] * np.log1p(-p_rep)
+        dirw = weight * direction
+        if np.any(dirw):
+            ll = ll + np.abs(dirw)[None, None, :] * _log_sigmoid(np.sign(dirw)[None, None, :] * DIRECTION_SLOPE * d)
+        total = total + TEMPER * ll.sum(axis=2)
+    for kept, other, pw in pairs or ():
+        dk = (kept - grid[:, None]) / w_grid[None, :]
+        do = (other - grid[:, None]) / w_grid[None, :]
+        total = total + TEMPER * pw * _log_sigmoid(1.5 * (do * do - dk * dk) / 2)
+    total -= total.max()
+    post = np.exp(total).sum(axis=1)
+    return np.asarray(post / post.sum())
+
+
+def grid_summary(post: np.ndarray, tolerance: float = 0.25, level: float = 0.8) -> tuple[float, float, float, float]:
+    """(target chars, interval low, interval high, confidence) from a posterior over MU_GRID.
+
+    The target is the posterior median; confidence is the posterior probability that the true preferred
+    length lies within `tolerance` relative error of the target, which is what "right" means for a length.
+    """
+    cdf = np.cumsum(post)
+    med = float(np.interp(0.5, cdf, MU_GRID))
+    lo = float(np.interp((1 - level) / 2, cdf, MU_GRID))
+    hi = float(np.interp((1 + level) / 2, cdf, MU_GRID))
+    target = math.exp(med)
+    # |target - L| / L <= tol  <=>  L in [target / (1 + tol), target / (1 - tol)]
+    a, b = math.log(target / (1 + tolerance)), math.log(target / (1 - tolerance))
+    conf = float(np.interp(b, MU_GRID, cdf) - np.interp(a, MU_GRID, cdf))
+    return target, math.exp(lo), math.exp(hi), min(max(conf, 0.0), 1.0)
+
+
+def prob_best(alpha: np.ndarray, beta: np.ndarray, draws: int = 4000, seed: int = 7) -> np.ndarray:
+    """P(arm k has the highest success rate) under independent Beta posteriors (fixed seed: deterministic)."""
+    rng = np.random.default_rng(seed)
+    samples = rng.beta(alpha[:, None], beta[:, None], size=(len(alpha), draws))
+    wins = np.bincount(samples.argmax(axis=0), minlength=len(alpha))
+    return np.asarray(wins / draws)
+
+
+def beta_interval(a: float, b: float, level: float = 0.9) -> tuple[float, float]:
+    """Central credible interval of Beta(a, b) (normal approximation on the logit scale, clipped)."""
+    from scipy.stats import beta as beta_dist  # noqa: PLC0415 - scipy import is slow; only workers need it
+
+    lo, hi = beta_dist.ppf([(1 - level) / 2, (1 + level) / 2], a, b)
+    return float(lo), float(hi)
+
+
+def shrunk_mean(values: np.ndarray, weights: np.ndarray, prior_mean: float, prior_strength: float) -> tuple[float, float]:
+    """Weighted mean shrunk toward the prior with `prior_strength` pseudo-observations; (mean, evidence)."""
+    n = float(weights.sum())
+    if n <= 0:
+        return prior_mean, 0.0
+    mean = (float((values * weights).sum()) + prior_mean * prior_strength) / (n + prior_strength)
+    return mean, n
