@@ -1,0 +1,32 @@
+"""Settings come from the environment and never show their secrets."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from service.settings import Settings
+
+
+def test_contract_variables_and_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("ATTUNE_HOST", "ATTUNE_PORT", "ATTUNE_REDIS_URL", "ATTUNE_ADMIN_KEY", "MINIMAX_API_KEY", "MINIMAX_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    s = Settings()
+    assert (s.host, s.port, s.redis_url, s.minimax_base_url) == ("127.0.0.1", 8000, None, "https://api.minimax.io")
+    monkeypatch.setenv("ATTUNE_PORT", "9001")
+    monkeypatch.setenv("MINIMAX_BASE_URL", "https://api.minimaxi.com")
+    monkeypatch.setenv("ATTUNE_REDIS_URL", "redis://r:6379/0")
+    s = Settings()
+    assert (s.port, s.minimax_base_url, s.redis_url) == (9001, "https://api.minimaxi.com", "redis://r:6379/0")
+
+
+def test_secrets_never_reach_repr_or_logs(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("ATTUNE_ADMIN_KEY", "super-secret-admin-key")
+    monkeypatch.setenv("MINIMAX_API_KEY", "mm-secret-upstream-key")
+    s = Settings()
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("attune.test").info("settings: %s %r %s", s, s, s.masked())
+    text = caplog.text + repr(s) + str(s.masked())
+    assert "super-secret-admin-key" not in text and "mm-secret-upstream-key" not in text
+    assert s.admin_key is not None and s.admin_key.get_secret_value() == "super-secret-admin-key"

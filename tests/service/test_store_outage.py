@@ -1,0 +1,70 @@
+"""Redis unreachable: 503 with Retry-After, nothing half-written, and a retry completes the batch."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import uuid
+from pathlib import Path
+
+import httpx
+import orjson
+import redis
+
+from service import keys
+from service.embedded import EmbeddedRedis
+from tests.conftest import make_settings, start_api
+from tests.service.test_events import ev
+
+
+def _entries(client: redis.Redis) -> list[dict[str, object]]:
+    return [orjson.loads(f[b"e"]) for p in range(4) for _, f in client.xrange(keys.stream(p))]
+
+
+def test_redis_stopped_mid_traffic_gives_503_and_nothing_half_written(tmp_path: Path) -> None:
+    server = EmbeddedRedis(tmp_path / "redis")
+    url = server.start()
+    api_server, api = start_api(make_settings(url, tmp_path))
+    try:
+        key = api.app_key(("ingest",))
+        batches = [[ev(user=f"u{i % 7}", event_id=uuid.uuid4().hex) for i in range(50)] for _ in range(60)]
+
+        def send(batch: list[dict[str, object]]) -> int:
+            with httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {key}"}, timeout=20) as c:
+                r = c.post("/v1/events", json={"events": batch})
+                if r.status_code == 503:
+                    assert r.headers["Retry-After"] and r.json()["error"]["code"] == "store_unavailable"
+                return r.status_code
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(send, b) for b in batches]
+            futures[10].result()
+            server.stop()  # SIGTERM while requests are in flight
+            codes = [f.result() for f in futures]
+        assert 202 in codes and 503 in codes, codes
+        assert set(codes) <= {202, 503}
+
+        server = EmbeddedRedis(tmp_path / "redis")
+        server.start()
+        check = redis.Redis.from_url(url)
+        entries = _entries(check)
+        stored_ids = {e["event_id"] for e in entries}
+        assert len(entries) == len(stored_ids)  # no event twice
+        seen_keys = check.keys("attune:*:seen:*")
+        assert len(seen_keys) == len(entries)  # every dedup mark has its event and vice versa
+        for batch, code in zip(batches, codes, strict=True):
+            if code == 202:
+                assert {e["event_id"] for e in batch} <= stored_ids
+
+        # Retrying the refused batches: what got in counts as duplicates, the rest is appended once.
+        with httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {key}"}, timeout=20) as c:
+            for batch, code in zip(batches, codes, strict=True):
+                if code == 503:
+                    r = c.post("/v1/events", json={"events": batch})
+                    assert r.status_code == 202
+                    assert r.json()["accepted"] + r.json()["duplicates"] == len(batch)
+        final = _entries(check)
+        assert len(final) == len({e["event_id"] for e in final}) == sum(len(b) for b in batches)
+        check.close()
+    finally:
+        api_server.__exit__(None, None, None)
+        server.stop()
