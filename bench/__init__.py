@@ -1,0 +1,1 @@
+"""Benchmarks and the user simulator (run as scripts: `.venv/bin/python bench/simulate.py`)."""

@@ -1,0 +1,1 @@
+"""The user simulator: synthetic users with known preferences driving the real API, workers and gateway."""

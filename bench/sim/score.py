@@ -1,0 +1,88 @@
+"""Scoring served profiles against the truth, next to the naive baseline computed from the same replies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.sim.history import SHOWN_MEDIAN, ShownRecord
+from bench.sim.metrics import (
+    accuracy,
+    expected_calibration_error,
+    median_relative_error,
+    naive_length,
+    naive_pacing,
+    share,
+)
+from bench.sim.users import SimUser
+
+
+def _get(doc: dict[str, Any] | None, *path: str) -> Any:
+    cur: Any = doc
+    for p in path:
+        if not isinstance(cur, dict):
+            return None
+        cur = cur.get(p)
+    return cur
+
+
+def score(users: list[SimUser], profiles: dict[str, dict[str, Any] | None],
+          shown: dict[str, list[ShownRecord]]) -> dict[str, float]:
+    """One checkpoint's figures. Length and pacing figures cover honest users; bot figures cover everyone."""
+    humans = [u for u in users if not u.is_bot]
+    bots = [u for u in users if u.is_bot]
+    out: dict[str, float] = {}
+    served = [u for u in humans if profiles.get(u.user_id)]
+    out["served"] = len(served) / len(humans) if humans else float("nan")
+
+    naive_len = [naive_length([(r.chars, r.repeated) for r in shown[u.user_id]], SHOWN_MEDIAN) for u in humans]
+    truth_len = [u.preferred_chars for u in humans]
+    out["len_err_naive"] = median_relative_error(naive_len, truth_len)
+    naive_pace = [naive_pacing([(r.pacing, r.repeated) for r in shown[u.user_id]], "balanced") for u in humans]
+    out["pacing_acc_naive"] = accuracy(naive_pace, [u.pacing for u in humans])
+
+    # Attune: a user without a profile counts with the population default the app would fall back to.
+    est_len, pace, pace_conf, pace_ok, len_conf, len_ok = [], [], [], [], [], []
+    for u in humans:
+        doc = profiles.get(u.user_id)
+        target = _get(doc, "reply_length", "target_chars")
+        est_len.append(float(target) if isinstance(target, int | float) and target > 0 else SHOWN_MEDIAN)
+        label = _get(doc, "pacing", "label") or "balanced"
+        pace.append(label)
+        conf = _get(doc, "pacing", "confidence")
+        if isinstance(conf, int | float):
+            pace_conf.append(float(conf))
+            pace_ok.append(label == u.pacing)
+        interval = _get(doc, "reply_length", "interval")
+        lconf = _get(doc, "reply_length", "confidence")
+        if isinstance(interval, list) and len(interval) == 2 and isinstance(lconf, int | float):
+            len_conf.append(float(lconf))
+            len_ok.append(interval[0] <= u.preferred_chars <= interval[1])
+    out["len_err_attune"] = median_relative_error(est_len, truth_len)
+    out["len_ratio"] = out["len_err_attune"] / out["len_err_naive"] if out["len_err_naive"] else float("nan")
+    out["pacing_acc_attune"] = accuracy(pace, [u.pacing for u in humans])
+    out["ece_pacing"] = expected_calibration_error(pace_conf, pace_ok)
+    out["mean_conf_pacing"] = sum(pace_conf) / len(pace_conf) if pace_conf else float("nan")
+    out["ece_length"] = expected_calibration_error(len_conf, len_ok)
+    out["len_coverage"] = share(len_ok)
+    out["mean_conf_length"] = sum(len_conf) / len(len_conf) if len_conf else float("nan")
+    out["bots_caught"] = share([_get(profiles.get(u.user_id), "trust") == "suspect_bot" for u in bots])
+    out["honest_flagged"] = share([_get(profiles.get(u.user_id), "trust") == "suspect_bot" for u in humans])
+
+    # Diagnostics: where the error sits.
+    for name, group in (("curators", [u for u in humans if u.curator]),
+                        ("skewed_clock", [u for u in humans if abs(u.skew_ms) > 3_600_000]),
+                        ("short_pref", [u for u in humans if u.preferred_chars < 250]),
+                        ("long_pref", [u for u in humans if u.preferred_chars > 700])):
+        idx = [humans.index(u) for u in group]
+        out[f"len_err_attune[{name}]"] = median_relative_error([est_len[i] for i in idx], [truth_len[i] for i in idx])
+        out[f"len_err_naive[{name}]"] = median_relative_error([naive_len[i] for i in idx], [truth_len[i] for i in idx])
+        out[f"honest_flagged[{name}]"] = share(
+            [_get(profiles.get(humans[i].user_id), "trust") == "suspect_bot" for i in idx])
+    for p in ("slow_burn", "balanced", "fast"):
+        idx = [i for i, u in enumerate(humans) if u.pacing == p]
+        out[f"pacing_acc_attune[{p}]"] = accuracy([pace[i] for i in idx], [p] * len(idx))
+    if not served:  # nothing served: say so rather than score the fallback defaults
+        for k in list(out):
+            if "attune" in k or k in ("len_ratio", "bots_caught", "honest_flagged") or k.startswith("honest_flagged["):
+                out[k] = float("nan")
+    return out
