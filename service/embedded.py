@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
 
-import redis
 
 log = logging.getLogger("attune.embedded")
 
@@ -45,13 +45,15 @@ def url_for(data_dir: Path) -> str:
 
 
 def _answers(sock: Path) -> bool:
+    """PING over the unix socket with a plain socket: quick to fail (no client retries), and a server
+    still loading its append-only file (-LOADING) does not count as ready."""
     try:
-        client = redis.Redis(unix_socket_path=str(sock), socket_connect_timeout=0.5, socket_timeout=0.5)
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    except (redis.RedisError, OSError):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(0.5)
+            s.connect(str(sock))
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
         return False
 
 
