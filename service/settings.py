@@ -5,8 +5,27 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class UpstreamTimeout(BaseModel):
+    """M2-her timeouts in seconds (env ATTUNE_UPSTREAM_TIMEOUT as JSON, e.g. {"first_byte": 20})."""
+
+    model_config = ConfigDict(frozen=True)
+    connect: float = Field(default=5.0, gt=0)
+    first_byte: float = Field(default=60.0, gt=0)  # until the first event of the reply
+    idle: float = Field(default=30.0, gt=0)  # silence between two chunks of a streamed reply
+    pool: float = Field(default=5.0, gt=0)  # waiting for a free pooled connection
+
+
+class UpstreamRetry(BaseModel):
+    """Retries before the first byte reached the app (env ATTUNE_UPSTREAM_RETRY as JSON)."""
+
+    model_config = ConfigDict(frozen=True)
+    attempts: int = Field(default=3, ge=1, le=10)  # in all, the first try included
+    backoff: float = Field(default=0.25, ge=0)  # seconds, doubled per retry, full jitter
+    max_backoff: float = Field(default=4.0, ge=0)
 
 
 class Settings(BaseSettings):
@@ -22,6 +41,9 @@ class Settings(BaseSettings):
 
     minimax_api_key: SecretStr | None = Field(default=None, validation_alias="MINIMAX_API_KEY")
     minimax_base_url: str = Field(default="https://api.minimax.io", validation_alias="MINIMAX_BASE_URL")
+    upstream_timeout: UpstreamTimeout = UpstreamTimeout()
+    upstream_retry: UpstreamRetry = UpstreamRetry()
+    upstream_connections: int = Field(default=512, ge=1)  # pooled connections to M2-her per API process
 
     # Streams: a user always lands in the same partition (hash of app and user).
     partitions: int = Field(default=16, ge=1, le=1024)

@@ -1,5 +1,220 @@
-"""(placeholder: filled by its issue)"""
+"""The conditioning gateway: POST /v1/text/chatcompletion_v2, POST /v1/chat/completions, POST /v1/condition."""
 
-from fastapi import APIRouter
+from __future__ import annotations
 
-router = APIRouter()
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, FastAPI, Request, Response
+
+from models.conditioning import Decision
+from service import gateway as gw
+from service.auth import Conditioner, require_app
+from service.body import read_json
+from service.errors import BadRequest
+from service.metrics import UPSTREAM, UPSTREAM_ERRORS
+from service.settings import Settings
+from service.store import StatsBuffer
+from service.upstream import NATIVE_PATH, OPENAI_PATH, Stream, Upstream, UpstreamError
+
+log = logging.getLogger("attune.gateway")
+router = APIRouter(tags=["conditioning"])
+
+_ANSWERS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "bad body, no user, or M2-her rejected the parameters (2013)"}, 401: {}, 403: {},
+    429: {"description": "rate limited (Attune or M2-her)"},
+    502: {"description": "M2-her failed or could not be reached; the MiniMax code is kept"},
+    504: {"description": "M2-her sent no first byte in time"},
+}
+
+
+class Runtime:
+    """Per-process gateway resources, made in lifespan(): the pooled M2-her client and the recorder."""
+
+    def __init__(self, settings: Settings, app: FastAPI) -> None:
+        key = settings.minimax_api_key.get_secret_value() if settings.minimax_api_key else None
+        self.standin = key is None
+        self.upstream = Upstream(settings.minimax_base_url, key or "standin", settings.upstream_timeout,
+                                 settings.upstream_retry, settings.upstream_connections)
+        self.recorder = gw.Recorder(app.state.store)
+        self.rng = random.Random()
+        self.upstream_header = "standin" if self.standin else "minimax"
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    runtime = Runtime(settings, app)
+    if runtime.standin:
+        log.warning("!" * 72)
+        log.warning("MINIMAX_API_KEY is unset: chats go to the OFFLINE M2-her STAND-IN at %s, not to MiniMax;"
+                    " answers carry X-Attune-Upstream: standin", settings.minimax_base_url)
+        log.warning("!" * 72)
+    app.state.gateway = runtime
+    try:
+        async with runtime.recorder.running():
+            yield
+    finally:
+        await runtime.upstream.aclose()
+
+
+class Call:
+    """One gateway call, from the request to what was applied."""
+
+    __slots__ = ("app", "who", "prep", "decision", "body", "conditioned", "reply_id", "headers")
+
+    def __init__(self, app: str, who: tuple[str, str | None, str | None], prep: gw.Prepared,
+                 decision: Decision | None, conditioned: bool, runtime: Runtime) -> None:
+        self.app, self.who, self.prep, self.decision, self.conditioned = app, who, prep, decision, conditioned
+        self.body = gw.condition(prep.body, decision) if decision is not None else prep.body
+        self.reply_id = gw.new_reply_id()
+        version = decision.profile_version if decision is not None else None
+        self.headers = {"X-Attune-Reply-Id": self.reply_id,
+                        "X-Attune-Profile-Version": str(version) if version is not None else "none",
+                        "X-Attune-Conditioned": "true" if conditioned else "false",
+                        "X-Attune-Upstream": runtime.upstream_header}
+        if prep.dropped:
+            self.headers["X-Attune-Dropped"] = ",".join(prep.dropped)[:512]
+        if prep.adjusted:
+            self.headers["X-Attune-Adjusted"] = ",".join(prep.adjusted)[:512]
+
+
+async def _prepare(request: Request, principal: Any) -> Call:
+    app = require_app(principal)
+    runtime: Runtime = request.app.state.gateway
+    raw = await read_json(request, request.app.state.settings.max_body_bytes)
+    if not isinstance(raw, dict):
+        raise BadRequest("the body must be a JSON object like M2-her's: {\"model\", \"messages\", ...}",
+                         code="invalid_body")
+    who = gw.identify(request.headers, raw)
+    prep = gw.prepare(raw)
+    decision, conditioned = None, False
+    if request.headers.get("x-attune-conditioning", "").lower() != "off":
+        decision, conditioned = await gw.load_decision(request.app.state.store, app, who[0], who[1], runtime.rng)
+    return Call(app, who, prep, decision, conditioned, runtime)
+
+
+@router.post("/v1/condition", summary="Condition an M2-her body without forwarding it (apps that call M2-her themselves)",
+             responses={400: _ANSWERS[400], 401: {}, 403: {}})
+async def condition(request: Request, principal: Conditioner) -> Response:
+    call = await _prepare(request, principal)
+    out = {"reply_id": call.reply_id, "request": call.body,
+           "applied": call.decision.applied() if call.decision is not None else None,
+           "conditioned": call.conditioned}
+    return Response(orjson.dumps(out), media_type="application/json", headers=call.headers)
+
+
+@router.post(NATIVE_PATH, summary="M2-her's native chat route, conditioned (JSON or SSE as M2-her answers)",
+             responses=_ANSWERS)
+async def chat_native(request: Request, principal: Conditioner) -> Response:
+    return await _chat(request, principal, "native")
+
+
+@router.post(OPENAI_PATH, summary="OpenAI-compatible chat route, conditioned (JSON or SSE)", responses=_ANSWERS)
+async def chat_openai(request: Request, principal: Conditioner) -> Response:
+    return await _chat(request, principal, "openai")
+
+
+async def _chat(request: Request, principal: Any, route: str) -> Response:
+    call = await _prepare(request, principal)
+    runtime: Runtime = request.app.state.gateway
+    stats: StatsBuffer = request.app.state.stats
+    stats.add(call.app, "upstream:requests")
+    path = NATIVE_PATH if route == "native" else OPENAI_PATH
+    start = time.perf_counter()
+    try:
+        if call.prep.stream:
+            stream = await runtime.upstream.stream(path, call.body)
+        else:
+            raw, parsed = await runtime.upstream.complete(path, call.body)
+    except UpstreamError as exc:
+        _observe(stats, call.app, route, time.perf_counter() - start, exc)
+        body = exc.openai_body() if route == "openai" else exc.native_body()
+        headers = {**call.headers, **({"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else {})}
+        return Response(orjson.dumps(body), status_code=exc.status, media_type="application/json", headers=headers)
+    if not call.prep.stream:
+        _observe(stats, call.app, route, time.perf_counter() - start, None)
+        capture = gw.Capture()
+        capture.take_full(parsed)
+        runtime.recorder.record(call.app, gw.reply_shown(call.who, call.reply_id, capture, call.decision))
+        return Response(raw, media_type="application/json", headers=call.headers)
+    _observe(stats, call.app, route, stream.first_byte_s, None)
+    capture = gw.Capture()
+
+    def finished(disconnected: bool) -> None:
+        if capture.error is not None:
+            _count_error(stats, call.app, capture.error)
+        if capture.text() or not capture.error:
+            event = gw.reply_shown(call.who, call.reply_id, capture, call.decision,
+                                   "client_disconnected" if disconnected else None)
+            runtime.recorder.record(call.app, event)
+
+    headers = {**call.headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return SSEResponse(stream, gw.relay(stream.batches(), capture, route), headers, finished)
+
+
+def _observe(stats: StatsBuffer, app: str, route: str, seconds: float, err: UpstreamError | None) -> None:
+    UPSTREAM.labels(route, "error" if err else "ok").observe(seconds)
+    stats.add(app, f"upstream:lat:{gw.latency_bucket(seconds * 1000)}")
+    if err is not None:
+        _count_error(stats, app, err)
+
+
+def _count_error(stats: StatsBuffer, app: str, err: UpstreamError) -> None:
+    UPSTREAM_ERRORS.labels(str(err.minimax_code)).inc()
+    stats.add(app, f"upstream:error:{err.minimax_code}")
+
+
+class SSEResponse(Response):
+    """Passes the stream through as it arrives; a client that disconnects cancels the upstream request
+    at once (a watcher on `receive`), even while M2-her is silent."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, stream: Stream, chunks: AsyncIterator[bytes], headers: dict[str, str],
+                 on_end: Callable[[bool], None]) -> None:
+        self.stream, self.chunks, self.on_end = stream, chunks, on_end
+        self.status_code = 200
+        self.background = None
+        self.init_headers(headers)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        state = {"done": False, "disconnected": False}
+
+        async def watch() -> None:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    if not state["done"]:
+                        state["disconnected"] = True
+                        task.cancel()
+                    return
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            async for block in self.chunks:
+                await send({"type": "http.response.body", "body": block, "more_body": True})
+            state["done"] = True
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not state["disconnected"]:
+                raise
+            task.uncancel()
+        except OSError:  # the client went away while we wrote
+            state["disconnected"] = True
+        finally:
+            state["done"] = True
+            watcher.cancel()
+            with contextlib.suppress(Exception):
+                await self.chunks.aclose()  # type: ignore[attr-defined]
+            await self.stream.aclose()
+            self.on_end(state["disconnected"])

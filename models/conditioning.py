@@ -1,0 +1,158 @@
+"""A profile becomes conditioning: Thompson sampling over pacing arms and the length target, a short
+reader-preference note, a max_completion_tokens with headroom, and the propensity of what was chosen.
+
+Pacing is always sampled (that is how the bandit learns: a flat posterior spreads the choices, a
+peaked one exploits), mixed with a small uniform share so every arm keeps a propensity of at least
+EPSILON / 3 and inverse-propensity estimates stay bounded. The length is applied only when the
+profile's length confidence reaches MIN_LENGTH_CONFIDENCE: a wrong length target is costly, and the
+length estimate also learns from the natural spread of unconditioned lengths. With no profile the
+population prior (Beta(1, 1) per arm) is used, so a new user is explored from the first turn.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+from scipy.special import betainc
+
+PACING = ("slow_burn", "balanced", "fast")
+EPSILON = 0.05  # uniform share mixed into Thompson sampling: propensities >= EPSILON / 3
+MIN_LENGTH_CONFIDENCE = 0.3
+CHARS_PER_TOKEN = 4.0  # role-play English on M2-her; headroom covers the spread
+HEADROOM = 1.5  # max_completion_tokens leaves room above the target: cut replies read badly
+MIN_TARGET, MAX_TARGET = 40, 6000
+MAX_COMPLETION_TOKENS = 2048
+_GRID = np.linspace(0.0, 1.0, 1025)
+
+# The note says how to write, never who to be; every variant has the same shape and about the same
+# token count, so it costs the same few prompt tokens on every turn.
+NOTE_PREFIX = "Reader preferences (how to write, not who to be; stay in character)."
+PACING_NOTES = {
+    "slow_burn": "Pace: slow burn. Linger on atmosphere, feelings and small gestures; let events unfold gradually.",
+    "balanced": "Pace: balanced. Mix action, dialogue and description; move the story forward steadily.",
+    "fast": "Pace: fast. Keep it brisk: short sentences, quick action and dialogue; move events along.",
+}
+LENGTH_NOTE = "Length: about {n} characters."
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    pacing: str
+    target_chars: int | None
+    explored: bool
+    propensity: float
+    profile_version: int | None
+    note: str
+    max_completion_tokens: int | None
+
+    def applied(self) -> dict[str, Any]:
+        """What was applied, in the shape of /v1/condition's `applied` and a reply_shown's `conditioning`."""
+        return {"pacing": self.pacing, "target_chars": self.target_chars, "explored": self.explored,
+                "propensity": self.propensity, "profile_version": self.profile_version}
+
+
+def posterior_of(profile: dict[str, Any] | None) -> tuple[tuple[float, float], ...]:
+    """The Beta posterior of "not repeated" per arm, in PACING order; Beta(1, 1) where unknown."""
+    raw = ((profile or {}).get("pacing") or {}).get("posterior") or {}
+    out = []
+    for arm in PACING:
+        ab = raw.get(arm)
+        try:
+            a, b = float(ab[0]), float(ab[1])
+        except (TypeError, ValueError, IndexError, KeyError):
+            a, b = 1.0, 1.0
+        out.append((max(a, 1e-3), max(b, 1e-3)) if math.isfinite(a) and math.isfinite(b) else (1.0, 1.0))
+    return tuple(out)
+
+
+@lru_cache(maxsize=8192)
+def _thompson(posterior: tuple[tuple[float, float], ...]) -> tuple[float, ...]:
+    # P(arm i draws the largest sample) = sum over grid cells of P(X_i in cell) * prod_j P(X_j < cell mid).
+    cdfs = np.array([betainc(a, b, _GRID) for a, b in posterior])
+    mids = np.array([betainc(a, b, (_GRID[:-1] + _GRID[1:]) / 2) for a, b in posterior])
+    mass = np.diff(cdfs, axis=1)
+    probs = []
+    for i in range(len(posterior)):
+        others = np.prod(np.delete(mids, i, axis=0), axis=0)
+        probs.append(float(np.sum(mass[i] * others)))
+    total = sum(probs) or 1.0
+    return tuple(p / total for p in probs)
+
+
+def arm_probabilities(posterior: tuple[tuple[float, float], ...]) -> dict[str, float]:
+    """The probability that the policy (Thompson sampling mixed with EPSILON uniform) picks each arm."""
+    key = tuple((round(a, 3), round(b, 3)) for a, b in posterior)
+    ts = _thompson(key)
+    return {arm: (1 - EPSILON) * p + EPSILON / len(PACING) for arm, p in zip(PACING, ts, strict=True)}
+
+
+def sample_pacing(posterior: tuple[tuple[float, float], ...], rng: random.Random) -> tuple[str, bool, float]:
+    """(arm, explored, propensity): explored means the arm is not the unique best by posterior mean."""
+    if rng.random() < EPSILON:
+        arm = PACING[rng.randrange(len(PACING))]
+    else:
+        draws = [rng.betavariate(a, b) for a, b in posterior]
+        arm = PACING[draws.index(max(draws))]
+    means = [a / (a + b) for a, b in posterior]
+    best = max(means)
+    unique_best = [PACING[i] for i, m in enumerate(means) if m == best]
+    explored = not (len(unique_best) == 1 and unique_best[0] == arm)
+    return arm, explored, round(arm_probabilities(posterior)[arm], 6)
+
+
+def sample_target(reply_length: dict[str, Any] | None, rng: random.Random) -> int | None:
+    """A draw from the length posterior (log-normal from the ~90% interval), rounded to 10 chars; None if unsure."""
+    if not reply_length:
+        return None
+    try:
+        target = float(reply_length["target_chars"])
+        confidence = float(reply_length.get("confidence") or 0.0)
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not math.isfinite(target) or target <= 0 or confidence < MIN_LENGTH_CONFIDENCE:
+        return None
+    sigma = 0.05
+    interval = reply_length.get("interval")
+    if isinstance(interval, list | tuple) and len(interval) == 2:
+        try:
+            lo, hi = float(interval[0]), float(interval[1])
+            if 0 < lo < hi:
+                sigma = max(sigma, (math.log(hi) - math.log(lo)) / (2 * 1.645))
+        except (TypeError, ValueError):
+            pass
+    draw = math.exp(rng.gauss(math.log(target), min(sigma, 1.0)))
+    return int(min(MAX_TARGET, max(MIN_TARGET, round(draw / 10) * 10)))
+
+
+def max_tokens_for(target_chars: int) -> int:
+    return int(min(MAX_COMPLETION_TOKENS, max(16, math.ceil(target_chars * HEADROOM / CHARS_PER_TOKEN))))
+
+
+def render_note(pacing: str, target_chars: int | None) -> str:
+    parts = [NOTE_PREFIX, PACING_NOTES[pacing]]
+    if target_chars is not None:
+        parts.append(LENGTH_NOTE.format(n=target_chars))
+    return " ".join(parts)
+
+
+def decide(profile: dict[str, Any] | None, rng: random.Random) -> Decision:
+    """Sample the conditioning for one reply from the profile (None: the population prior)."""
+    arm, explored, propensity = sample_pacing(posterior_of(profile), rng)
+    target = sample_target((profile or {}).get("reply_length"), rng)
+    version = (profile or {}).get("version")
+    return Decision(
+        pacing=arm, target_chars=target, explored=explored, propensity=propensity,
+        profile_version=version if isinstance(version, int) and not isinstance(version, bool) else None,
+        note=render_note(arm, target), max_completion_tokens=max_tokens_for(target) if target else None,
+    )
+
+
+def approx_tokens(text: str) -> int:
+    """A tokenizer-free token estimate (words and punctuation marks), for budgeting the note."""
+    return len(re.findall(r"\w+|[^\w\s]", text))

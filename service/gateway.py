@@ -1,0 +1,345 @@
+"""The conditioning gateway's logic: who the user is, the M2-her body cleaned and conditioned, the reply
+captured on its way through, and the reply_shown Attune records for it (never the text).
+
+Routes live in service/routes/gateway.py; the M2-her client in service/upstream.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+import re
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from models.conditioning import Decision, decide
+from models.features import reply_features
+from service.errors import BadRequest
+from service.metrics import ATTRIBUTION_LOST
+from service.profiles import read_profile
+from service.store import Store
+from service.upstream import UpstreamError, base_resp_error
+
+log = logging.getLogger("attune.gateway")
+
+ROLES = ("system", "user_system", "group", "sample_message_user", "sample_message_ai", "user", "assistant")
+FORWARDED = ("model", "messages", "stream", "max_completion_tokens", "temperature", "top_p")
+MODEL = "M2-her"
+NOTE_NAME = "reader_preferences"
+PROFILE_TIMEOUT_S = 0.25  # a slow profile read must not hold a chat: fail open instead
+LAT_BUCKETS_MS = (50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)
+_ID = re.compile(r"^[A-Za-z0-9._:@\-]{1,128}$")
+
+
+@dataclass(slots=True)
+class Prepared:
+    body: dict[str, Any]  # what goes to M2-her (names are added by the client)
+    stream: bool
+    dropped: list[str]
+    adjusted: list[str]
+
+
+def identify(headers: Mapping[str, str], raw: dict[str, Any]) -> tuple[str, str | None, str | None]:
+    """(user, character, session) from the X-Attune-* headers or the OpenAI body field `user`."""
+    user = headers.get("x-attune-user") or raw.get("user")
+    if not user:
+        raise BadRequest("name the user: send the header X-Attune-User or the body field \"user\"",
+                         code="user_required")
+    out = []
+    for what, value in (("user", user), ("X-Attune-Character", headers.get("x-attune-character")),
+                        ("X-Attune-Session", headers.get("x-attune-session"))):
+        if value is not None and (not isinstance(value, str) or not _ID.match(value)):
+            raise BadRequest(f"{what} {str(value)[:60]!r} must be 1 to 128 letters, digits or . _ : @ -",
+                             code="invalid_id")
+        out.append(value)
+    return out[0], out[1], out[2]
+
+
+def _content(i: int, m: Any) -> dict[str, Any]:
+    if not isinstance(m, dict):
+        raise BadRequest(f"messages[{i}] must be an object with role and content", code="invalid_message")
+    role = m.get("role")
+    if role not in ROLES:
+        raise BadRequest(f"messages[{i}].role {str(role)[:40]!r} is not an M2-her role; use one of {', '.join(ROLES)}",
+                         code="invalid_message")
+    content = m.get("content")
+    if isinstance(content, list):  # OpenAI content parts: M2-her takes text only
+        texts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise BadRequest(f"messages[{i}].content: M2-her takes text only; send a string or text parts",
+                                 code="invalid_message")
+            texts.append(part["text"])
+        content = "".join(texts)
+    if not isinstance(content, str):
+        raise BadRequest(f"messages[{i}].content must be a string", code="invalid_message")
+    out = {"role": role, "content": content}
+    name = m.get("name")
+    if name is not None:
+        if not isinstance(name, str):
+            raise BadRequest(f"messages[{i}].name must be a string", code="invalid_message")
+        if name:
+            out["name"] = name
+    return out
+
+
+def _unit(body: dict[str, Any], field_: str, adjusted: list[str]) -> None:
+    """temperature and top_p live in (0, 1] on M2-her: above is clamped to 1, zero or below to 0.01."""
+    v = body.get(field_)
+    if v is None:
+        body.pop(field_, None)
+        return
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise BadRequest(f"{field_} must be a number in (0, 1], got {v!r}", code="invalid_parameter")
+    clamped = min(1.0, max(0.01, float(v)))
+    if clamped != v:
+        adjusted.append(f"{field_}={clamped:g}")
+    body[field_] = clamped
+
+
+def prepare(raw: Any) -> Prepared:
+    """The body M2-her takes: known fields only, roles checked, ranges clamped, max_tokens renamed."""
+    if not isinstance(raw, dict):
+        raise BadRequest("the body must be a JSON object like M2-her's: {\"model\", \"messages\", ...}",
+                         code="invalid_body")
+    messages = raw.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("messages must be a non-empty list of {role, content, name?}", code="invalid_body")
+    adjusted: list[str] = []
+    body: dict[str, Any] = {"model": raw.get("model") or MODEL, "messages": [_content(i, m) for i, m in enumerate(messages)]}
+    if body["model"] != MODEL:
+        raise BadRequest(f"model {str(body['model'])[:40]!r} is not served here; use {MODEL!r}", code="invalid_model")
+    stream = raw.get("stream", False)
+    if not isinstance(stream, bool):
+        raise BadRequest("stream must be true or false", code="invalid_parameter")
+    body["stream"] = stream
+    mt = raw.get("max_completion_tokens", raw.get("max_tokens"))
+    if mt is not None:
+        if isinstance(mt, bool) or not isinstance(mt, int | float) or not math.isfinite(mt) or int(mt) != mt:
+            raise BadRequest(f"max_completion_tokens must be a whole number from 1 to 2048, got {mt!r}",
+                             code="invalid_parameter")
+        clamped = min(2048, max(1, int(mt)))
+        if clamped != mt:
+            adjusted.append(f"max_completion_tokens={clamped}")
+        body["max_completion_tokens"] = clamped
+    for name in ("temperature", "top_p"):
+        body[name] = raw.get(name)
+        _unit(body, name, adjusted)
+    # `user` names the user to Attune; max_tokens was renamed; the rest M2-her does not take.
+    dropped = sorted(k for k in raw if k not in FORWARDED and k not in ("user", "max_tokens"))
+    return Prepared(body, stream, dropped, adjusted)
+
+
+def condition(body: dict[str, Any], decision: Decision) -> dict[str, Any]:
+    """The note goes in its own system message just before the last user turn, and the character's
+    system message stays as it is: the conversation before it stays byte-identical from turn to turn
+    (prompt caches keep working while the sampled note changes), and the note sits where a model
+    heeds it. max_completion_tokens never exceeds what the app asked for."""
+    messages = list(body["messages"])
+    note = {"role": "system", "name": NOTE_NAME, "content": decision.note}
+    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=len(messages))
+    messages.insert(last_user, note)
+    out = {**body, "messages": messages}
+    if decision.max_completion_tokens is not None:
+        asked = body.get("max_completion_tokens")
+        out["max_completion_tokens"] = min(asked, decision.max_completion_tokens) if asked else decision.max_completion_tokens
+    return out
+
+
+async def load_decision(store: Store, app: str, user: str, character: str | None,
+                        rng: random.Random) -> tuple[Decision | None, bool]:
+    """(decision, ok): ok False when the profile could not be read; the chat then goes out unconditioned."""
+    try:
+        profile = await asyncio.wait_for(read_profile(store, app, user, character), PROFILE_TIMEOUT_S)
+        return decide(profile, rng), True
+    except Exception as exc:  # noqa: BLE001 - fail open on anything: the chat matters more than the note
+        log.warning("conditioning skipped (fail open) for app %s: %s: %s", app, type(exc).__name__, exc)
+        return None, False
+
+
+def new_reply_id() -> str:
+    return "r" + uuid.uuid4().hex
+
+
+def latency_bucket(ms: float) -> str:
+    for b in LAT_BUCKETS_MS:
+        if ms <= b:
+            return str(b)
+    return "inf"
+
+
+# --- capture: the reply measured on its way through ------------------------------------------------
+@dataclass(slots=True)
+class Capture:
+    parts: list[str] = field(default_factory=list)
+    aggregate: str | None = None  # the native route's whole-reply chunk: a fallback, never appended
+    finish_reason: str | None = None
+    error: UpstreamError | None = None
+    saw_done: bool = False
+
+    def text(self) -> str:
+        return "".join(self.parts) if self.parts else (self.aggregate or "")
+
+    def take(self, payload: bytes) -> Any:
+        """Note what one SSE data payload carries; returns the parsed chunk (None for [DONE])."""
+        if payload == b"[DONE]":
+            self.saw_done = True
+            return None
+        try:
+            chunk = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return None
+        err = base_resp_error(chunk)
+        if err is not None:
+            self.error = err
+            return chunk
+        choices = chunk.get("choices") if isinstance(chunk, dict) else None
+        if choices and isinstance(choices, list) and isinstance(choices[0], dict):
+            choice = choices[0]
+            delta = choice.get("delta")
+            if isinstance(delta, dict):
+                piece = delta.get("content")
+                if isinstance(piece, str) and piece:
+                    self.parts.append(piece)
+            else:
+                message = choice.get("message")
+                if isinstance(message, dict) and isinstance(message.get("content"), str):
+                    self.aggregate = message["content"]
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+        return chunk
+
+    def take_full(self, parsed: dict[str, Any]) -> None:
+        choices = parsed.get("choices") or []
+        if choices and isinstance(choices[0], dict):
+            message = choices[0].get("message") or {}
+            if isinstance(message.get("content"), str):
+                self.aggregate = message["content"]
+            self.finish_reason = choices[0].get("finish_reason")
+
+
+def sse(payload: bytes) -> bytes:
+    return b"data: " + payload + b"\n\n"
+
+
+async def relay(batches: AsyncIterator[list[bytes]], capture: Capture, route: str) -> AsyncIterator[bytes]:
+    """SSE bytes for the app as they arrive; an error chunk ends the stream in the route's error shape."""
+    try:
+        async for batch in batches:
+            out = []
+            for payload in batch:
+                capture.take(payload)
+                if capture.error is not None:
+                    out.append(sse(orjson.dumps(error_chunk(capture.error, route))))
+                    yield b"".join(out)
+                    return
+                out.append(sse(payload))
+            yield b"".join(out)
+    except UpstreamError as exc:
+        capture.error = exc
+        yield sse(orjson.dumps(error_chunk(exc, route)))
+        return
+    if route == "openai" and not capture.saw_done:
+        yield b"data: [DONE]\n\n"  # OpenAI clients may wait for it; M2-her sends it only sometimes
+
+
+def error_chunk(err: UpstreamError, route: str) -> dict[str, Any]:
+    return err.openai_body() if route == "openai" else err.native_body()
+
+
+# --- attribution: reply_shown recorded by Attune itself ----------------------------------------------
+def reply_shown(app_user: tuple[str, str | None, str | None], reply_id: str, capture: Capture,
+                decision: Decision | None, finish_override: str | None = None) -> dict[str, Any]:
+    user, character, session = app_user
+    text = capture.text()
+    now = int(time.time() * 1000)
+    reply: dict[str, Any] = {"chars": len(text), **reply_features(text)}
+    finish = finish_override or capture.finish_reason or ("error" if capture.error else None)
+    if finish:
+        reply["finish_reason"] = finish
+    event: dict[str, Any] = {"type": "reply_shown", "event_id": f"gw-{reply_id}", "user_id": user,
+                             "reply_id": reply_id, "t": now, "rt": now, "reply": reply,
+                             "conditioning": decision.applied() if decision else None}
+    if session:
+        event["session_id"] = session
+    if character:
+        event["character_id"] = character
+    return event
+
+
+class Recorder:
+    """Appends gateway reply_shown events off the response path, batched, retried; losses are logged
+    and counted (attune_attribution_lost_total), never silent."""
+
+    RETRIES = 5
+    MAX_QUEUE = 100_000
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.queue: list[tuple[str, dict[str, Any]]] = []
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.recorded = 0
+        self.lost = 0
+
+    def record(self, app: str, event: dict[str, Any]) -> None:
+        if len(self.queue) >= self.MAX_QUEUE:
+            self._lose(1, "the attribution queue is full (Redis too slow or down)")
+            return
+        self.queue.append((app, event))
+        self.wake.set()
+
+    def _lose(self, n: int, why: str) -> None:
+        self.lost += n
+        ATTRIBUTION_LOST.inc(n)
+        log.error("lost %d gateway reply_shown event(s): %s", n, why)
+
+    async def _flush(self) -> None:
+        batch, self.queue = self.queue, []
+        by_app: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for app, ev in batch:
+            by_app[app].append(ev)
+        for app, events in by_app.items():
+            for attempt in range(self.RETRIES):
+                try:
+                    await self.store.ingest(app, events)
+                    self.recorded += len(events)
+                    break
+                except Exception as exc:  # noqa: BLE001 - retried, then counted as lost
+                    if attempt == self.RETRIES - 1:
+                        self._lose(len(events), f"{type(exc).__name__}: {exc}")
+                    else:
+                        await asyncio.sleep(0.1 * 2 ** attempt)
+
+    async def _loop(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            await self._flush()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Recorder]:
+        self.task = asyncio.create_task(self._loop())
+        try:
+            yield self
+        finally:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+            if self.queue:
+                await self._flush()
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        """Wait until everything queued so far is written (tests, shutdown)."""
+        deadline = time.monotonic() + timeout
+        while (self.queue or self.wake.is_set()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
