@@ -1,0 +1,476 @@
+"""A user's learning state: events in (joined by reply_id, denoised), replies closed, profile documents out.
+
+The state is a plain JSON-able dict the worker loads and stores atomically. Estimates are recomputed
+from the replies the state remembers (the last MAX_CLOSED, weighted by exponential forgetting), so a
+late or out-of-order event simply amends its reply and the result does not depend on batch boundaries.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from models import denoise, estimators
+from models.population import PACINGS, Population, repeat_probability
+
+MAX_CLOSED = 120
+MAX_RECENT = 50
+MAX_FINGERPRINTS = 200
+MAX_GAPS = 60
+FORGET = 0.97  # per reply, newest first: half-life of about 23 replies, so a changed taste wins in a few sessions
+CHARACTER_MIN_REPLIES = 12
+DECISIVE = {"repeat", "selected", "passed_over", "answered", "continue", "stop", "edit_shorter", "edit_longer",
+            "rating"}
+CHARS_PER_TOKEN = 3.6
+TOKEN_HEADROOM = 1.5
+
+
+def new_state() -> dict[str, Any]:
+    return {"v": 0, "wm": "0-0", "n": 0, "disc": {}, "replies": 0, "open": {}, "closed": [], "sess": {},
+            "max_t": 0, "fp": [], "msg": [0.0, 0.0], "beh": {"last_t": None, "gaps": [], "impl": 0, "judged": 0,
+                                                             "presses": 0},
+            "trust": "normal", "chars": [], "hist": []}
+
+
+def stream_id_gt(a: str, b: str) -> bool:
+    """Stream entry ids compare as (ms, seq) pairs."""
+    am, _, aseq = a.partition("-")
+    bm, _, bseq = b.partition("-")
+    return (int(am), int(aseq or 0)) > (int(bm), int(bseq or 0))
+
+
+class Applier:
+    """Applies one user's events to their state; collects counters for the caller (denoise steps, closed replies)."""
+
+    def __init__(self, state: dict[str, Any], population: Population, close_after_ms: int) -> None:
+        self.s = state
+        self.pop = population
+        self.close_after_ms = close_after_ms
+        self.discounted: dict[str, int] = {}
+        self.closed_now: list[dict[str, Any]] = []
+        self.amended_repeats: list[dict[str, Any]] = []
+        self.changed = False
+        self._closed_index = {r["id"]: r for r in state["closed"]}
+
+    def discount(self, step: str, n: int = 1) -> None:
+        self.discounted[step] = self.discounted.get(step, 0) + n
+        self.s["disc"][step] = self.s["disc"].get(step, 0) + n
+
+    def _reply(self, rid: str, create: bool = True) -> dict[str, Any] | None:
+        rec = self.s["open"].get(rid) or self._closed_index.get(rid)
+        if rec is None and create:
+            rec = {"id": rid, "t": None, "c": None, "o": []}
+            self.s["open"][rid] = rec
+        return rec
+
+    def apply(self, ev: Mapping[str, Any]) -> bool:
+        """Apply one event; False when it was discounted as a duplicate (nothing else changes)."""
+        s = self.s
+        fp = f"{ev['type']}|{ev.get('reply_id', ev.get('session_id', ''))}|{ev['t']}"
+        if fp in s["fp"]:
+            self.discount("duplicate")
+            return False
+        s["fp"].append(fp)
+        del s["fp"][:-MAX_FINGERPRINTS]
+        s["n"] += 1
+        self.changed = True
+        self._behaviour(ev["t"])
+        s["max_t"] = max(s["max_t"], ev["t"])
+        kind = ev["type"]
+        handler = getattr(self, "_on_" + kind, None)
+        if handler is not None:
+            handler(ev)
+        return True
+
+    def _behaviour(self, t: int) -> None:
+        beh = self.s["beh"]
+        if beh["last_t"] is not None:
+            beh["gaps"].append(abs(t - beh["last_t"]))
+            del beh["gaps"][:-MAX_GAPS]
+        beh["last_t"] = t
+
+    def _on_reply_shown(self, ev: Mapping[str, Any]) -> None:
+        rec = self._reply(ev["reply_id"])
+        assert rec is not None
+        reply = ev.get("reply") or {}
+        rec.update({"t": ev["t"], "c": reply.get("chars"), "ds": reply.get("dialogue_share"), "hk": reply.get("hook"),
+                    "qe": reply.get("question_end"), "fr": reply.get("finish_reason"),
+                    "ch": ev.get("character_id"), "s": ev.get("session_id")})
+        cond = ev.get("conditioning")
+        if cond and (cond.get("pacing") is not None or cond.get("target_chars") is not None):
+            rec["ap"] = {k: cond.get(k) for k in ("pacing", "target_chars", "explored", "propensity")}
+        self.s["replies"] += 1
+        sid = ev.get("session_id")
+        if sid:
+            prev = self.s["sess"].get(sid)
+            if prev is None:
+                rec["first"] = True
+            elif prev != rec["id"]:
+                prev_rec = self.s["open"].get(prev)
+                if prev_rec is not None and (prev_rec.get("t") or 0) <= ev["t"]:
+                    self._close(prev_rec)  # superseded by a later reply of the same session
+            self.s["sess"][sid] = rec["id"]
+            if len(self.s["sess"]) > 20:
+                del self.s["sess"][next(iter(self.s["sess"]))]
+
+    def _outcome(self, ev: Mapping[str, Any], what: str) -> dict[str, Any]:
+        rec = self._reply(ev["reply_id"])
+        assert rec is not None
+        rec["o"].append(what)
+        if rec.get("resp_t") is None or ev["t"] < rec["resp_t"]:
+            rec["resp_t"] = ev["t"]
+        return rec
+
+    def _on_repeat(self, ev: Mapping[str, Any]) -> None:
+        self.s["beh"]["presses"] += 1
+        rec = self._reply(ev["reply_id"])
+        assert rec is not None
+        if denoise.is_double_tap(rec.get("rt"), ev["t"]):
+            self.discount("double_tap")
+            return
+        rec["rt"] = ev["t"]
+        self._outcome(ev, "repeat")
+        self._maybe_close(rec)
+
+    def _on_reply_selected(self, ev: Mapping[str, Any]) -> None:
+        rec = self._outcome(ev, "selected")
+        rec["alts"] = [a for a in ev.get("alternatives", []) if a != rec["id"]]
+        for alt in rec["alts"]:
+            other = self._reply(alt)
+            assert other is not None
+            if "passed_over" not in other["o"]:
+                other["o"].append("passed_over")
+            self._maybe_close(other)
+        self._maybe_close(rec)
+
+    def _on_user_message(self, ev: Mapping[str, Any]) -> None:
+        rec = self._outcome(ev, "answered")
+        chars, compose = ev.get("chars") or 0, ev.get("compose_ms")
+        beh = self.s["beh"]
+        if compose is not None:
+            beh["judged"] += 1
+            if not denoise.typing_plausible(chars, compose):
+                beh["impl"] += 1
+                self.discount("implausible_typing")
+                compose = None
+            elif chars > 0:
+                m = self.s["msg"]
+                m[0] = m[0] * 0.95 + math.log(chars)
+                m[1] = m[1] * 0.95 + 1.0
+        if rec.get("t") is not None:
+            verdict = denoise.read_verdict(rec.get("c"), rec["t"], ev["t"], compose)
+            if verdict:
+                rec["bad"] = verdict
+                self.discount(verdict)
+                if verdict == "implausible_read":
+                    beh["impl"] += 1
+            beh["judged"] += 1
+        self._maybe_close(rec)
+
+    def _on_continue(self, ev: Mapping[str, Any]) -> None:
+        self._maybe_close(self._outcome(ev, "continue"))
+
+    def _on_stop(self, ev: Mapping[str, Any]) -> None:
+        rec = self._outcome(ev, "stop")
+        if ev.get("shown_chars") is not None:
+            rec["shown"] = ev["shown_chars"]
+        self._maybe_close(rec)
+
+    def _on_edit(self, ev: Mapping[str, Any]) -> None:
+        before, after = ev.get("chars_before") or 0, ev.get("chars_after") or 0
+        self._maybe_close(self._outcome(ev, "edit_shorter" if after < before else "edit_longer"))
+
+    def _on_rating(self, ev: Mapping[str, Any]) -> None:
+        rec = self._outcome(ev, "rating")
+        rec["rating"] = float(ev.get("value", 0.0))
+        self._maybe_close(rec)
+
+    def _on_session_end(self, ev: Mapping[str, Any]) -> None:
+        sid = ev.get("session_id")
+        for rec in list(self.s["open"].values()):
+            if rec.get("s") == sid and rec.get("t") is not None and rec["t"] <= ev["t"]:
+                self._close(rec)
+        self.s["sess"].pop(sid, None)
+
+    def _maybe_close(self, rec: dict[str, Any]) -> None:
+        # A decisive outcome closes a reply at once: what arrives later (a late repeat, a double tap) amends it.
+        if rec["id"] in self.s["open"]:
+            if rec.get("t") is not None and DECISIVE.intersection(rec["o"]):
+                self._close(rec)
+        elif "repeat" in rec["o"] and rec["o"].count("repeat") == 1 and rec["o"][-1] == "repeat":
+            self.amended_repeats.append(rec)  # a late repeat of a reply already closed as not repeated
+
+    def _close(self, rec: dict[str, Any]) -> None:
+        if self.s["open"].pop(rec["id"], None) is None:
+            return
+        self.s["closed"].append(rec)
+        self._closed_index[rec["id"]] = rec
+        self.closed_now.append(rec)
+        self.changed = True
+
+    def close_due(self, now_wall_ms: int | None = None, idle_since_ms: int | None = None) -> None:
+        """Close replies passed by the user's event time, or (sweep) all when the user has been idle long enough."""
+        limit = self.s["max_t"] - self.close_after_ms
+        idle = now_wall_ms is not None and idle_since_ms is not None and now_wall_ms - idle_since_ms >= self.close_after_ms
+        for rec in sorted(self.s["open"].values(), key=lambda r: r.get("t") or 0):
+            if idle or (rec.get("t") is not None and rec["t"] <= limit):
+                self._close(rec)
+            elif idle_since_ms is None and rec.get("t") is None and len(self.s["open"]) > 200:
+                self.s["open"].pop(rec["id"], None)  # outcomes whose reply never showed up: bounded memory
+        closed = self.s["closed"]
+        if len(closed) > MAX_CLOSED or self.closed_now:
+            closed.sort(key=lambda r: (r.get("t") or 0, r["id"]))
+            if len(closed) > MAX_CLOSED:
+                for gone in closed[:-MAX_CLOSED]:
+                    self._closed_index.pop(gone["id"], None)
+                del closed[:-MAX_CLOSED]
+
+
+# --- Estimation -------------------------------------------------------------------------------------
+def _repeat_count(rec: Mapping[str, Any]) -> float:
+    return 1.0 if "repeat" in rec["o"] else 0.0
+
+
+def _evidence(recs: list[dict[str, Any]], pop: Population, base_rate: float) -> dict[str, Any]:
+    """Per-reply weights shared by the estimators: forgetting, repeat and success weights, directions."""
+    n = len(recs)
+    forget = FORGET ** np.arange(n - 1, -1, -1, dtype=float) if n else np.zeros(0)
+    rep = np.zeros(n)
+    suc = np.zeros(n)
+    direction = np.zeros(n)
+    confounded = 0
+    curator = 0
+    cur_w = denoise.curator_weight(base_rate, pop.base_rate)
+    for i, r in enumerate(recs):
+        o = r["o"]
+        if "repeat" in o or (r.get("rating") is not None and r["rating"] < 0):
+            w = 1.0 if "repeat" in o else abs(r["rating"])
+            model = repeat_probability(pop.repeat_model, r)
+            if model is not None:
+                sw = denoise.surprise_weight(*model)
+                if sw < 0.8:
+                    confounded += 1
+                w *= sw
+            if cur_w < 1.0:
+                curator += 1
+            rep[i] = w
+        elif "passed_over" in o:
+            rep[i] = 0.5
+        else:
+            bad = r.get("bad")
+            answered = bool(set(o) & {"answered", "selected", "continue", "edit_shorter", "edit_longer", "rating"})
+            suc[i] = 0.3 if bad == "implausible_read" else (1.0 if answered else 0.6)
+        if "stop" in o:
+            direction[i] += 1.0
+        if "continue" in o:
+            direction[i] -= 1.0
+        if "edit_shorter" in o:
+            direction[i] += 0.5
+        if "edit_longer" in o:
+            direction[i] -= 0.5
+    return {"forget": forget, "rep": rep, "suc": suc, "dir": direction, "confounded": confounded, "curator": curator}
+
+
+def estimate(recs: list[dict[str, Any]], pop: Population, msg: list[float] | None = None,
+             prior: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """Every estimate of a profile from closed replies (oldest first); prior overrides the population's."""
+    n_rep = sum(_repeat_count(r) for r in recs)
+    ra, rb = pop.repeat_a + n_rep, pop.repeat_b + len(recs) - n_rep
+    base_rate = ra / (ra + rb)
+    ev = _evidence(recs, pop, base_rate)
+    forget = ev["forget"]
+
+    # Length: replies of known length; the user's own message lengths nudge the prior a little.
+    idx = [i for i, r in enumerate(recs) if r.get("c")]
+    x = np.log(np.array([max(recs[i]["c"], 1) for i in idx], dtype=float))
+    sel = np.array(idx, dtype=int)
+    prior_mu = prior["mu"] if prior else pop.mu
+    prior_sd = prior["mu_sd"] if prior else pop.mu_sd
+    if msg and msg[1] >= 3 and not prior:
+        # Users who like long replies write a little longer; weak evidence, a fraction of the prior's weight.
+        msg_mu = math.log(380.0) + 2.0 * (msg[0] / msg[1] - math.log(45.0))
+        k = min(msg[1], 20.0) / 20.0 * 0.25
+        prior_mu = (1 - k) * prior_mu + k * msg_mu
+    pairs = _pairs(recs)
+    post = estimators.length_posterior(
+        x, ev["rep"][sel] if len(sel) else np.zeros(0), ev["suc"][sel] if len(sel) else np.zeros(0),
+        ev["dir"][sel] if len(sel) else np.zeros(0), forget[sel] if len(sel) else np.zeros(0),
+        base_rate, prior_mu, prior_sd, pairs)
+    target, lo, hi, conf = estimators.grid_summary(post)
+    mu_mean = float((post * estimators.MU_GRID).sum())
+    mu_var = float((post * (estimators.MU_GRID - mu_mean) ** 2).sum())
+
+    # Pacing: Beta per arm from replies whose pacing is known; repeats explained by length count less.
+    alpha = np.array([pop.pacing_prior.get(p, [2.0, 1.0])[0] for p in PACINGS], dtype=float)
+    beta = np.array([pop.pacing_prior.get(p, [2.0, 1.0])[1] for p in PACINGS], dtype=float)
+    w_tol = 0.4
+    for i, r in enumerate(recs):
+        pacing = (r.get("ap") or {}).get("pacing")
+        if pacing not in PACINGS:
+            continue
+        k = PACINGS.index(pacing)
+        if ev["rep"][i] > 0:
+            explained = 0.0
+            if r.get("c"):
+                d = (math.log(max(r["c"], 1)) - mu_mean) / w_tol
+                mismatch = (1 - base_rate) * estimators.REPEAT_SPAN * (1 - math.exp(-0.5 * d * d))
+                explained = mismatch / (base_rate + mismatch)
+            beta[k] += forget[i] * ev["rep"][i] * (1 - explained)
+        else:
+            alpha[k] += forget[i] * min(ev["suc"][i], 1.0)
+    scores = estimators.prob_best(alpha, beta)
+    label = PACINGS[int(np.argmax(scores))]
+
+    # Style: dialogue share on a grid like length; hooks as "do hooked replies fare better".
+    ds_idx = [i for i, r in enumerate(recs) if r.get("ds") is not None]
+    if ds_idx:
+        d_sel = np.array(ds_idx, dtype=int)
+        ds_post = estimators.length_posterior(
+            np.array([recs[i]["ds"] for i in ds_idx], dtype=float), ev["rep"][d_sel], ev["suc"][d_sel],
+            np.zeros(len(ds_idx)), forget[d_sel], base_rate, prior["ds"] if prior else pop.ds,
+            prior["ds_sd"] if prior else pop.ds_sd, None, estimators.DS_GRID, estimators.DS_W_GRID)
+    else:
+        ds_post = np.exp(-0.5 * ((estimators.DS_GRID - pop.ds) / pop.ds_sd) ** 2)
+        ds_post /= ds_post.sum()
+    ds_value = float((ds_post * estimators.DS_GRID).sum())
+    ds_conf = float(ds_post[np.abs(estimators.DS_GRID - ds_value) <= 0.1].sum())
+    ha, hb = np.array([1.0, 1.0]), np.array([1.0, 1.0])
+    for i, r in enumerate(recs):
+        if r.get("hk") is None:
+            continue
+        j = 0 if r["hk"] else 1
+        ha[j] += forget[i] * min(ev["suc"][i], 1.0)
+        hb[j] += forget[i] * ev["rep"][i]
+    hook_value = estimators.prob_greater(ha[0], hb[0], ha[1], hb[1])
+
+    r_lo, r_hi = estimators.beta_interval(ra, rb)
+    return {
+        "target": target, "interval": (lo, hi), "len_conf": conf, "mu": mu_mean, "mu_var": mu_var,
+        "pacing_label": label, "pacing_scores": dict(zip(PACINGS, scores.tolist(), strict=True)),
+        "pacing_posterior": {p: [round(float(alpha[k]), 4), round(float(beta[k]), 4)] for k, p in enumerate(PACINGS)},
+        "ds": ds_value, "ds_conf": ds_conf, "hook": hook_value,
+        "repeat_rate": base_rate, "repeat_interval": (r_lo, r_hi),
+        "confounded": ev["confounded"], "curator": ev["curator"],
+    }
+
+
+def _pairs(recs: list[dict[str, Any]]) -> list[tuple[float, float, float]]:
+    by_id = {r["id"]: r for r in recs}
+    out = []
+    n = len(recs)
+    for i, r in enumerate(recs):
+        if not r.get("alts") or not r.get("c"):
+            continue
+        for alt in r["alts"]:
+            other = by_id.get(alt)
+            if other is not None and other.get("c"):
+                out.append((math.log(r["c"]), math.log(other["c"]), FORGET ** (n - 1 - i)))
+    return out
+
+
+def behaviour_features(state: Mapping[str, Any]) -> dict[str, float]:
+    beh = state["beh"]
+    gaps = beh["gaps"]
+    out: dict[str, float] = {"repeat_rate": beh["presses"] / max(1, state["replies"])}
+    if gaps:
+        out["log_min_gap"] = math.log(float(np.median(gaps)) + 1.0)
+        span_min = max(sum(g for g in gaps if g < 600_000) / 60_000, 0.5)
+        out["log_rate"] = math.log(len(gaps) / span_min)
+    if beh["judged"] >= 5:
+        out["implausible_share"] = beh["impl"] / beh["judged"]
+    return out
+
+
+# --- Documents ------------------------------------------------------------------------------------
+def render_conditioning(est: Mapping[str, Any], trust: str) -> dict[str, Any]:
+    """The short reader-preference note and token budget; only what is confident enough is said."""
+    parts = []
+    if trust == "normal":
+        if est["len_conf"] >= 0.4:
+            parts.append(f"replies of about {int(round(est['target'], -1))} characters")
+        if est["pacing_scores"][est["pacing_label"]] >= 0.5:
+            parts.append({"slow_burn": "slow-burn pacing: linger on moments, let tension build",
+                          "balanced": "balanced pacing", "fast": "fast pacing: move the story forward briskly"}
+                         [est["pacing_label"]])
+        if est["ds_conf"] >= 0.6:
+            parts.append("mostly dialogue" if est["ds"] >= 0.55 else "mostly narration" if est["ds"] <= 0.35
+                         else "a mix of dialogue and narration")
+        if est["hook"] >= 0.8:
+            parts.append("end on a hook")
+    instructions = ("Reader preference: " + "; ".join(parts) + ".") if parts else ""
+    tokens = int(math.ceil(est["target"] * TOKEN_HEADROOM / CHARS_PER_TOKEN))
+    return {"instructions": instructions, "max_completion_tokens": max(1, min(2048, tokens))}
+
+
+def profile_document(app: str, user_id: str, character_id: str | None, version: int, updated_at: str,
+                     state: Mapping[str, Any], est: Mapping[str, Any], replies: int, events_used: int) -> dict[str, Any]:
+    def r3(v: float) -> float:
+        return round(float(v), 3)
+
+    trust = state["trust"]
+    label = est["pacing_label"]
+    return {
+        "app": app, "user_id": user_id, "character_id": character_id, "version": version, "updated_at": updated_at,
+        "evidence": {"replies": replies, "events_used": events_used,
+                     "events_discounted": dict(sorted(state["disc"].items()))},
+        "reply_length": {"target_chars": int(round(est["target"])),
+                         "interval": [int(round(est["interval"][0])), int(round(est["interval"][1]))],
+                         "confidence": r3(est["len_conf"])},
+        "pacing": {"label": label, "scores": {k: r3(v) for k, v in est["pacing_scores"].items()},
+                   "confidence": r3(est["pacing_scores"][label]), "posterior": est["pacing_posterior"]},
+        "style": {"dialogue_share": {"value": r3(est["ds"]), "confidence": r3(est["ds_conf"])},
+                  "hooks": {"value": r3(est["hook"]), "confidence": r3(max(est["hook"], 1 - est["hook"]))}},
+        "engagement": {"repeat_rate": r3(est["repeat_rate"]),
+                       "repeat_rate_interval": [r3(est["repeat_interval"][0]), r3(est["repeat_interval"][1])]},
+        "trust": trust,
+        "conditioning": render_conditioning(est, trust),
+    }
+
+
+def hist_buckets(doc: Mapping[str, Any]) -> list[str]:
+    """The profile_hist fields this user-level profile counts in (see service/keys.py)."""
+    length = min(int(doc["reply_length"]["target_chars"]) // 100 * 100, 2000)
+    conf = min(9, int(doc["reply_length"]["confidence"] * 10))
+    return [f"len:{length}", f"pacing:{doc['pacing']['label']}", f"conf:{conf}", f"trust:{doc['trust']}"]
+
+
+def recent_items(state: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The last MAX_RECENT replies, newest first, as the dashboard and export show them."""
+    recs: Iterable[dict[str, Any]] = list(state["closed"]) + list(state["open"].values())
+    top = sorted(recs, key=lambda r: (r.get("t") or 0, r["id"]), reverse=True)[:MAX_RECENT]
+    out = []
+    for r in top:
+        item: dict[str, Any] = {"reply_id": r["id"], "t": r.get("t"), "chars": r.get("c"),
+                                "applied": r.get("ap"), "outcomes": list(r["o"])}
+        if r.get("ds") is not None:
+            item["dialogue_share"] = r["ds"]
+        if r.get("ch"):
+            item["character_id"] = r["ch"]
+        out.append(item)
+    return out
+
+
+def summary(state: Mapping[str, Any], est: Mapping[str, Any], features: Mapping[str, float]) -> dict[str, Any]:
+    """What the population refresh reads about this user."""
+    return {"mu": round(est["mu"], 4), "mu_var": round(est["mu_var"], 5), "ds": round(est["ds"], 4),
+            "rr": round(est["repeat_rate"], 4), "n": len(state["closed"]), "trust": state["trust"],
+            "f": {k: round(v, 4) for k, v in features.items()}}
+
+
+def characters_ready(state: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Closed replies per character, for characters with enough of them for a profile of their own."""
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in state["closed"]:
+        if r.get("ch"):
+            by.setdefault(r["ch"], []).append(r)
+    return {c: rs for c, rs in by.items() if len(rs) >= CHARACTER_MIN_REPLIES}
+
+
+def update_trust(state: dict[str, Any], pop: Population) -> dict[str, float]:
+    feats = behaviour_features(state)
+    if state["trust"] == "normal" and denoise.is_bot(feats, pop.norms, state["n"]):
+        state["trust"] = "suspect_bot"
+    return feats

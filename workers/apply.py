@@ -1,0 +1,319 @@
+"""Apply a batch of stream entries to per-user state: load, run the pure models, commit atomically per user.
+
+Exactly once: each user's state remembers the last stream entry id applied (a partition is read in
+order by one worker at a time, see consumer.py), and the commit is a compare-and-set on the state's
+version inside one Lua script over the user's hash-tagged keys. A redelivered entry is at or below the
+watermark and changes nothing; a commit that lost a race (a delete, a stale worker) is reloaded and redone.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
+
+from models import profile as pm
+from models.events import format_time
+from models.population import Population, RepeatModelTrainer
+from service import keys
+from service.store import Script, StatsBuffer
+from workers.errors import CommitConflict
+
+log = logging.getLogger("attune.worker")
+
+# KEYS: state, profile, recent, tombstone, then per-character profile keys.
+# ARGV: expected version, tombstone value seen at load ('' none), state, profile, n recent, recent..., char docs...
+# A version prefix on the state ("17|{...}") lets the script compare without decoding JSON.
+COMMIT_LUA = """
+local cur = redis.call('GET', KEYS[1])
+local v = 0
+if cur then v = tonumber(string.match(cur, '^(%d+)|')) end
+if v ~= tonumber(ARGV[1]) then return -1 end
+local del = redis.call('GET', KEYS[4]) or ''
+if del ~= ARGV[2] then return -2 end
+redis.call('SET', KEYS[1], ARGV[3])
+redis.call('SET', KEYS[2], ARGV[4])
+local n = tonumber(ARGV[5])
+redis.call('DEL', KEYS[3])
+if n > 0 then redis.call('RPUSH', KEYS[3], unpack(ARGV, 6, 5 + n)) end
+for i = 5, #KEYS do redis.call('SET', KEYS[i], ARGV[5 + n + i - 4]) end
+return 1
+"""
+COMMIT = Script(COMMIT_LUA)
+
+
+@dataclass
+class Entry:
+    partition: int
+    id: str
+    event: dict[str, Any] | None
+    problem: str | None = None
+
+
+@dataclass
+class UserWork:
+    app: str
+    user_id: str
+    partition: int
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (stream id, event), stream order
+    poison: dict[str, str] = field(default_factory=dict)  # stream id -> why applying it failed
+
+
+def parse(partition: int, entry_id: Any, fields: Any) -> Entry:
+    """A stream entry as an event, or with the reason it cannot be one (it goes to dead letters)."""
+    eid = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+    if not fields:
+        return Entry(partition, eid, None, "entry has no fields (trimmed or empty)")
+    raw = fields.get(b"e") if b"e" in fields else fields.get("e")
+    if raw is None:
+        return Entry(partition, eid, None, "entry has no 'e' field")
+    try:
+        ev = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return Entry(partition, eid, None, f"field 'e' is not JSON: {exc}")
+    if not isinstance(ev, dict):
+        return Entry(partition, eid, None, "field 'e' is not a JSON object")
+    for name, kind in (("app", str), ("user_id", str), ("type", str), ("t", int), ("rt", int)):
+        if not isinstance(ev.get(name), kind):
+            return Entry(partition, eid, None, f"event lacks a valid {name!r}")
+    if ev["type"] not in ("session_start", "session_end", "user_message") and not isinstance(ev.get("reply_id"), str):
+        return Entry(partition, eid, None, f"event of type {ev['type']!r} lacks reply_id")
+    return Entry(partition, eid, ev)
+
+
+def decode_state(raw: bytes | None) -> tuple[int, dict[str, Any]]:
+    if not raw:
+        return 0, pm.new_state()
+    head, _, body = raw.partition(b"|")
+    return int(head), orjson.loads(body)
+
+
+class Applier:
+    """Per-process: population snapshots per app, the repeat-model trainer, and the stats buffer."""
+
+    def __init__(self, client: aioredis.Redis, stats: StatsBuffer, close_after_s: float) -> None:
+        self.redis = client
+        self.stats = stats
+        self.close_after_ms = int(close_after_s * 1000)
+        self.populations: dict[str, Population] = {}
+        self.trainers: dict[str, RepeatModelTrainer] = {}
+        self.applied_total = 0
+
+    def population(self, app: str) -> Population:
+        pop = self.populations.get(app)
+        if pop is None:
+            pop = self.populations[app] = Population()
+        return pop
+
+    async def apply(self, work: list[UserWork], sweep: bool = False) -> dict[str, str]:
+        """Commit every user's events; returns {stream id: reason} of events that could not be applied (poison).
+
+        A poison event is skipped (the watermark passes it) and the user's other events are applied.
+        """
+        pending = list(work)
+        for _ in range(5):
+            if not pending:
+                break
+            pending = await self._round(pending, sweep)
+        if pending:
+            raise CommitConflict(f"{len(pending)} user updates kept conflicting; the batch will be redelivered")
+        return {sid: why for w in work for sid, why in w.poison.items()}
+
+    def _compute_isolating(self, w: UserWork, raw: bytes | None, tomb: bytes | None, now_ms: int,
+                           sweep: bool) -> dict[str, Any] | None:
+        try:
+            return self._compute(w, raw, tomb, now_ms, sweep)
+        except Exception:  # noqa: BLE001 - find the event that breaks it; the rest of the user must go on
+            log.exception("applying %d events of %s/%s failed; isolating the culprit", len(w.events), w.app, w.user_id)
+        for i in range(len(w.events)):
+            trial = UserWork(w.app, w.user_id, w.partition, w.events[: i + 1], dict(w.poison))
+            try:
+                self._compute(trial, raw, tomb, now_ms, sweep)
+            except Exception as exc:  # noqa: BLE001
+                w.poison[w.events[i][0]] = f"applying it raised {type(exc).__name__}: {exc}"[:500]
+        return self._compute(w, raw, tomb, now_ms, sweep)
+
+    async def _round(self, work: list[UserWork], sweep: bool) -> list[UserWork]:
+        pipe = self.redis.pipeline(transaction=False)
+        for w in work:
+            pipe.mget(keys.user_state(w.app, w.user_id), keys.deleted(w.app, w.user_id))
+        loaded = await pipe.execute()
+        now_ms = int(time.time() * 1000)
+        commits = []
+        for w, (raw, tomb) in zip(work, loaded, strict=True):
+            c = self._compute_isolating(w, raw, tomb, now_ms, sweep)
+            if c is not None:
+                commits.append(c)
+        if not commits:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for c in commits:
+            COMMIT.queue(pipe, c["keys"], c["args"])
+        try:
+            results = await pipe.execute()
+        except NoScriptError:
+            await self.redis.script_load(COMMIT.source)
+            pipe = self.redis.pipeline(transaction=False)
+            for c in commits:
+                COMMIT.queue(pipe, c["keys"], c["args"])
+            results = await pipe.execute()
+        retry = []
+        after = self.redis.pipeline(transaction=False)
+        for c, res in zip(commits, results, strict=True):
+            if int(res) != 1:
+                retry.append(c["work"])
+                continue
+            self._after_commit(after, c, now_ms)
+        await after.execute()
+        return retry
+
+    def _compute(self, w: UserWork, raw: bytes | None, tomb: bytes | None, now_ms: int, sweep: bool) -> dict[str, Any] | None:
+        version, state = decode_state(raw)
+        deleted_at = int(tomb) if tomb else None
+        pop = self.population(w.app)
+        ap = pm.Applier(state, pop, self.close_after_ms)
+        applied = skipped_deleted = 0
+        for sid, ev in w.events:
+            if not pm.stream_id_gt(sid, state["wm"]):
+                continue  # redelivered: already in this state
+            state["wm"] = sid
+            if sid in w.poison:
+                continue
+            if deleted_at is not None and ev["rt"] <= deleted_at:
+                skipped_deleted += 1
+                continue
+            if state["trust"] != "normal":
+                ap.discount("bot_suspect")
+            if ap.apply(ev):
+                applied += 1
+        if applied:
+            state["lw"] = now_ms
+        ap.close_due(now_ms if sweep else None, state.get("lw") if sweep else None)
+        if not ap.changed and not (applied or skipped_deleted):
+            return None
+        if raw is None and not applied:
+            # Only events of a deleted user (or nothing): keep nothing about them.
+            if skipped_deleted:
+                self.stats.add(w.app, "denoise:deleted", skipped_deleted)
+            return None
+        feats = pm.update_trust(state, pop)
+        est = state.get("est")
+        if ap.closed_now or ap.amended_repeats or est is None or "est_trust" not in state:
+            est = self._estimate(state, pop)
+        version += 1
+        updated = format_time(now_ms)
+        doc = pm.profile_document(w.app, w.user_id, None, version, updated, state, est, state["replies"], state["n"])
+        char_keys, char_docs = [], []
+        for cid, recs in pm.characters_ready(state).items():
+            cest = pm.estimate(recs, pop, prior={"mu": est["mu"], "mu_sd": 0.35, "ds": est["ds"], "ds_sd": 0.15})
+            cdoc = pm.profile_document(w.app, w.user_id, cid, version, updated, state, cest,
+                                       sum(1 for r in recs), state["n"])
+            char_keys.append(keys.profile(w.app, w.user_id, cid))
+            char_docs.append(orjson.dumps(cdoc))
+        if char_keys:
+            state["chars"] = sorted(set(state["chars"]) | {k.rsplit(":", 1)[1] for k in char_keys})
+        old_hist = state["hist"]
+        state["hist"] = pm.hist_buckets(doc)
+        state["sum"] = pm.summary(state, est, feats)
+        recent = [orjson.dumps(item) for item in pm.recent_items(state)]
+        body = str(version).encode() + b"|" + orjson.dumps(state, default=_default)
+        return {
+            "work": w, "state": state, "closed": ap.closed_now, "amended": ap.amended_repeats,
+            "discounted": ap.discounted, "applied": applied, "deleted": skipped_deleted,
+            "old_hist": old_hist, "new_hist": state["hist"], "has_open": bool(state["open"]),
+            "keys": [keys.user_state(w.app, w.user_id), keys.profile(w.app, w.user_id),
+                     keys.user_recent(w.app, w.user_id), keys.deleted(w.app, w.user_id), *char_keys],
+            "args": [version - 1, tomb.decode() if tomb else "", body, orjson.dumps(doc), len(recent), *recent,
+                     *char_docs],
+        }
+
+    def _estimate(self, state: dict[str, Any], pop: Population) -> dict[str, Any]:
+        est = pm.estimate(state["closed"], pop, state["msg"])
+        state["est"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in est.items()}
+        state["est_trust"] = state["trust"]
+        return state["est"]
+
+    def _after_commit(self, pipe: Any, c: dict[str, Any], now_ms: int) -> None:
+        w: UserWork = c["work"]
+        app = w.app
+        self.applied_total += c["applied"]
+        fields: list[tuple[str, int]] = [(f"denoise:{k}", n) for k, n in c["discounted"].items()]
+        if c["applied"]:
+            fields.append(("worker:applied", c["applied"]))
+        if c["deleted"]:
+            fields.append(("denoise:deleted", c["deleted"]))
+        trusted = c["state"]["trust"] == "normal"
+        trainer = self.trainers.get(app)
+        if trainer is None and trusted and c["closed"]:
+            trainer = self.trainers[app] = RepeatModelTrainer()
+        for rec in c["closed"]:
+            repeated = "repeat" in rec["o"]
+            arm = "cond" if rec.get("ap") else "uncond"
+            fields.append((f"replies:{arm}", 1))
+            if repeated:
+                fields.append((f"repeats:{arm}", 1))
+            ap = rec.get("ap") or {}
+            if arm == "cond" and not ap.get("explored") and ap.get("propensity"):
+                # Self-normalised IPS of the greedy (non-exploring) policy: sum(r / p) / sum(1 / p).
+                fields.append(("ips:num", int((0 if repeated else 1) / ap["propensity"] * 1e6)))
+                fields.append(("ips:den", int(1 / ap["propensity"] * 1e6)))
+            if trusted and trainer is not None and rec.get("t") is not None:
+                trainer.add(rec, repeated)
+        for rec in c["amended"]:
+            arm = "cond" if rec.get("ap") else "uncond"
+            fields.append((f"repeats:{arm}", 1))
+            ap = rec.get("ap") or {}
+            if arm == "cond" and not ap.get("explored") and ap.get("propensity"):
+                fields.append(("ips:num", -int(1 / ap["propensity"] * 1e6)))
+        if fields:
+            self.stats.add_many(app, fields)
+        hist = keys.profile_hist(app)
+        old, new = c["old_hist"], c["new_hist"]
+        if old != new:
+            for b in old:
+                if b not in new:
+                    pipe.hincrby(hist, b, -1)
+            for b in new:
+                if b not in old:
+                    pipe.hincrby(hist, b, 1)
+        pipe.zadd(keys.app_users(app), {w.user_id: now_ms})
+        pipe.hset(keys.population_users(app), w.user_id, orjson.dumps(c["state"]["sum"]))
+        member = f"{app}\x00{w.user_id}"
+        if c["has_open"]:
+            pipe.zadd(keys.open_users(w.partition), {member: now_ms + self.close_after_ms})
+        else:
+            pipe.zrem(keys.open_users(w.partition), member)
+
+
+def _default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"cannot store {type(obj).__name__} in a user state")
+
+
+def group(entries: list[Entry]) -> list[UserWork]:
+    """Entries by user, each user's in stream order (the order a partition was read in)."""
+    by: dict[tuple[str, str], UserWork] = {}
+    for e in entries:
+        if e.event is None:
+            continue
+        k = (e.event["app"], e.event["user_id"])
+        w = by.get(k)
+        if w is None:
+            w = by[k] = UserWork(k[0], k[1], e.partition)
+        w.events.append((e.id, e.event))
+    return list(by.values())
+
+
+def stats_by_app(entries: list[Entry]) -> dict[str, int]:
+    out: dict[str, int] = defaultdict(int)
+    for e in entries:
+        if e.event is not None:
+            out[e.event["app"]] += 1
+    return out

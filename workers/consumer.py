@@ -1,0 +1,338 @@
+"""The worker loop: partition leases, pending-first recovery, reading, acking, dead letters, trimming, sweeps.
+
+One worker reads a partition at a time (a lease with a TTL, renewed by the heartbeat), so each user's
+events are applied in stream order and "last applied entry id" is a sound idempotency watermark. Any
+number of workers may run: each takes a fair share of the partitions (ceil(partitions / alive workers)),
+and a dead worker's partitions are taken over when its lease expires. Taking over a partition first
+claims (XAUTOCLAIM) every entry still pending there and applies those before reading new ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import socket
+import time
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from models.population import Population, refresh
+from service import keys
+from service.settings import Settings
+from service.store import Script, StatsBuffer
+from workers.apply import Applier, Entry, UserWork, group, parse
+
+log = logging.getLogger("attune.worker")
+
+RENEW_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+RENEW = Script(RENEW_LUA)
+RELEASE = Script(RELEASE_LUA)
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Worker:
+    def __init__(self, settings: Settings, client: aioredis.Redis, worker_id: str | None = None) -> None:
+        self.settings = settings
+        self.redis = client
+        self.id = worker_id or settings.worker_name or f"{socket.gethostname()}:{os.getpid()}"
+        self.stats = StatsBuffer()
+        self.applier = Applier(client, self.stats, settings.close_after)
+        self.owned: set[int] = set()
+        self.recovered: set[int] = set()
+        self.stopping = asyncio.Event()
+        self.started_at = int(time.time() * 1000)
+        self._rate = (time.monotonic(), 0)
+        self.events_per_second = 0.0
+        self.dead_lettered = 0
+        self._last_trim = 0.0
+        self._last_sweep = 0.0
+        self._last_refresh = time.monotonic()
+        self._apps: set[str] = set()
+
+    # --- setup and leases ---------------------------------------------------------------------------
+    async def ensure_groups(self) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for p in range(self.settings.partitions):
+            pipe.xgroup_create(keys.stream(p), keys.CONSUMER_GROUP, id="0", mkstream=True)
+        for res in await pipe.execute(raise_on_error=False):
+            if isinstance(res, ResponseError) and "BUSYGROUP" not in str(res):
+                raise res
+
+    async def heartbeat(self) -> None:
+        """Announce this worker, renew owned leases, and take or give back partitions toward a fair share."""
+        now_ms = int(time.time() * 1000)
+        lease_ms = int(self.settings.worker_lease_seconds * 1000)
+        await self.redis.zadd(keys.WORKERS, {self.id: now_ms})
+        window = int(self.settings.worker_heartbeat_seconds * 1000)
+        alive = max(1, int(await self.redis.zcount(keys.WORKERS, now_ms - window, "+inf")))
+        share = math.ceil(self.settings.partitions / alive)
+        for p in sorted(self.owned):
+            if not int(await RENEW(self.redis, [keys.lease(p)], [self.id, lease_ms])):
+                log.warning("lost the lease of partition %d; another worker reads it now", p)
+                self.owned.discard(p)
+                self.recovered.discard(p)
+        while len(self.owned) > share:
+            p = max(self.owned)
+            self.owned.discard(p)
+            self.recovered.discard(p)
+            await RELEASE(self.redis, [keys.lease(p)], [self.id])
+            log.info("gave back partition %d (fair share %d with %d workers)", p, share, alive)
+        if len(self.owned) < share:
+            start = hash(self.id) % self.settings.partitions  # spread first picks across workers
+            for i in range(self.settings.partitions):
+                p = (start + i) % self.settings.partitions
+                if len(self.owned) >= share:
+                    break
+                if p not in self.owned and await self.redis.set(keys.lease(p), self.id, nx=True, px=lease_ms):
+                    self.owned.add(p)
+                    log.info("took partition %d (now %d of %d)", p, len(self.owned), self.settings.partitions)
+        t0, n0 = self._rate
+        now = time.monotonic()
+        if now - t0 >= 1.0:
+            self.events_per_second = (self.applier.applied_total - n0) / (now - t0)
+            self._rate = (now, self.applier.applied_total)
+        pending = 0
+        for p in self.owned:
+            info = await self.redis.xpending(keys.stream(p), keys.CONSUMER_GROUP)
+            pending += int(info.get("pending", 0) if isinstance(info, dict) else 0)
+        await self.redis.hset(keys.worker_info(self.id), mapping={
+            "pid": os.getpid(), "started_at": self.started_at, "applied_total": self.applier.applied_total,
+            "events_per_second": round(self.events_per_second, 1), "pending": pending, "last_seen": now_ms,
+            "partitions": ",".join(map(str, sorted(self.owned))), "dead_lettered": self.dead_lettered})
+        await self.redis.expire(keys.worker_info(self.id), int(self.settings.worker_heartbeat_seconds * 3) + 1)
+
+    async def release_all(self) -> None:
+        for p in sorted(self.owned):
+            await RELEASE(self.redis, [keys.lease(p)], [self.id])
+        self.owned.clear()
+        await self.redis.zrem(keys.WORKERS, self.id)
+        await self.redis.delete(keys.worker_info(self.id))
+
+    # --- reading ------------------------------------------------------------------------------------
+    async def recover(self, p: int) -> int:
+        """Claim every entry still pending in partition p (a previous reader died or left) and apply them first."""
+        stream, cursor, claimed = keys.stream(p), "0-0", 0
+        while True:
+            res = await self.redis.xautoclaim(stream, keys.CONSUMER_GROUP, self.id, min_idle_time=0,
+                                              start_id=cursor, count=self.settings.worker_batch_size)
+            cursor = _s(res[0])
+            claimed += len(res[1])
+            if cursor == "0-0":
+                break
+        done, after = 0, "0-0"
+        while not self.stopping.is_set():
+            res = await self.redis.xreadgroup(keys.CONSUMER_GROUP, self.id, {stream: after},
+                                              count=self.settings.worker_batch_size)
+            items = res[0][1] if res else []
+            if not items:
+                break
+            after = _s(items[-1][0])
+            done += await self.process({p: items}, from_pending=True)
+        self.recovered.add(p)
+        if claimed or done:
+            log.info("partition %d: recovered %d pending entries (%d claimed from others)", p, done, claimed)
+        return done
+
+    async def step(self) -> int:
+        """One round: recover new partitions, read and apply one batch, then housekeeping. Entries handled."""
+        for p in sorted(self.owned - self.recovered):
+            await self.recover(p)
+        owned = sorted(self.owned)
+        if not owned:
+            await asyncio.sleep(min(1.0, self.settings.worker_block_ms / 1000 or 0.05))
+            return 0
+        res = await self.redis.xreadgroup(
+            keys.CONSUMER_GROUP, self.id, {keys.stream(p): ">" for p in owned},
+            count=self.settings.worker_batch_size, block=self.settings.worker_block_ms or None)
+        batch: dict[int, list[Any]] = {}
+        for name, items in res or []:
+            p = int(_s(name).split("{p:")[1].split("}")[0])
+            batch[p] = items
+        n = await self.process(batch) if batch else 0
+        await self.housekeeping()
+        return n
+
+    async def process(self, batch: dict[int, list[Any]], from_pending: bool = False) -> int:
+        entries = [parse(p, eid, fields) for p, items in batch.items() for eid, fields in items]
+        dead: dict[str, tuple[int, str]] = {e.id: (e.partition, e.problem) for e in entries if e.problem}
+        if from_pending:
+            dead.update(await self._over_delivered(entries))
+        live = [e for e in entries if e.id not in dead]
+        work = group(live)
+        for w in work:
+            self._apps.add(w.app)
+        poison = await self.applier.apply(work)
+        for sid, why in poison.items():
+            part = next(e.partition for e in live if e.id == sid)
+            dead[sid] = (part, why)
+        pipe = self.redis.pipeline(transaction=True)
+        by_id = {e.id: e for e in entries}
+        for sid, (part, why) in dead.items():
+            raw = by_id[sid].event
+            pipe.xadd(keys.dead_letters(part), {"id": sid, "reason": why,
+                                                "e": orjson.dumps(raw) if raw is not None else b"",
+                                                "worker": self.id, "at": int(time.time() * 1000)},
+                      maxlen=100_000, approximate=True)
+        for p, items in batch.items():
+            if items:
+                pipe.xack(keys.stream(p), keys.CONSUMER_GROUP, *[eid for eid, _ in items])
+        await pipe.execute()
+        if dead:
+            self.dead_lettered += len(dead)
+            self.stats.add("_all", "worker:dead_letters", len(dead))
+            log.warning("dead-lettered %d entries: %s", len(dead), "; ".join(f"{k}: {v[1]}" for k, v in list(dead.items())[:3]))
+        return len(entries)
+
+    async def _over_delivered(self, entries: list[Entry]) -> dict[str, tuple[int, str]]:
+        """Pending entries already delivered too often (they crashed or stalled a worker each time)."""
+        limit = self.settings.worker_dead_letter_deliveries
+        out: dict[str, tuple[int, str]] = {}
+        by_part: dict[int, list[Entry]] = {}
+        for e in entries:
+            by_part.setdefault(e.partition, []).append(e)
+        for p, es in by_part.items():
+            rows = await self.redis.xpending_range(keys.stream(p), keys.CONSUMER_GROUP, min=es[0].id, max=es[-1].id,
+                                                   count=len(es) + 10, consumername=self.id)
+            for row in rows:
+                if int(row["times_delivered"]) > limit:
+                    sid = _s(row["message_id"])
+                    out[sid] = (p, f"delivered {int(row['times_delivered']) - 1} times without being acknowledged "
+                                   "(it crashed or stalled the worker applying it)")
+        return out
+
+    # --- housekeeping -------------------------------------------------------------------------------
+    async def housekeeping(self) -> None:
+        now = time.monotonic()
+        if now - self._last_sweep >= 1.0:
+            self._last_sweep = now
+            await self.sweep()
+        if now - self._last_trim >= self.settings.worker_trim_every_seconds:
+            self._last_trim = now
+            await self.trim()
+        every = self.settings.population_refresh_seconds
+        if every > 0 and now - self._last_refresh >= every:
+            self._last_refresh = now
+            await self.refresh_population()
+
+    async def sweep(self) -> int:
+        """Close replies of users idle for close_after (wall clock): their silence is now an outcome."""
+        now_ms = int(time.time() * 1000)
+        done = 0
+        for p in sorted(self.owned):
+            members = await self.redis.zrangebyscore(keys.open_users(p), "-inf", now_ms, start=0, num=200)
+            if not members:
+                continue
+            work = []
+            for m in members:
+                app, _, user = _s(m).partition("\x00")
+                work.append(UserWork(app, user, p))
+            await self.applier.apply(work, sweep=True)
+            done += len(work)
+        return done
+
+    async def trim(self) -> None:
+        """Drop entries every reader of the group is done with: below the oldest pending and last delivered ids."""
+        for p in sorted(self.owned):
+            stream = keys.stream(p)
+            groups = await self.redis.xinfo_groups(stream)
+            if len(groups) != 1:
+                continue  # another consumer group reads this stream too: never trim what it may still need
+            last = _s(groups[0]["last-delivered-id"])
+            summary = await self.redis.xpending(stream, keys.CONSUMER_GROUP)
+            low = _s(summary["min"]) if summary.get("pending") else None
+            if low is None:
+                ms, _, seq = last.partition("-")
+                minid = f"{ms}-{int(seq or 0) + 1}"
+            else:
+                minid = low
+            if minid != "0-1":
+                await self.redis.execute_command("XTRIM", stream, "MINID", minid)
+
+    async def refresh_population(self) -> None:
+        """Empirical Bayes: new priors from a sample of user summaries; merge this worker's repeat model."""
+        for app in sorted(self._apps):
+            raw = await self.redis.hrandfield(keys.population_users(app), 2000, withvalues=True)
+            rows = []
+            for i in range(1, len(raw or []), 2):
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    rows.append(orjson.loads(raw[i]))
+            cur_raw = await self.redis.get(keys.population(app))
+            current = Population.from_dict(orjson.loads(cur_raw)) if cur_raw else Population()
+            new = refresh(current, rows)
+            trainer = self.applier.trainers.get(app)
+            if trainer is not None:
+                new.repeat_model = trainer.export(current.repeat_model)
+            await self.redis.set(keys.population(app), orjson.dumps(new.to_dict()))
+            self.applier.populations[app] = new
+            log.info("population of %s refreshed from %d users: length prior %.0f chars (sd %.2f)",
+                     app, new.users, math.exp(new.mu), new.mu_sd)
+
+    async def load_populations(self) -> None:
+        if self.settings.population_refresh_seconds <= 0:
+            return
+        for app in await self.redis.smembers(keys.APPS):
+            raw = await self.redis.get(keys.population(_s(app)))
+            if raw:
+                self.applier.populations[_s(app)] = Population.from_dict(orjson.loads(raw))
+
+    # --- lifecycle ----------------------------------------------------------------------------------
+    async def run(self) -> None:
+        await self.ensure_groups()
+        await self.load_populations()
+        await self.heartbeat()
+        log.info("worker %s started: partitions %s of %d", self.id, sorted(self.owned), self.settings.partitions)
+        beat = asyncio.create_task(self._beat_loop())
+        try:
+            async with self.stats.running(self.redis):
+                while not self.stopping.is_set():
+                    try:
+                        await self.step()
+                    except (OSError, RedisError) as exc:
+                        log.warning("redis error (%s: %s); retrying in 1 s", type(exc).__name__, exc)
+                        await asyncio.sleep(1)
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await beat
+            with contextlib.suppress(Exception):
+                await self.release_all()
+            log.info("worker %s stopped: %d events applied, %d dead-lettered", self.id,
+                     self.applier.applied_total, self.dead_lettered)
+
+    async def _beat_loop(self) -> None:
+        every = max(0.2, min(2.0, self.settings.worker_lease_seconds / 4))
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.heartbeat()
+            except Exception as exc:  # noqa: BLE001 - a missed beat is logged, the next one retries
+                log.warning("heartbeat failed: %s", exc)
+
+    async def drain(self, max_rounds: int = 10_000) -> int:
+        """Tests and benchmarks: apply until every owned partition is empty and nothing is open but due."""
+        await self.ensure_groups()
+        await self.heartbeat()
+        total = 0
+        for _ in range(max_rounds):
+            n = await self.step()
+            total += n
+            if n == 0:
+                break
+        await self.stats.flush(self.redis)
+        return total
