@@ -37,7 +37,7 @@ def session(user: str, n: int, *, start: int = T0, pref: int = 600, seed: int = 
             out.append({"type": "repeat", "event_id": f"{rid}-x", "user_id": user, "reply_id": rid, "t": t, "rt": t})
         else:
             out.append({"type": "user_message", "event_id": f"{rid}-m", "user_id": user, "reply_id": rid, "t": t,
-                        "rt": t, "chars": 60, "compose_ms": 12_000})
+                        "rt": t, "chars": 60, "compose_ms": 4_000})
         t += 30_000
     return out
 

@@ -1,0 +1,206 @@
+"""The worker loop in-process against real Redis: exactly once, dead letters, deletes, takeover, trimming."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import redis
+
+from service import keys
+from service import store as store_mod
+from service.profiles import delete_user
+from service.settings import Settings
+from tests.conftest import make_settings
+from tests.workers.helpers import drain, ingest, run, session
+from workers.consumer import Worker
+
+
+def _settings(redis_url: str, tmp_path: Any, **kw: Any) -> Settings:
+    return make_settings(redis_url, tmp_path, worker_block_ms=0, population_refresh_seconds=0, **kw)
+
+
+def _profile(r: redis.Redis, user: str, app: str = "demo") -> dict[str, Any] | None:
+    raw = r.get(keys.profile(app, user))
+    return orjson.loads(raw) if raw else None
+
+
+def _strip(doc: dict[str, Any] | None) -> dict[str, Any] | None:
+    if doc is None:
+        return None
+    return {k: v for k, v in doc.items() if k not in ("version", "updated_at")}
+
+
+def test_profiles_are_learned_from_the_streams(redis_url: str, tmp_path: Any, redis_sync: redis.Redis) -> None:
+    s = _settings(redis_url, tmp_path)
+    run(ingest(s, "demo", session("long", 40, pref=900) + session("short", 40, pref=220, seed=3)))
+    assert run(drain(s)) == 160
+    long_, short = _profile(redis_sync, "long"), _profile(redis_sync, "short")
+    assert long_ and short
+    assert long_["reply_length"]["target_chars"] > 1.8 * short["reply_length"]["target_chars"]
+    assert long_["evidence"] == {"replies": 40, "events_used": 80, "events_discounted": {}}
+    assert set(long_["pacing"]["posterior"]) == {"slow_burn", "balanced", "fast"}
+    assert redis_sync.zcard(keys.app_users("demo")) == 2
+    assert redis_sync.llen(keys.user_recent("demo", "long")) == 40
+    hist = {k.decode(): int(v) for k, v in redis_sync.hgetall(keys.profile_hist("demo")).items()}
+    assert hist["trust:normal"] == 2 and sum(v for k, v in hist.items() if k.startswith("pacing:")) == 2
+    for p in range(s.partitions):  # consumed entries are trimmed once acknowledged
+        assert redis_sync.xlen(keys.stream(p)) == 0
+
+
+def test_redelivered_entry_changes_nothing(redis_url: str, tmp_path: Any, redis_sync: redis.Redis) -> None:
+    s = _settings(redis_url, tmp_path)
+    events = session("u1", 12)
+    run(ingest(s, "demo", events))
+    run(drain(s))
+    before = redis_sync.get(keys.user_state("demo", "u1"))
+    # The same entries delivered again (as after a crash between commit and XACK): same stream ids.
+    p = keys.partition_of("demo", "u1", s.partitions)
+    entries = redis_sync.xrange(keys.stream(p))
+    assert entries == []  # trimmed; re-append the originals under their old ids into a fresh stream
+
+    async def redeliver() -> None:
+        client = store_mod.connect(redis_url)
+        w = Worker(s, client, "again")
+        state = orjson.loads(before.partition(b"|")[2])
+        wm = state["wm"]
+        from workers.apply import UserWork  # noqa: PLC0415
+
+        work = UserWork("demo", "u1", p, [(wm, {**events[-1], "app": "demo"})])
+        await w.applier.apply([work])
+        await client.aclose()
+
+    run(redeliver())
+    assert redis_sync.get(keys.user_state("demo", "u1")) == before
+
+
+def test_duplicate_action_under_new_event_id_counts_once(redis_url: str, tmp_path: Any, redis_sync: redis.Redis) -> None:
+    s = _settings(redis_url, tmp_path)
+    events = session("u1", 10)
+    dup = {**events[1], "event_id": events[1]["event_id"] + "-retry"}
+    run(ingest(s, "demo", [*events, dup]))
+    run(drain(s))
+    doc = _profile(redis_sync, "u1")
+    assert doc is not None
+    assert doc["evidence"]["events_used"] == 20
+    assert doc["evidence"]["events_discounted"] == {"duplicate": 1}
+
+
+def test_double_tap_is_discounted(redis_url: str, tmp_path: Any, redis_sync: redis.Redis) -> None:
+    s = _settings(redis_url, tmp_path)
+    t = 1_764_000_000_000
+    evs = [{"type": "reply_shown", "event_id": "a", "user_id": "u", "reply_id": "r", "session_id": "s", "t": t,
+            "rt": t, "reply": {"chars": 300}},
+           {"type": "repeat", "event_id": "b", "user_id": "u", "reply_id": "r", "t": t + 5000, "rt": t},
+           {"type": "repeat", "event_id": "c", "user_id": "u", "reply_id": "r", "t": t + 5400, "rt": t}]
+    run(ingest(s, "demo", evs))
+    run(drain(s))
+    doc = _profile(redis_sync, "u")
+    assert doc is not None and doc["evidence"]["events_discounted"] == {"double_tap": 1}
+    recent = [orjson.loads(x) for x in redis_sync.lrange(keys.user_recent("demo", "u"), 0, -1)]
+    assert recent[0]["outcomes"] == ["repeat"]
+
+
+def test_poison_entry_goes_to_dead_letters_and_partition_flows(redis_url: str, tmp_path: Any,
+                                                                redis_sync: redis.Redis) -> None:
+    s = _settings(redis_url, tmp_path)
+    p = keys.partition_of("demo", "u1", s.partitions)
+    run(ingest(s, "demo", session("u1", 3)))
+    redis_sync.xadd(keys.stream(p), {"e": b"{not json"})
+    redis_sync.xadd(keys.stream(p), {"e": orjson.dumps({"app": "demo", "user_id": "u1", "type": "repeat", "t": "x"})})
+    run(ingest(s, "demo", session("u1", 6, prefix="later-", start=1_764_100_000_000)))
+    run(drain(s))
+    dead = redis_sync.xrange(keys.dead_letters(p))
+    assert len(dead) == 2
+    reasons = sorted(d[1][b"reason"].decode() for d in dead)
+    assert "not JSON" in reasons[1] and "'t'" in reasons[0]
+    doc = _profile(redis_sync, "u1")
+    assert doc is not None and doc["evidence"]["events_used"] == 18  # everything after the poison applied
+    assert redis_sync.xpending(keys.stream(p), keys.CONSUMER_GROUP)["pending"] == 0
+
+
+def test_entry_delivered_too_often_is_dead_lettered(redis_url: str, tmp_path: Any, redis_sync: redis.Redis) -> None:
+    s = _settings(redis_url, tmp_path, worker_dead_letter_deliveries=2)
+    run(ingest(s, "demo", session("u1", 2)))
+    p = keys.partition_of("demo", "u1", s.partitions)
+    redis_sync.xgroup_create(keys.stream(p), keys.CONSUMER_GROUP, id="0", mkstream=True)
+    for _ in range(3):  # three deliveries to a consumer that never acknowledged (it kept crashing)
+        redis_sync.xreadgroup(keys.CONSUMER_GROUP, "crashy", {keys.stream(p): "0" if _ else ">"}, count=1)
+    run(drain(s))
+    dead = redis_sync.xrange(keys.dead_letters(p))
+    assert len(dead) == 1 and b"delivered" in dead[0][1][b"reason"]
+    doc = _profile(redis_sync, "u1")
+    assert doc is not None and doc["evidence"]["events_used"] == 3
+
+
+def test_delete_while_events_are_queued_leaves_nothing(redis_url: str, tmp_path: Any, redis_sync: redis.Redis) -> None:
+    s = _settings(redis_url, tmp_path)
+    run(ingest(s, "demo", session("gone", 10)))
+    run(drain(s))
+    assert _profile(redis_sync, "gone") is not None
+    run(ingest(s, "demo", session("gone", 10, prefix="more-", start=1_764_100_000_000)))  # queued, not applied
+
+    async def delete() -> dict[str, Any]:
+        client = store_mod.connect(redis_url)
+        try:
+            return await delete_user(store_mod.Store(client, s.partitions, 86400), "demo", "gone", s.retention_days)
+        finally:
+            await client.aclose()
+
+    res = run(delete())
+    assert "profile" in res["removed"]["keys"] and res["removed"]["user_index"]
+    run(drain(s))
+    left = [k for k in redis_sync.keys("*gone*") if not k.endswith(b"deleted_at") and b":seen:" not in k]
+    assert left == []
+    assert redis_sync.zscore(keys.app_users("demo"), "gone") is None
+    assert redis_sync.hget(keys.population_users("demo"), "gone") is None
+    hist = {k.decode(): int(v) for k, v in redis_sync.hgetall(keys.profile_hist("demo")).items()}
+    assert all(v == 0 for v in hist.values())
+
+
+def test_takeover_claims_pending_entries_of_a_dead_worker(redis_url: str, tmp_path: Any,
+                                                          redis_sync: redis.Redis) -> None:
+    s = _settings(redis_url, tmp_path, worker_lease_seconds=0.3)
+    events = session("u1", 15)
+    run(ingest(s, "demo", events))
+
+    async def crash_midway() -> None:
+        client = store_mod.connect(redis_url)
+        w = Worker(s, client, "doomed")
+        await w.ensure_groups()
+        await w.heartbeat()
+        # Read a batch and die before applying or acknowledging it.
+        await client.xreadgroup(keys.CONSUMER_GROUP, "doomed", {keys.stream(p): ">" for p in w.owned}, count=7)
+        await client.aclose()
+
+    run(crash_midway())
+    redis_sync.zrem(keys.WORKERS, "doomed")
+    run(asyncio.sleep(0.4))  # its leases expire
+    run(drain(s, "heir"))
+    doc = _profile(redis_sync, "u1")
+    assert doc is not None and doc["evidence"]["events_used"] == 30
+    p = keys.partition_of("demo", "u1", s.partitions)
+    assert redis_sync.xpending(keys.stream(p), keys.CONSUMER_GROUP)["pending"] == 0
+
+
+def test_fair_share_of_partitions_between_workers(redis_url: str, tmp_path: Any, redis_sync: redis.Redis) -> None:
+    s = _settings(redis_url, tmp_path)
+
+    async def two() -> tuple[set[int], set[int]]:
+        c1, c2 = store_mod.connect(redis_url), store_mod.connect(redis_url)
+        a, b = Worker(s, c1, "a"), Worker(s, c2, "b")
+        await a.ensure_groups()
+        await a.heartbeat()
+        await b.heartbeat()
+        await a.heartbeat()  # a sees two workers now and gives back the extra partitions
+        await b.heartbeat()
+        owned = (set(a.owned), set(b.owned))
+        await a.release_all()
+        await b.release_all()
+        await c1.aclose()
+        await c2.aclose()
+        return owned
+
+    oa, ob = run(two())
+    assert not oa & ob and len(oa | ob) == s.partitions and len(oa) == len(ob) == s.partitions // 2

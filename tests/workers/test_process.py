@@ -1,0 +1,125 @@
+"""Real worker processes (python -m workers): kill -9 mid-batch, SIGTERM, readiness heartbeat."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+
+from service import keys
+from tests.conftest import make_settings, spawn_service
+from tests.workers.helpers import drain, ingest, run, session
+
+pytestmark = pytest.mark.slow
+
+
+def _env(redis_url: str, **kw: str) -> dict[str, str]:
+    env = {"ATTUNE_REDIS_URL": redis_url, "ATTUNE_PARTITIONS": "4", "ATTUNE_WORKER_BATCH_SIZE": "10",
+           "ATTUNE_WORKER_LEASE_SECONDS": "1", "ATTUNE_POPULATION_REFRESH_SECONDS": "0", "ATTUNE_CLOSE_AFTER": "3600",
+           "ATTUNE_WORKER_BLOCK_MS": "50"}
+    env.update(kw)
+    return env
+
+
+def _events() -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for i in range(24):
+        out += session(f"u{i}", 15, pref=200 + 40 * i, seed=i)
+    return out
+
+
+def _profiles(r: redis.Redis, n: int = 24) -> dict[str, Any]:
+    out = {}
+    for i in range(n):
+        raw = r.get(keys.profile("demo", f"u{i}"))
+        doc = orjson.loads(raw) if raw else None
+        if doc:
+            doc.pop("version"), doc.pop("updated_at")
+        out[f"u{i}"] = (doc, r.lrange(keys.user_recent("demo", f"u{i}"), 0, -1))
+    return out
+
+
+def _wait(cond: Any, timeout: float = 60, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{what} not reached within {timeout} s")
+
+
+def _applied(r: redis.Redis) -> int:
+    total = 0
+    for i in range(24):
+        raw = r.get(keys.profile("demo", f"u{i}"))
+        if raw:
+            total += orjson.loads(raw)["evidence"]["events_used"]
+    return total
+
+
+def _pending(r: redis.Redis) -> int:
+    return sum(r.xpending(keys.stream(p), keys.CONSUMER_GROUP)["pending"] for p in range(4))
+
+
+def test_kill_9_mid_batch_ends_with_the_profiles_of_a_crash_free_run(redis_url: str, tmp_path: Path,
+                                                                    redis_sync: redis.Redis) -> None:
+    events = _events()
+    s = make_settings(redis_url, tmp_path, worker_block_ms=0, population_refresh_seconds=0, close_after=3600)
+    run(ingest(s, "demo", events))
+    run(drain(s))
+    reference = _profiles(redis_sync)
+    assert _applied(redis_sync) == len(events)
+
+    redis_sync.flushall()
+    run(ingest(s, "demo", events))
+    log = tmp_path / "worker.log"
+    first = spawn_service(["-m", "workers"], _env(redis_url), log)
+    try:
+        _wait(lambda: _applied(redis_sync) > len(events) // 4, what="a quarter applied")
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    finally:
+        first.kill()
+    assert _applied(redis_sync) < len(events)
+    second = spawn_service(["-m", "workers"], _env(redis_url), log)
+    try:
+        _wait(lambda: _applied(redis_sync) == len(events) and _pending(redis_sync) == 0, 90, "all applied")
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(20) == 0
+    assert _profiles(redis_sync) == reference
+    assert b"recovered" in log.read_bytes()
+
+
+def test_sigterm_finishes_the_batch_exits_0_and_loses_nothing(redis_url: str, tmp_path: Path,
+                                                             redis_sync: redis.Redis) -> None:
+    events = _events()
+    s = make_settings(redis_url, tmp_path)
+    log = tmp_path / "worker.log"
+    proc = spawn_service(["-m", "workers"], _env(redis_url), log)
+    try:
+        _wait(lambda: redis_sync.zcard(keys.WORKERS) == 1, what="heartbeat")
+        run(ingest(s, "demo", events[: len(events) // 2]))
+        _wait(lambda: _applied(redis_sync) > 0, what="first applied")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        proc.kill()
+    assert redis_sync.zcard(keys.WORKERS) == 0  # removed itself at clean shutdown
+    assert not any(redis_sync.exists(keys.lease(p)) for p in range(4))
+    run(ingest(s, "demo", events[len(events) // 2:]))
+    proc = spawn_service(["-m", "workers"], _env(redis_url), log)
+    try:
+        _wait(lambda: _applied(redis_sync) == len(events) and _pending(redis_sync) == 0, 90, "all applied")
+        info = redis_sync.hgetall(keys.worker_info(redis_sync.zrange(keys.WORKERS, 0, 0)[0].decode()))
+        assert int(info[b"applied_total"]) > 0 and b"pid" in info
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    text = log.read_text()
+    assert "SIGTERM: stopping" in text and "stopped:" in text
