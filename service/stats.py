@@ -312,33 +312,36 @@ def health(workers: dict[str, Any], loop: dict[str, Any], traffic: dict[str, Any
         checks.append({"name": name, "status": status, "value": value, "detail": detail})
 
     alive = workers["alive"]
-    check("workers", "ok" if alive else "bad", f"{alive} alive",
+    check("Workers", "ok" if alive else "bad", f"{alive} alive",
           "no worker heartbeat: events are not being learned from" if not alive
-          else f"{workers['throughput_eps']:.0f} events/s applied")
+          else f"{workers['throughput_eps']:,.0f} events/s applied"
+          + (f"; {workers['known'] - alive} stopped" if workers["known"] > alive else ""))
     age = workers["oldest_unprocessed_age_s"] or 0.0
-    check("lag", "ok" if age < 30 else "warn" if age < 300 else "bad", _age(age),
-          f"oldest unprocessed event; {workers['lag']}{'+' if workers['lag_capped'] else ''} waiting, "
-          f"{workers['pending']} in flight")
+    check("Lag", "ok" if age < 30 else "warn" if age < 300 else "bad", _age(age),
+          f"age of the oldest unprocessed event; {workers['lag']:,}{'+' if workers['lag_capped'] else ''} waiting, "
+          f"{workers['pending']:,} in flight")
     dead = workers["dead_letters"]
-    check("dead letters", "ok" if dead == 0 else "warn", str(dead),
-          "no poison events" if dead == 0 else "events a worker gave up on: inspect the dead-letter streams")
+    check("Dead letters", "ok" if dead == 0 else "warn", f"{dead:,}",
+          "no event given up on" if dead == 0 else "events workers gave up on: inspect the dead-letter streams")
     up = loop["upstream"]
     rate = up["error_rate"]
-    check("upstream errors", "ok" if not rate or rate < 0.01 else "warn" if rate < 0.05 else "bad",
-          "no calls" if rate is None else f"{rate:.1%}", f"of {up['totals']['requests']} M2-her calls")
+    check("M2-her errors", "ok" if not rate or rate < 0.01 else "warn" if rate < 0.05 else "bad",
+          "no calls" if rate is None else f"{rate:.1%}", f"of {up['totals']['requests']:,} calls to M2-her")
     t = loop["totals"]
     delta = t["delta"]
     enough = min(t["replies_cond"], t["replies_uncond"]) >= 30
-    check("repeat rate", "ok" if delta is None or not enough or delta <= 0.01 else "warn",
+    check("Repeat rate", "ok" if delta is None or not enough or delta <= 0.01 else "warn",
           "n/a" if delta is None else f"{delta * 100:+.1f} pts",
-          "conditioned minus unconditioned (negative: conditioning helps)"
-          + ("" if enough or delta is None else "; too few replies to judge"))
+          "needs conditioned and unconditioned replies" if delta is None else
+          f"conditioned {t['rate_cond']:.1%} vs unconditioned {t['rate_uncond']:.1%}"
+          + ("" if enough else " (too few replies to judge)"))
     rej = traffic["rejected_share"]
-    check("rejected events", "ok" if not rej or rej < 0.05 else "warn",
-          "0%" if not rej else f"{rej:.1%}", f"of {traffic['totals']['received']} events received")
+    check("Rejected events", "ok" if not rej or rej < 0.05 else "warn",
+          "0%" if not rej else f"{rej:.1%}", f"of {traffic['totals']['received']:,} events received")
     order = {"ok": 0, "warn": 1, "bad": 2}
     status = max((c["status"] for c in checks), key=order.__getitem__)
-    return {"status": status, "checks": checks}
+    reasons = [f"{c['name']}: {c['value']}" for c in checks if c["status"] != "ok"]
+    return {"status": status, "reasons": reasons, "checks": checks}
 
 
 def _age(seconds: float) -> str:

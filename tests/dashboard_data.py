@@ -78,6 +78,21 @@ def fill_counters(r: redis.Redis, app: str, minutes: int = 90, now: float | None
     return totals
 
 
+def fill_hours(r: redis.Redis, app: str, hours: int = 168, now: float | None = None, per_minute_scale: int = 1) -> None:
+    """Hour hashes for long windows: an hour of fill_counters' minutes summed, without the 60x write cost."""
+    now = time.time() if now is None else now
+    minute_totals = fill_counters(r, f"{app}-scratch", minutes=60, now=now, scale=per_minute_scale, hours=False)
+    pipe = r.pipeline(transaction=False)
+    for back in range(hours):
+        hour = int(now // 3600) - back
+        for k, v in minute_totals.items():
+            pipe.hincrby(keys.stats_hour(app, hour), k, v * (1 + back % 3))
+    pipe.execute()
+    for key in r.scan_iter(match=f"{keys.PREFIX}:stats:{app}-scratch:*", count=1000):
+        r.delete(key)
+    r.srem(keys.APPS, f"{app}-scratch")
+
+
 def fill_users(r: redis.Redis, app: str, n: int, prefix: str = "user", recent: int = 8,
                now: float | None = None) -> list[str]:
     """n users with a profile document, recent replies, an index entry and the profile histogram."""

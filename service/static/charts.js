@@ -23,10 +23,11 @@
     return v.toFixed(a >= 1 ? 1 : 2);
   }
 
-  function niceMax(v) {
-    if (!(v > 0)) return 1;
-    const p = Math.pow(10, Math.floor(Math.log10(v)));
-    for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= v) return m * p;
+  // A round tick step (1, 2, 2.5, 5 x 10^k) giving at most 4 intervals up to v.
+  function niceStep(v) {
+    if (!(v > 0)) return 0.25;
+    const raw = v / 4, p = Math.pow(10, Math.floor(Math.log10(raw)));
+    for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= raw) return m * p;
     return 10 * p;
   }
 
@@ -68,13 +69,15 @@
     const m = {l: 44, r: 10, t: 8, b: 22};
     const root = svg("svg", {width: width, height: height, viewBox: `0 0 ${width} ${height}`, role: "img"});
     const W = width - m.l - m.r, H = height - m.t - m.b;
-    const ymax = opts.ymax !== undefined ? opts.ymax : niceMax(opts.max);
+    const step = opts.ymax !== undefined ? opts.ymax / 4 : niceStep(opts.max);
+    const n = opts.ymax !== undefined ? 4 : Math.max(1, Math.ceil(opts.max / step - 1e-9));
+    const ymax = step * n;
     const g = svg("g", {transform: `translate(${m.l},${m.t})`}, root);
-    for (let i = 0; i <= 4; i++) {
-      const y = H - (H * i) / 4;
+    for (let i = 0; i <= n; i++) {
+      const y = H - (H * i) / n;
       svg("line", {x1: 0, x2: W, y1: y, y2: y, class: "gridline"}, g);
       const lab = svg("text", {x: -6, y: y + 4, "text-anchor": "end", class: "axis"}, g);
-      lab.textContent = (opts.yfmt || fmt)((ymax * i) / 4);
+      lab.textContent = (opts.yfmt || fmt)(step * i);
     }
     return {root, g, W, H, ymax, m};
   }

@@ -43,14 +43,14 @@
       name: k, values: perMinute(group[k], step), total: group[k].reduce((a, b) => a + b, 0), ...(opts || {}),
     }));
   }
-  function table(id, head, rows) {
+  function table(id, head, rows, rowClass) {
     const t = $(id);
     clear(t);
     const tr = el("tr");
     head.forEach((h) => tr.appendChild(el("th", null, h)));
     t.appendChild(tr);
-    rows.forEach((r) => {
-      const row = el("tr");
+    rows.forEach((r, i) => {
+      const row = el("tr", rowClass ? rowClass(i) : null);
       r.forEach((c) => row.appendChild(c instanceof Node ? wrapTd(c) : el("td", null, c)));
       t.appendChild(row);
     });
@@ -58,10 +58,13 @@
   function wrapTd(node) { const td = el("td"); td.appendChild(node); return td; }
 
   // --- headline ---------------------------------------------------------------------------------
-  function headline(h) {
+  function headline(h, s) {
     const v = $("verdict");
     v.className = "verdict " + h.status;
-    v.textContent = STATUS_WORD[h.status] || h.status;
+    clear(v);
+    v.appendChild(el("div", "word", STATUS_WORD[h.status] || h.status));
+    v.appendChild(el("div", "why", h.reasons.length ? h.reasons.join(" · ") : "every check passes"));
+    v.appendChild(el("div", "ctx", `${s.app} · last ${s.window}`));
     const box = $("checks");
     clear(box);
     for (const c of h.checks) {
@@ -106,8 +109,9 @@
       series: [{name: "applied / min", values: perMinute(w.applied, s.step_seconds), color: "#16a34a"}],
       emptyText: "no event applied in this window"});
     table("worker-table", ["worker", "state", "last beat", "applied", "events/s", "pending"],
-      w.workers.map((x) => [x.id, x.alive ? "alive" : "dead", x.last_seen_s_ago + " s ago", C.fmt(x.applied_total),
-                            C.fmt(x.events_per_second), C.fmt(x.pending)]));
+      w.workers.map((x) => [x.id, x.alive ? "alive" : "no heartbeat", x.last_seen_s_ago + " s ago", C.fmt(x.applied_total),
+                            C.fmt(x.events_per_second), C.fmt(x.pending)]),
+      (i) => (w.workers[i].alive ? "" : "dead"));
     if (!w.workers.length) table("worker-table", ["worker"], [["no worker has ever sent a heartbeat"]]);
     table("partition-table", ["partition", "length", "waiting", "pending", "oldest pending", "dead letters"],
       w.partitions.map((p) => [String(p.partition), C.fmt(p.length), C.fmt(p.lag), C.fmt(p.pending),
@@ -117,8 +121,9 @@
   function denoising(s) {
     const d = s.denoising;
     const total = Object.values(d.totals).reduce((a, b) => a + b, 0);
-    const received = s.traffic.totals.accepted;
-    tiles("denoise-tiles", [["discounted", C.fmt(total)], ["of accepted", received ? pct(total / received) : "–"]]
+    const seen = total + s.workers.applied.reduce((a, b) => a + b, 0);
+    tiles("denoise-tiles", [["discounted", C.fmt(total)],
+                            ["of events workers saw", seen ? pct(total / seen) : "–", "", "discounted / (applied + discounted)"]]
       .concat(Object.entries(d.totals).sort((a, b) => b[1] - a[1]).slice(0, 4).map(([k, v]) => [k, C.fmt(v)])));
     C.bars($("denoise-chart"), {t: s.t, step: s.step_seconds, series: named(d.steps, s.step_seconds),
       emptyText: "nothing discounted in this window"});
@@ -198,7 +203,7 @@
   }
 
   function draw(s) {
-    headline(s.health);
+    headline(s.health, s);
     traffic(s);
     workers(s);
     denoising(s);

@@ -138,14 +138,15 @@ def test_workers_lag_pending_and_dead_letters_from_the_streams(settings: Setting
     assert w["oldest_unprocessed_age_s"] is not None and w["oldest_unprocessed_age_s"] < 60
     assert [x["id"] for x in w["workers"]] == ["w-alive", "w-dead"]
     checks = {c["name"]: c["status"] for c in doc["health"]["checks"]}
-    assert checks["workers"] == "ok" and checks["dead letters"] == "warn"
+    assert checks["Workers"] == "ok" and checks["Dead letters"] == "warn"
+    assert doc["health"]["status"] == "warn" and doc["health"]["reasons"] == ["Dead letters: 1"]
 
 
 def test_health_is_bad_without_a_live_worker(settings: Settings, redis_sync: redis.Redis) -> None:
     fill_counters(redis_sync, "demo", minutes=5)
     doc = collect(settings, "demo", "15m")
     assert doc["health"]["status"] == "bad"
-    assert any(c["name"] == "workers" and c["status"] == "bad" for c in doc["health"]["checks"])
+    assert any(c["name"] == "Workers" and c["status"] == "bad" for c in doc["health"]["checks"])
 
 
 # --- the route ---------------------------------------------------------------------------------
