@@ -234,13 +234,18 @@ class StandIn:
         fault = self.faults.popleft() if self.faults else {}
         entry: dict[str, Any] = {"route": route, "t": time.time(), "fault": fault or None}
         self.log.append(entry)
-        if fault.get("delay_ms"):
-            await asyncio.sleep(fault["delay_ms"] / 1000)
+        try:
+            raw = await request.read()
+            if fault.get("delay_ms"):
+                await asyncio.sleep(fault["delay_ms"] / 1000)
+        except ConnectionError:
+            entry["disconnected"] = True
+            raise
         if not request.headers.get("authorization", "").startswith("Bearer ") or \
                 len(request.headers.get("authorization", "")) < 8:
             return self.error_response(route, 1004, "login fail: Please carry the API secret key (1004)", 401)
         try:
-            body = orjson.loads(await request.read())
+            body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             return self.error_response(route, 2013, "invalid params, body is not JSON (2013)", 400)
         entry["body"] = body
@@ -332,15 +337,24 @@ class StandIn:
     # --- the aiohttp app --------------------------------------------------------------------------
     def app(self) -> web.Application:
         app = web.Application(client_max_size=8 * 1024 * 1024)
-        app.router.add_post("/v1/text/chatcompletion_v2", lambda r: self.handle(r, "native"))
-        app.router.add_post("/v1/chat/completions", lambda r: self.handle(r, "openai"))
+        app.router.add_post("/v1/text/chatcompletion_v2", self.native)
+        app.router.add_post("/v1/chat/completions", self.openai)
         app.router.add_post("/_standin/config", self.set_config)
         app.router.add_post("/_standin/faults", self.add_faults)
         app.router.add_delete("/_standin/faults", self.clear_faults)
         app.router.add_get("/_standin/log", self.get_log)
         app.router.add_delete("/_standin/log", self.clear_log)
-        app.router.add_get("/healthz", lambda r: web.json_response({"ok": True, "requests": self.requests}))
+        app.router.add_get("/healthz", self.health)
         return app
+
+    async def native(self, request: web.Request) -> web.StreamResponse:
+        return await self.handle(request, "native")
+
+    async def openai(self, request: web.Request) -> web.StreamResponse:
+        return await self.handle(request, "openai")
+
+    async def health(self, _: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "requests": self.requests})
 
     async def set_config(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -381,18 +395,24 @@ def running(host: str = "127.0.0.1", port: int = 0, **kw: Any):  # noqa: ANN201 
 
     async def main() -> None:
         runner = web.AppRunner(standin.app(), access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        holder["port"] = runner.addresses[0][1]
-        holder["stop"] = asyncio.Event()
-        started.set()
+        try:
+            await runner.setup()
+            site = web.TCPSite(runner, host, port)
+            await site.start()
+            holder["port"] = runner.addresses[0][1]
+            holder["stop"] = asyncio.Event()
+        finally:
+            started.set()
         await holder["stop"].wait()
         await runner.cleanup()
 
     thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
     thread.start()
     started.wait(10)
+    if "stop" not in holder:
+        thread.join(5)
+        loop.close()
+        raise RuntimeError("the stand-in did not start; see the exception above")
     try:
         yield standin, f"http://{host}:{holder['port']}"
     finally:

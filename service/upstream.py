@@ -310,6 +310,10 @@ class Upstream:
             raise UpstreamError(1001, f"M2-her sent no first byte within {self.timeout.first_byte:g} s; "
                                 "retry later, or raise first_byte in ATTUNE_UPSTREAM_TIMEOUT (1001)",
                                 code="upstream_timeout", retryable=False) from exc
+        except httpx.ConnectTimeout as exc:  # the aiohttp transport reports a refused connection this way too
+            raise UpstreamError(1000, f"M2-her at {self.client.base_url} could not be reached (refused or timed "
+                                f"out: {exc}); check MINIMAX_BASE_URL (1000)",
+                                code="upstream_unreachable", retryable=True) from exc
         except httpx.TimeoutException as exc:
             raise UpstreamError(1001, f"M2-her timed out ({type(exc).__name__}); retry later (1001)",
                                 code="upstream_timeout") from exc
