@@ -15,7 +15,7 @@ MU_GRID = np.linspace(math.log(40), math.log(4000), 93)
 W_GRID = np.array([0.22, 0.32, 0.45, 0.65])
 DS_GRID = np.linspace(0.0, 1.0, 41)
 DS_W_GRID = np.array([0.12, 0.2, 0.35])
-REPEAT_SPAN = 0.85  # share of non-base repeats a far-off length can cause
+REPEAT_SPAN = 0.5  # at most half of the replies far off the preferred length are repeated for it
 DIRECTION_SLOPE = 2.5  # how sharply a stop / continue says "too long" / "too short"
 # Likelihood tempering: the simulated and real users are not exactly this model; a power below one
 # keeps the posterior from being more certain than the evidence warrants (confidence stays calibrated).
@@ -61,21 +61,22 @@ def length_posterior(
     return np.asarray(post / post.sum())
 
 
-def grid_summary(post: np.ndarray, tolerance: float = 0.25, level: float = 0.8) -> tuple[float, float, float, float]:
+def grid_summary(post: np.ndarray, tolerance: float = 0.25) -> tuple[float, float, float, float]:
     """(target chars, interval low, interval high, confidence) from a posterior over MU_GRID.
 
-    The target is the posterior median; confidence is the posterior probability that the true preferred
-    length lies within `tolerance` relative error of the target, which is what "right" means for a length.
+    The target is the posterior median. The interval is every preferred length the target is within
+    `tolerance` relative error of, and the confidence is the posterior probability that the true
+    preferred length lies in it: "the served target is right" and "the truth is in the interval" are
+    the same event, so the one number is calibrated for both readings.
     """
     cdf = np.cumsum(post)
     med = float(np.interp(0.5, cdf, MU_GRID))
-    lo = float(np.interp((1 - level) / 2, cdf, MU_GRID))
-    hi = float(np.interp((1 + level) / 2, cdf, MU_GRID))
     target = math.exp(med)
     # |target - L| / L <= tol  <=>  L in [target / (1 + tol), target / (1 - tol)]
-    a, b = math.log(target / (1 + tolerance)), math.log(target / (1 - tolerance))
+    lo, hi = target / (1 + tolerance), target / (1 - tolerance)
+    a, b = math.log(lo), math.log(hi)
     conf = float(np.interp(b, MU_GRID, cdf) - np.interp(a, MU_GRID, cdf))
-    return target, math.exp(lo), math.exp(hi), min(max(conf, 0.0), 1.0)
+    return target, lo, hi, min(max(conf, 0.0), 1.0)
 
 
 def prob_best(alpha: np.ndarray, beta: np.ndarray, draws: int = 2000, seed: int = 7) -> np.ndarray:
