@@ -39,7 +39,8 @@ def browser() -> Iterator[Browser]:
 
 class ConsoleErrors(list[str]):
     def record(self, msg: ConsoleMessage) -> None:
-        if msg.type == "error" and not any(x in msg.text for x in IGNORED):
+        where = (msg.location or {}).get("url", "")
+        if msg.type == "error" and not any(x in msg.text or x in where for x in IGNORED):
             self.append(f"console: {msg.text}")
 
 

@@ -133,9 +133,24 @@ def test_delete_needs_the_sessions_csrf_token_and_a_same_origin(api: ApiServer, 
                        headers={"X-CSRF-Token": token, "Origin": "https://evil.example"})
         assert cross.status_code == 403 and "cross-origin" in cross.json()["error"]["message"]
         assert c.get("/dashboard/api/users/user-00001/delete", params={"app": "demo"}).status_code in (404, 405)
+        assert redis_sync.exists(keys.profile("demo", "user-00001"))  # nothing refused above did anything
         ok = c.post("/dashboard/api/users/user-00001/delete", params={"app": "demo"}, headers={"X-CSRF-Token": token})
-        # The request passed the CSRF check and reached DELETE /v1/users/{id} (the workers' issue owns it).
-        assert ok.status_code != 403, ok.text
+        assert ok.status_code == 200 and ok.json()["deleted"] is True, ok.text
+    assert not redis_sync.exists(keys.profile("demo", "user-00001"))
+    assert redis_sync.zscore(keys.app_users("demo"), "user-00001") is None
+    assert redis_sync.exists(keys.profile("demo", "user-00000"))  # only that user
+
+
+def test_export_downloads_everything_about_the_user_of_the_chosen_app(api: ApiServer, redis_sync: redis.Redis) -> None:
+    fill_users(redis_sync, "demo", 2, recent=3)
+    fill_users(redis_sync, "other", 2, recent=0)
+    with login(api) as c:
+        r = c.get("/dashboard/api/users/user-00001/export", params={"app": "demo"})
+        assert r.status_code == 200, r.text
+        assert r.headers["content-disposition"] == 'attachment; filename="demo-user-00001-export.json"'
+        doc = r.json()
+        assert doc["app"] == "demo" and doc["profile"]["user_id"] == "user-00001" and len(doc["recent_replies"]) == 3
+        assert c.get("/dashboard/api/users/nobody/export", params={"app": "demo"}).status_code == 404
 
 
 def test_choosing_an_unknown_app_is_a_clear_404(api: ApiServer) -> None:

@@ -1,0 +1,113 @@
+"""Profile -> conditioning: Thompson sampling, propensities, the note and max_completion_tokens."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from models.conditioning import (
+    EPSILON,
+    MIN_LENGTH_CONFIDENCE,
+    PACING,
+    approx_tokens,
+    arm_probabilities,
+    decide,
+    max_tokens_for,
+    posterior_of,
+    render_note,
+)
+
+
+def profile(posterior: dict[str, list[float]] | None = None, length: dict[str, Any] | None = None) -> dict[str, Any]:
+    doc: dict[str, Any] = {"version": 4, "pacing": {"label": "slow_burn", "confidence": 0.5}}
+    if posterior is not None:
+        doc["pacing"]["posterior"] = posterior
+    if length is not None:
+        doc["reply_length"] = length
+    return doc
+
+
+SURE = {"slow_burn": [60, 6], "balanced": [10, 20], "fast": [4, 30]}
+UNSURE = {"slow_burn": [3, 2], "balanced": [2, 2], "fast": [2, 3]}
+
+
+def test_no_profile_explores_all_arms_with_equal_propensity() -> None:
+    rng = random.Random(1)
+    decisions = [decide(None, rng) for _ in range(3000)]
+    counts = Counter(d.pacing for d in decisions)
+    assert all(900 < counts[a] < 1100 for a in PACING)
+    assert all(d.propensity == pytest.approx(1 / 3, abs=1e-6) and d.explored for d in decisions)
+    assert all(d.target_chars is None and d.max_completion_tokens is None and d.profile_version is None for d in decisions)
+
+
+@pytest.mark.parametrize("posterior", [SURE, UNSURE])
+def test_logged_propensities_match_the_observed_choice_frequencies(posterior: dict[str, list[float]]) -> None:
+    rng = random.Random(2)
+    n = 20000
+    decisions = [decide(profile(posterior), rng) for _ in range(n)]
+    counts = Counter(d.pacing for d in decisions)
+    probs = arm_probabilities(posterior_of(profile(posterior)))
+    assert sum(probs.values()) == pytest.approx(1.0)
+    for arm in PACING:
+        assert counts[arm] / n == pytest.approx(probs[arm], abs=0.015)
+        assert all(d.propensity == pytest.approx(probs[arm], abs=1e-6) for d in decisions if d.pacing == arm)
+
+
+def test_every_arm_keeps_a_propensity_floor_for_offline_evaluation() -> None:
+    extreme = {"slow_burn": [5000, 1], "balanced": [1, 5000], "fast": [1, 5000]}
+    probs = arm_probabilities(posterior_of(profile(extreme)))
+    assert min(probs.values()) >= EPSILON / 3 - 1e-9
+    assert probs["slow_burn"] > 0.95
+
+
+def test_a_confident_profile_mostly_exploits_and_marks_the_rest_as_explored() -> None:
+    rng = random.Random(3)
+    decisions = [decide(profile(SURE), rng) for _ in range(2000)]
+    best = [d for d in decisions if d.pacing == "slow_burn"]
+    assert len(best) > 1800 and not any(d.explored for d in best)
+    assert all(d.explored for d in decisions if d.pacing != "slow_burn")
+
+
+def test_length_is_applied_only_when_confident_and_sampled_around_the_target() -> None:
+    rng = random.Random(4)
+    unsure = {"target_chars": 380, "interval": [300, 470], "confidence": MIN_LENGTH_CONFIDENCE - 0.01}
+    assert decide(profile(SURE, unsure), rng).target_chars is None
+    sure = {**unsure, "confidence": 0.8}
+    targets = [decide(profile(SURE, sure), rng).target_chars for _ in range(2000)]
+    assert all(t is not None and t % 10 == 0 for t in targets)
+    inside = sum(300 <= t <= 470 for t in targets if t is not None) / len(targets)
+    assert 0.85 < inside < 0.95  # the interval is ~90%: Thompson sampling explores within it
+    d = decide(profile(SURE, sure), rng)
+    assert d.max_completion_tokens == max_tokens_for(d.target_chars or 0)
+
+
+@pytest.mark.parametrize("target", [1, 40, 380, 5000, 10**9])
+def test_max_completion_tokens_has_headroom_and_stays_in_range(target: int) -> None:
+    tokens = max_tokens_for(target)
+    assert 1 <= tokens <= 2048
+    if 40 <= target <= 2000:
+        assert tokens * 4 >= target * 1.2  # room above the target: a cut reply reads badly
+
+
+def test_the_note_is_short_and_its_token_count_stable() -> None:
+    counts = {approx_tokens(render_note(p, t)) for p in PACING for t in (120, 380, 990)}
+    bare = {approx_tokens(render_note(p, None)) for p in PACING}
+    assert max(counts) <= 45 and max(counts) - min(counts) <= 3
+    assert max(bare) <= 40 and max(bare) - min(bare) <= 3
+    assert render_note("fast", 300) == render_note("fast", 300)  # deterministic: same input, same bytes
+    assert "Pace: slow burn" in render_note("slow_burn", None) and "about 300 characters" in render_note("fast", 300)
+
+
+def test_malformed_posteriors_fall_back_to_the_prior() -> None:
+    bad = profile({"slow_burn": "x", "balanced": [1], "fast": [float("nan"), 2]})  # type: ignore[dict-item]
+    assert posterior_of(bad) == ((1.0, 1.0), (1.0, 1.0), (1.0, 1.0))
+    assert decide(bad, random.Random(5)).propensity == pytest.approx(1 / 3, abs=1e-6)
+
+
+def test_applied_has_the_contract_fields() -> None:
+    d = decide(profile(SURE, {"target_chars": 380, "interval": [300, 470], "confidence": 0.9}), random.Random(6))
+    assert set(d.applied()) == {"pacing", "target_chars", "explored", "propensity", "profile_version"}
+    assert d.applied()["profile_version"] == 4
