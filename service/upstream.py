@@ -293,7 +293,7 @@ class Upstream:
                     if stream:  # a JSON answer to a stream request: relay it as a one-event stream
                         return Stream(response, _empty(), [raw], first_byte_s=time.perf_counter() - start)
                     return raw, parsed
-                chunks = response.aiter_raw()
+                chunks = response.aiter_bytes()
                 out = Stream(response, chunks, [], idle=self._idle)
                 while not out.first:
                     chunk = await anext(chunks, None)
@@ -328,7 +328,7 @@ class Upstream:
 
 async def _read_capped(response: httpx.Response, limit: int | None = MAX_ERROR_BODY) -> bytes:
     parts, size = [], 0
-    async for chunk in response.aiter_raw():
+    async for chunk in response.aiter_bytes():
         parts.append(chunk)
         size += len(chunk)
         if limit is not None and size >= limit:
