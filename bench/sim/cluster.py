@@ -46,6 +46,7 @@ class Cluster:
     workers: int = 2
     standin: bool = False
     partitions: int = 16
+    standin_first_byte_ms: float = 5.0
     admin_key: str = field(default_factory=lambda: "adm_sim_" + secrets.token_hex(12))
     api_url: str = ""
     standin_url: str = ""
@@ -77,7 +78,9 @@ class Cluster:
         if self.standin:
             if standin_available():
                 port = free_port()
-                proc = self._spawn("standin", ["-m", "service.standin", "--port", str(port)],
+                # Time is compressed in the simulator: a fast upstream, so a run takes seconds, not hours.
+                proc = self._spawn("standin", ["-m", "service.standin", "--port", str(port), "--first-byte-ms",
+                                               str(self.standin_first_byte_ms), "--chunk-ms", "0"],
                                    {"ATTUNE_STANDIN_PORT": str(port)})
                 self.standin_url = f"http://127.0.0.1:{port}"
                 _wait_port(port, proc, "stand-in", self.workdir / "standin.log")
