@@ -163,8 +163,8 @@ def _loop(points: list[dict[str, int]]) -> dict[str, Any]:
         "totals": {"replies_cond": sum(rc), "repeats_cond": sum(pc), "replies_uncond": sum(ru),
                    "repeats_uncond": sum(pu), "rate_cond": rate_c, "rate_uncond": rate_u,
                    "delta": round(rate_c - rate_u, 4) if rate_c is not None and rate_u is not None else None},
-        # ips:num / ips:den are x1e6 sums of reward/propensity and 1/propensity: the ratio is the
-        # self-normalised inverse-propensity estimate of the conditioned policy's reward.
+        # ips:num / ips:den are x1e6 sums of reward/propensity and 1/propensity (reward: not repeated)
+        # over non-exploring conditioned replies: the self-normalised IPS estimate of the greedy policy.
         "ips": {"estimate": _ratio(num, den), "num": num / 1e6, "den": den / 1e6,
                 "series": [_ratio(a, b) for a, b in zip(_series(points, "ips:num"), _series(points, "ips:den"), strict=True)]},
         "upstream": {
@@ -282,7 +282,8 @@ async def _worker_list(store: Store, members: list[Any], heartbeat_s: float, now
                 return None
 
         out.append({"id": _s(member), "alive": seen_ago <= heartbeat_s, "last_seen_s_ago": seen_ago,
-                    "pid": d.get("pid"), "started_at": d.get("started_at"), "applied_total": num("applied_total"),
+                    "pid": d.get("pid"), "started_at": d.get("started_at"), "partitions": d.get("partitions"),
+                    "applied_total": num("applied_total"),
                     "events_per_second": num("events_per_second"), "pending": num("pending")})
     out.sort(key=lambda w: (not w["alive"], w["id"]))
     return out

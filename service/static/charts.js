@@ -113,15 +113,22 @@
       });
       const path = svg("path", {d, fill: "none", stroke: s.color, "stroke-width": 2, class: "series"}, f.g);
       if (s.dash) path.setAttribute("stroke-dasharray", "5 3");
+      const points = s.values.filter((v) => v !== null && v !== undefined).length;
+      // A lone point is a dot at the edge: draw sparse series with big dots so they are seen.
+      const r = points <= 3 ? 4 : t.length > 60 ? 1.5 : 2.5;
       s.values.forEach((v, i) => {
         if (v === null || v === undefined) return;
-        const dot = svg("circle", {cx: xOf(i), cy: yOf(v), r: t.length > 60 ? 1.5 : 2.5, fill: s.color}, f.g);
+        const dot = svg("circle", {cx: xOf(i), cy: yOf(v), r, fill: s.color}, f.g);
         svg("title", {}, dot).textContent = `${s.name} ${timeLabel(t[i], 0)}: ${(yfmt || fmt)(v)}`;
       });
     });
     xLabels(f, t, step, xOf);
     el.appendChild(f.root);
-    legend(el, series.map((s) => ({name: s.name, color: s.color})));
+    // The legend carries each series' latest value: the number an operator looks for first.
+    legend(el, series.map((s) => {
+      const last = [...s.values].reverse().find((v) => v !== null && v !== undefined);
+      return {name: s.name + (last === undefined ? "" : " (latest " + (yfmt || fmt)(last) + ")"), color: s.color};
+    }));
   }
 
   // Stacked bars over time. series: [{name, values, color?}]

@@ -108,9 +108,9 @@
     C.line($("worker-applied"), {t: s.t, step: s.step_seconds,
       series: [{name: "applied / min", values: perMinute(w.applied, s.step_seconds), color: "#16a34a"}],
       emptyText: "no event applied in this window"});
-    table("worker-table", ["worker", "state", "last beat", "applied", "events/s", "pending"],
-      w.workers.map((x) => [x.id, x.alive ? "alive" : "no heartbeat", x.last_seen_s_ago + " s ago", C.fmt(x.applied_total),
-                            C.fmt(x.events_per_second), C.fmt(x.pending)]),
+    table("worker-table", ["worker", "state", "last beat", "partitions", "applied", "events/s", "pending"],
+      w.workers.map((x) => [x.id, x.alive ? "alive" : "no heartbeat", x.last_seen_s_ago + " s ago", x.partitions || "–",
+                            C.fmt(x.applied_total), C.fmt(x.events_per_second), C.fmt(x.pending)]),
       (i) => (w.workers[i].alive ? "" : "dead"));
     if (!w.workers.length) table("worker-table", ["worker"], [["no worker has ever sent a heartbeat"]]);
     table("partition-table", ["partition", "length", "waiting", "pending", "oldest pending", "dead letters"],

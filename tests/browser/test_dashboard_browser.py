@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import redis
 from playwright.sync_api import Page, expect
 
 from tests.browser.conftest import ConsoleErrors
-from tests.conftest import ADMIN_KEY, ApiServer
+from tests.conftest import ADMIN_KEY, ApiServer, spawn_service
 from tests.dashboard_data import fill_counters, fill_hours, fill_users, fill_workers, post_events
 
 pytestmark = pytest.mark.browser
@@ -140,3 +142,73 @@ def test_loads_in_under_a_second_with_10000_users(page: Page, api: ApiServer, re
     page.screenshot(path=str(screenshots / "dashboard-10k-users-7d.png"), full_page=True)
     assert max(figures["1h"], figures["6h"], figures["7d"]) < 1.0, figures
     assert console_errors == []
+
+
+def _turns(users: int, turns: int) -> list[dict]:
+    """Role-play turns posted as an app would: replies shown (half conditioned), then a repeat or a message."""
+    now = int(time.time() * 1000) - 60_000
+    events: list[dict] = []
+    for u in range(users):
+        for i in range(turns):
+            rid, t = f"e2e-{u}-r{i}", now + i * 2000
+            shown = {"event_id": f"{rid}-s", "type": "reply_shown", "user_id": f"e2e-{u:03d}", "session_id": "s1",
+                     "reply_id": rid, "timestamp": t, "reply": {"chars": 150 + 60 * ((u + i) % 8)}}
+            if u % 2:
+                shown["conditioning"] = {"pacing": ("slow_burn", "balanced", "fast")[i % 3], "target_chars": 300,
+                                         "explored": i % 4 == 0, "propensity": 0.7}
+            events.append(shown)
+            if (u + i) % 3 == 0:
+                events.append({"event_id": f"{rid}-x", "type": "repeat", "user_id": f"e2e-{u:03d}", "reply_id": rid,
+                               "timestamp": t + 800})
+                events.append({"event_id": f"{rid}-x2", "type": "repeat", "user_id": f"e2e-{u:03d}", "reply_id": rid,
+                               "timestamp": t + 850})  # a double tap
+            else:
+                events.append({"event_id": f"{rid}-m", "type": "user_message", "user_id": f"e2e-{u:03d}",
+                               "reply_id": rid, "timestamp": t + 1500, "chars": 80, "compose_ms": 5000})
+    return events
+
+
+@pytest.mark.slow
+def test_real_worker_process_feeds_the_dashboard(page: Page, api: ApiServer, redis_sync: redis.Redis, tmp_path: Path,
+                                                 console_errors: ConsoleErrors, screenshots: Path) -> None:
+    key = api.app_key(("ingest",), app="live")
+    with api.client(key) as c:
+        r = c.post("/v1/events", json={"sent_at": int(time.time() * 1000), "events": _turns(30, 8)})
+        assert r.status_code == 202 and r.json()["accepted"] > 0, r.text
+    env = {"ATTUNE_REDIS_URL": api.settings.redis_url or "", "ATTUNE_PARTITIONS": str(api.settings.partitions),
+           "ATTUNE_CLOSE_AFTER": "1", "ATTUNE_WORKER_BLOCK_MS": "50", "ATTUNE_POPULATION_REFRESH_SECONDS": "0"}
+    worker = spawn_service(["-m", "workers"], env, tmp_path / "worker.log")
+    try:
+        deadline = time.monotonic() + 60
+        with api.admin() as admin:
+            while True:
+                doc = admin.get("/v1/admin/stats", params={"app": "live", "window": "15m"}).json()
+                done = (doc["workers"]["alive"] >= 1 and doc["profiles"]["users"] == 30
+                        and doc["loop"]["totals"]["replies_cond"] > 0 and doc["loop"]["totals"]["replies_uncond"] > 0)
+                if done:
+                    break
+                assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-2000:]
+                assert time.monotonic() < deadline, f"the worker did not fill the aggregates: {doc['workers']}"
+                time.sleep(0.3)
+        log_in(page, api, app="live", window="15m")
+        expect(page.locator("#checks .check").filter(has_text="Workers")).to_have_class("check ok")
+        expect(page.locator("#worker-table")).to_contain_text("alive")
+        for panel in ("traffic-types", "worker-applied", "profile-length", "profile-conf", "loop-repeat"):
+            assert page.locator(f"#{panel} svg").count() == 1, page.locator(f"#{panel}").inner_text()
+        assert page.locator("#profile-pacing .bar span").count() >= 1
+        page.screenshot(path=str(screenshots / "dashboard-live-worker.png"), full_page=True)
+        page.fill("#search", "e2e-01")
+        page.click("#search-form button")
+        expect(page.locator("#search-results button")).to_have_count(10)
+        page.locator("#search-results button", has_text="e2e-011").click()
+        expect(page.locator("#user-title")).to_contain_text("e2e-011")
+        expect(page.locator("#user-recent")).to_contain_text("p=0.7")  # what the app applied, as the worker kept it
+        page.locator("#user").screenshot(path=str(screenshots / "user-profile-live-worker.png"))
+        assert console_errors == []
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(15)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait(5)
