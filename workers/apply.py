@@ -204,7 +204,7 @@ class Applier:
             return None
         feats = pm.update_trust(state, pop)
         est = state.get("est")
-        if ap.closed_now or ap.amended_repeats or est is None or "est_trust" not in state:
+        if est is None or ap.amended_repeats or (ap.closed_now and self._due(state)):
             est = self._estimate(state, pop)
         version += 1
         updated = format_time(now_ms)
@@ -233,10 +233,19 @@ class Applier:
                      *char_docs],
         }
 
+    @staticmethod
+    def _due(state: dict[str, Any]) -> bool:
+        """Re-estimate on every closed reply while evidence is thin, then every few (one reply moves little)."""
+        closed = len(state["closed"])
+        since = closed - state.get("est_n", 0) if closed < pm.MAX_CLOSED else state.get("est_stale", 0) + 1
+        state["est_stale"] = since
+        return closed < 30 or since >= 3 or since < 0
+
     def _estimate(self, state: dict[str, Any], pop: Population) -> dict[str, Any]:
         est = pm.estimate(state["closed"], pop, state["msg"])
         state["est"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in est.items()}
-        state["est_trust"] = state["trust"]
+        state["est_n"] = len(state["closed"])
+        state["est_stale"] = 0
         return state["est"]
 
     def _after_commit(self, pipe: Any, c: dict[str, Any], now_ms: int) -> None:
