@@ -1,11 +1,13 @@
 """How a synthetic user reacts to one reply: the signals a real user would leave, with their timing.
 
 The model (all offsets in milliseconds from the moment the reply was shown):
-- satisfaction s = exp(-(m_len + m_pace + m_dialogue)), where m_len = (ln(chars / preferred) / tolerance)^2 / 2,
-  m_pace is 0 for the preferred pacing, 0.45 for a neighbouring one and 1.0 for the opposite one, and
-  m_dialogue = 2 (share - preferred share)^2;
-- repeat probability 1 - (1 - base)(1 - 0.5 (1 - s))(1 - turning), where turning is 0.55 for curators
-  and 0.05 for others at a story turning point; plus noise (random repeats, double taps);
+- a repeat has independent causes: the user's base rate; the length, with probability
+  0.5 (1 - exp(-m_len)) where m_len = (ln(chars / preferred) / tolerance)^2 / 2; the pacing, with
+  probability 0 for the preferred pacing, 0.3 for a neighbouring one, 0.55 for the opposite one; the
+  dialogue share, 0.3 (1 - exp(-2 (share - preferred share)^2)); a story turning point (0.55 for
+  curators, 0.05 for others); plus noise (random repeats, double taps);
+- satisfaction s = exp(-(m_len + m_pace + m_dialogue)) (m_pace 0, 0.45, 1.0) drives choices between
+  alternatives, ratings and leaving;
 - a reply far too short is often continued, one far too long often stopped while it streams;
 - otherwise the user answers (`user_message` with chars and compose time from the typing speed), rates
   rarely, leaves the session now and then (more often after a bad reply) or goes away silently.
@@ -22,8 +24,10 @@ import numpy as np
 from bench.sim.users import PACINGS, Noise, SimUser
 
 REPEAT_SCALE = 0.5
+PACE_REPEAT = (0.0, 0.3, 0.55)
 PACE_COST = (0.0, 0.45, 1.0)
 DIALOGUE_COST = 2.0
+DIALOGUE_REPEAT = 0.3
 TURNING_REPEAT = {True: 0.55, False: 0.05}
 RATING_SHARE = 0.04
 
@@ -70,10 +74,13 @@ def satisfaction(user: SimUser, reply: Shown) -> float:
 
 
 def repeat_probability(user: SimUser, reply: Shown) -> float:
-    """Probability of a deliberate repeat (noise excluded)."""
-    pref = REPEAT_SCALE * (1.0 - satisfaction(user, reply))
+    """Probability of a deliberate repeat (noise excluded): independent causes, each one enough."""
+    p_len = REPEAT_SCALE * (1.0 - math.exp(-length_mismatch(user, reply.chars)))
+    p_pace = PACE_REPEAT[abs(PACINGS.index(reply.pacing) - PACINGS.index(user.pacing))]
+    p_dia = DIALOGUE_REPEAT * (1.0 - math.exp(-DIALOGUE_COST * (reply.dialogue_share - user.dialogue) ** 2))
     turning = TURNING_REPEAT[user.curator] if reply.turning_point else 0.0
-    return 1.0 - (1.0 - user.base_repeat) * (1.0 - pref) * (1.0 - turning)
+    keep = (1.0 - user.base_repeat) * (1.0 - p_len) * (1.0 - p_pace) * (1.0 - p_dia) * (1.0 - turning)
+    return 1.0 - keep
 
 
 def _read_ms(user: SimUser, chars: float, rng: np.random.Generator) -> int:

@@ -29,7 +29,7 @@ import redis
 from bench.sim.behaviour import Shown, react
 from bench.sim.cluster import Cluster, backlog
 from bench.sim.delivery import DeliveryStats, Outbound, plan_batches, send_all
-from bench.sim.logged import logged_conditioning
+from bench.sim.logged import exported_conditioning, logged_conditioning
 from bench.sim.users import Noise, SimUser
 from models.features import reply_features
 
@@ -213,7 +213,8 @@ async def run_closed_loop(cluster: Cluster, users: list[SimUser], turns: int, rn
                     result.catch_up.append(time.monotonic() - t0)
                 if tick:
                     tick(len(states))
-        result.logged = await asyncio.to_thread(logged_conditioning, rclient, cluster.partitions, app)
+            result.logged = await asyncio.to_thread(logged_conditioning, rclient, cluster.partitions, app)
+            result.logged.update(await exported_conditioning(client, [s.user.user_id for s in states if s.arm == "cond"]))
         result.notes.extend(cluster.alive())
     finally:
         rclient.close()

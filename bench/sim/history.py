@@ -37,6 +37,9 @@ class ShownRecord:
     chars: int
     pacing: str  # the pacing the app asked for (what it logs)
     repeated: bool = False
+    dialogue_share: float = 0.4  # truth the app may not know (the oracle uses it)
+    turning_point: bool = False
+    alternative: bool = False  # shown side by side with another reply
 
 
 @dataclass
@@ -81,7 +84,8 @@ def _reply(user: SimUser, n: int, rng: np.random.Generator) -> tuple[Shown, str,
 def _show(session: _Session, shown: Shown, applied: str, body: dict[str, Any]) -> None:
     session.add(session.t, "reply_shown", reply_id=shown.reply_id, reply=body,
                 conditioning={"pacing": applied, "explored": True, "propensity": round(1 / 3, 6)})
-    session.shown.append(ShownRecord(shown.reply_id, shown.chars, applied))
+    session.shown.append(ShownRecord(shown.reply_id, shown.chars, applied, dialogue_share=shown.dialogue_share,
+                                     turning_point=shown.turning_point))
 
 
 def _apply(session: _Session, shown: Shown, reaction: Reaction) -> None:
@@ -107,6 +111,7 @@ def _session(user: SimUser, index: int, budget: int, counter: list[int], rng: np
                 counter[0] += 1
                 shown, applied, body = _reply(user, counter[0], rng)
                 _show(s, shown, applied, body)
+                s.shown[-1].alternative = True
                 options.append((shown, len(s.shown) - 1))
             left -= 2
             kept_i = choose(user, [o[0] for o in options], rng)

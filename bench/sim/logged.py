@@ -1,13 +1,16 @@
-"""What the gateway logged for each reply it served (applied conditioning, propensity), read from the streams.
+"""What the gateway logged for each reply it served (applied conditioning, propensity).
 
-The offline estimate needs the propensities as logged, not as the simulator remembers them; the
-stream entries of type reply_shown that Attune wrote for gateway replies are that log.
+The offline estimate needs the propensities as logged, not as the simulator remembers them: the
+reply_shown entries Attune wrote for gateway replies (in the streams until the workers trim them) and
+the recent replies of GET /v1/users/{id}/export (the last 50 per user, with what was applied).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import httpx
 import orjson
 import redis
 
@@ -33,4 +36,23 @@ def logged_conditioning(client: redis.Redis, partitions: int, app: str) -> dict[
                 if ev.get("app") == app and ev.get("type") == "reply_shown" and ev.get("reply_id"):
                     out[ev["reply_id"]] = ev.get("conditioning") or {}
             last = entries[-1][0].decode() if isinstance(entries[-1][0], bytes) else entries[-1][0]
+    return out
+
+
+async def exported_conditioning(client: httpx.AsyncClient, user_ids: list[str], concurrency: int = 16
+                                ) -> dict[str, dict[str, Any]]:
+    """reply_id -> `applied`, from GET /v1/users/{id}/export (its recent replies; the streams get trimmed)."""
+    sem = asyncio.Semaphore(concurrency)
+    out: dict[str, dict[str, Any]] = {}
+
+    async def one(uid: str) -> None:
+        async with sem:
+            r = await client.get(f"/v1/users/{uid}/export")
+        if r.status_code != 200:
+            return
+        for item in r.json().get("recent_replies") or []:
+            if isinstance(item, dict) and item.get("reply_id") and isinstance(item.get("applied"), dict):
+                out[item["reply_id"]] = item["applied"]
+
+    await asyncio.gather(*(one(u) for u in user_ids))
     return out

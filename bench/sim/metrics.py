@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -55,3 +56,27 @@ def naive_pacing(shown: Sequence[tuple[str, bool]], default: str) -> str:
         return default
     repeats = Counter(p for p, repeated in shown if repeated)
     return max(kept, key=lambda p: (kept[p], -repeats[p]))
+
+
+
+def oracle_pacing(candidates: Sequence[str], shown: Sequence[tuple[str, bool]],
+                  repeat_probability: Callable[[int, str, str], float], follows: float) -> str:
+    """Maximum likelihood pacing from repeats alone, for an estimator that knows every other truth.
+
+    `shown` holds (applied pacing, repeated) per reply; `repeat_probability(i, candidate, perceived)` is
+    the repeat probability of reply i had the user preferred `candidate` and perceived `perceived`; the
+    model follows the applied pacing with probability `follows`. It measures the information ceiling.
+    """
+    best, best_ll = candidates[0], -math.inf
+    for cand in candidates:
+        ll = 0.0
+        for i, (applied, repeated) in enumerate(shown):
+            p = 0.0
+            for perceived in candidates:
+                w = follows if perceived == applied else (1 - follows) / (len(candidates) - 1)
+                p += w * repeat_probability(i, cand, perceived)
+            p = min(max(p, 1e-6), 1 - 1e-6)
+            ll += math.log(p if repeated else 1 - p)
+        if ll > best_ll:
+            best, best_ll = cand, ll
+    return best

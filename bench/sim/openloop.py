@@ -84,7 +84,7 @@ async def run_open_loop(cluster: Cluster, users: list[SimUser], checkpoints: lis
                             f"at {replies} replies the workers had not caught up after {catch.seconds:.0f} s "
                             f"(undelivered {catch.backlog.entries}, pending {catch.backlog.pending}); scored anyway")
                 profiles = await fetch_profiles(client, ids)
-                figures = score(users, profiles, shown)
+                figures = score(users, profiles, shown, noise)
                 result.checkpoints.append(CheckpointResult(replies, figures, catch, total_events))
                 if result.sample_profile is None or k == len(checkpoints) - 1:
                     result.sample_profile = next((p for p in profiles.values() if p), None)

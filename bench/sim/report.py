@@ -48,6 +48,7 @@ ROWS = (
     ("ece_length", "length: ECE of confidence"),
     ("pacing_acc_attune", "pacing: accuracy, Attune"),
     ("pacing_acc_naive", "pacing: accuracy, naive"),
+    ("pacing_acc_oracle", "pacing: accuracy, repeats-only oracle"),
     ("mean_conf_pacing", "pacing: mean confidence"),
     ("ece_pacing", "pacing: ECE of confidence"),
     ("bots_caught", "bots caught (trust suspect_bot)"),

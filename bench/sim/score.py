@@ -4,16 +4,33 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.sim.history import SHOWN_MEDIAN, ShownRecord
+from dataclasses import replace
+
+from bench.sim.behaviour import Shown, repeat_probability
+from bench.sim.history import FOLLOWS_PACING, SHOWN_MEDIAN, ShownRecord
 from bench.sim.metrics import (
     accuracy,
     expected_calibration_error,
     median_relative_error,
     naive_length,
     naive_pacing,
+    oracle_pacing,
     share,
 )
-from bench.sim.users import SimUser
+from bench.sim.users import PACINGS, Noise, SimUser
+
+
+def oracle_label(user: SimUser, records: list[ShownRecord], noise: Noise) -> str:
+    """The pacing an estimator knowing every other truth would pick from the repeats (alternatives left out)."""
+    recs = [r for r in records if not r.alternative]
+    likes = {c: replace(user, pacing=c) for c in PACINGS}
+
+    def prob(i: int, cand: str, perceived: str) -> float:
+        r = recs[i]
+        p = repeat_probability(likes[cand], Shown("x", r.chars, perceived, r.dialogue_share, r.turning_point))
+        return 1 - (1 - p) * (1 - noise.random_repeat)
+
+    return oracle_pacing(PACINGS, [(r.pacing, r.repeated) for r in recs], prob, FOLLOWS_PACING)
 
 
 def _get(doc: dict[str, Any] | None, *path: str) -> Any:
@@ -26,7 +43,7 @@ def _get(doc: dict[str, Any] | None, *path: str) -> Any:
 
 
 def score(users: list[SimUser], profiles: dict[str, dict[str, Any] | None],
-          shown: dict[str, list[ShownRecord]]) -> dict[str, float]:
+          shown: dict[str, list[ShownRecord]], noise: Noise | None = None) -> dict[str, float]:
     """One checkpoint's figures. Length and pacing figures cover honest users; bot figures cover everyone."""
     humans = [u for u in users if not u.is_bot]
     bots = [u for u in users if u.is_bot]
@@ -39,6 +56,9 @@ def score(users: list[SimUser], profiles: dict[str, dict[str, Any] | None],
     out["len_err_naive"] = median_relative_error(naive_len, truth_len)
     naive_pace = [naive_pacing([(r.pacing, r.repeated) for r in shown[u.user_id]], "balanced") for u in humans]
     out["pacing_acc_naive"] = accuracy(naive_pace, [u.pacing for u in humans])
+    if noise is not None:
+        oracle = [oracle_label(u, shown[u.user_id], noise) for u in humans]
+        out["pacing_acc_oracle"] = accuracy(oracle, [u.pacing for u in humans])
 
     # Attune: a user without a profile counts with the population default the app would fall back to.
     est_len, pace, pace_conf, pace_ok, len_conf, len_ok = [], [], [], [], [], []
