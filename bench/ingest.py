@@ -9,7 +9,7 @@ runs it) that this script starts and stops:
 Goals (issue 2): batches of 100 reach >= 40% of the ceiling; single-event requests >= 50% of the
 bare endpoint's request rate. The machine is shared: compare ratios within one run, not across runs.
 
-Run: .venv/bin/python bench/ingest.py [--duration 5] [--rounds 1]
+Run: .venv/bin/python bench/ingest.py [--duration 6] [--slice 2] [--rounds 1]
 Needs wrk (Debian/Ubuntu: `sudo apt-get install -y wrk`; macOS: `brew install wrk`).
 """
 
@@ -23,6 +23,7 @@ import secrets
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -146,8 +148,7 @@ def ceiling(r: redis.Redis, payloads: list[tuple[str, bytes]], duration: float, 
             i = (i + 1) % size
         pipe.execute()
         n += depth
-    elapsed = time.perf_counter() - start
-    return {"events_s": n / elapsed, "req_s": n / depth / elapsed}
+    return {"events": n, "requests": n // depth, "seconds": time.perf_counter() - start}
 
 
 def run_wrk(wrk: str, url: str, token: str, batch: int, duration: int, connections: int,
@@ -161,9 +162,8 @@ def run_wrk(wrk: str, url: str, token: str, batch: int, duration: int, connectio
         sys.exit(f"wrk failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
     stats = json.loads(line[len("BENCH "):])
     error = next((ln[len("BENCH_ERROR "):] for ln in res.stdout.splitlines() if ln.startswith("BENCH_ERROR ")), None)
-    seconds = stats["duration_us"] / 1e6
-    return {"events_s": stats["accepted"] / seconds, "req_s": stats["requests"] / seconds,
-            "p50_ms": stats["p50_us"] / 1000, "p99_ms": stats["p99_us"] / 1000, "accepted": stats["accepted"],
+    return {"events": stats["accepted"], "requests": stats["requests"], "seconds": stats["duration_us"] / 1e6,
+            "p50_ms": stats["p50_us"] / 1000, "p99_ms": stats["p99_us"] / 1000,
             "bad": stats["bad"] + stats["socket_errors"], "error": error}
 
 
@@ -173,7 +173,7 @@ def reset(r: redis.Redis, redis_url: str) -> str:
     return create_key(redis_url)
 
 
-def settle(r: redis.Redis, quiet: float = 1.0, timeout: float = 60.0) -> int:
+def settle(r: redis.Redis, quiet: float = 0.5, timeout: float = 60.0) -> int:
     """Wait until the servers finish requests wrk left in flight (no new events for `quiet` s): the
     next case must not pay for them, nor its reset lose them."""
     stored, since, deadline = stored_events(r), time.monotonic(), time.monotonic() + timeout
@@ -190,17 +190,69 @@ def check_stored(r: redis.Redis, result: dict[str, float], slack: int, name: str
     stored = settle(r)
     if result["bad"]:
         print(f"  warning: {name}: {result['bad']:.0f} requests not fully accepted; first: {result['error']}")
-    if not result["accepted"] <= stored <= result["accepted"] + slack:
-        print(f"  warning: {name}: {stored} events in the streams, {result['accepted']:.0f} answered as accepted")
+    if not result["events"] <= stored <= result["events"] + slack:
+        print(f"  warning: {name}: {stored} events in the streams, {result['events']:.0f} answered as accepted")
+
+
+@dataclass
+class Case:
+    """One line of the table: totals over its slices."""
+
+    name: str
+    events: int = 0
+    requests: int = 0
+    seconds: float = 0.0
+    p50: list[float] | None = None
+    p99: list[float] | None = None
+
+    def add(self, res: dict[str, Any]) -> None:
+        self.events += res["events"]
+        self.requests += res["requests"]
+        self.seconds += res["seconds"]
+        if "p50_ms" in res:
+            self.p50 = [*(self.p50 or []), res["p50_ms"]]
+            self.p99 = [*(self.p99 or []), res["p99_ms"]]
+
+    @property
+    def events_s(self) -> float:
+        return self.events / self.seconds
+
+    @property
+    def req_s(self) -> float:
+        return self.requests / self.seconds
 
 
 def fmt(value: float | None, spec: str = ",.0f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def print_table(title: str, cases: list[Case], top: Case) -> None:
+    print(f"\n{title}")
+    print(f"{'case':<42}{'events/s':>11}{'requests/s':>12}{'p50 ms':>9}{'p99 ms':>9}{'of ceiling':>12}")
+    for c in cases:
+        p50 = statistics.median(c.p50) if c.p50 else None
+        p99 = statistics.median(c.p99) if c.p99 else None
+        print(f"{c.name:<42}{fmt(c.events_s):>11}{fmt(c.req_s):>12}{fmt(p50, '.1f'):>9}{fmt(p99, '.1f'):>9}"
+              f"{c.events_s / top.events_s:>12.2f}")
+
+
+def verdicts(top: Case, by_batch: dict[int, Case], bare: Case) -> None:
+    if 100 in by_batch:
+        ratio = by_batch[100].events_s / top.events_s
+        verdict = "met" if ratio >= GOAL_BATCH_100 else "NOT met"
+        print(f"batch 100 / ceiling: {ratio:.2f} (goal >= {GOAL_BATCH_100:.2f}: {verdict})")
+    if 1 in by_batch:
+        ratio = by_batch[1].req_s / bare.req_s
+        verdict = "met" if ratio >= GOAL_SINGLE_VS_BARE else "NOT met"
+        print(f"single-event requests / bare endpoint: {ratio:.2f} (goal >= {GOAL_SINGLE_VS_BARE:.2f}: {verdict})")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=int, default=5, help="seconds per case (default 5)")
+    parser.add_argument("--duration", type=int, default=6, help="seconds per case (default 6)")
+    parser.add_argument("--slice", type=int, default=2,
+                        help="cases take turns in slices of this many seconds, so a change in the machine's "
+                             "background load hits all of them alike (default 2)")
     parser.add_argument("--rounds", type=int, default=1, help="repeat the whole comparison (default 1)")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
@@ -209,6 +261,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="uvicorn processes for both servers (default 2)")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
+    slices = max(1, round(args.duration / args.slice))
     wrk = require_wrk()
 
     tmp = Path(tempfile.mkdtemp(prefix="attune-bench-"))
@@ -244,38 +297,27 @@ def main() -> int:
             sys.exit("the warm-up stored no events; see the server log in " + str(api.log))
         size = sum(len(p) for _, p in payloads) / len(payloads)
 
-        print(f"Ingestion benchmark: {args.duration:g} s per case, wrk -t{args.threads} -c{args.connections}, "
-              f"{args.workers} uvicorn processes per server, embedded Redis (append-only) on a unix socket, "
-              f"{os.cpu_count()} CPUs; stored event {size:.0f} bytes on average")
+        print(f"Ingestion benchmark: {slices} x {args.slice} s per case (cases interleaved), wrk -t{args.threads} "
+              f"-c{args.connections}, {args.workers} uvicorn processes per server, embedded Redis (append-only) "
+              f"on a unix socket, {os.cpu_count()} CPUs; stored events of {size:.0f} bytes on average")
         for rnd in range(1, args.rounds + 1):
-            token = reset(r, redis_url)
-            top = ceiling(r, payloads, args.duration, args.pipeline)
-            rows = [(f"ceiling: 1 process, pipelined XADD x{args.pipeline}", top, 1.0)]
-            results: dict[int, dict[str, float]] = {}
-            for batch in batches:
+            top = Case(f"ceiling: 1 process, pipelined XADD x{args.pipeline}")
+            by_batch = {b: Case(f"attune serve, batch {b}") for b in batches}
+            bare_case = Case("bare one-XADD endpoint, 1 event")
+            for _ in range(slices):
                 token = reset(r, redis_url)
-                res = run_wrk(wrk, api.url, token, batch, args.duration, args.connections, args.threads)
-                check_stored(r, res, args.connections * batch, f"batch {batch}")
-                results[batch] = res
-                rows.append((f"attune serve, batch {batch}", res, res["events_s"] / top["events_s"]))
-            reset(r, redis_url)
-            bare_res = run_wrk(wrk, bare.url, token, 1, args.duration, args.connections, args.threads)
-            check_stored(r, bare_res, args.connections, "bare")
-            rows.append(("bare one-XADD endpoint, 1 event", bare_res, bare_res["events_s"] / top["events_s"]))
-
-            print(f"\nround {rnd}")
-            print(f"{'case':<42}{'events/s':>11}{'requests/s':>12}{'p50 ms':>9}{'p99 ms':>9}{'of ceiling':>12}")
-            for name, res, ratio in rows:
-                print(f"{name:<42}{fmt(res['events_s']):>11}{fmt(res['req_s']):>12}"
-                      f"{fmt(res.get('p50_ms'), '.1f'):>9}{fmt(res.get('p99_ms'), '.1f'):>9}{ratio:>12.2f}")
-            if 100 in results:
-                ratio = results[100]["events_s"] / top["events_s"]
-                verdict = "met" if ratio >= GOAL_BATCH_100 else "NOT met"
-                print(f"batch 100 / ceiling: {ratio:.2f} (goal >= {GOAL_BATCH_100:.2f}: {verdict})")
-            if 1 in results:
-                ratio = results[1]["req_s"] / bare_res["req_s"]
-                verdict = "met" if ratio >= GOAL_SINGLE_VS_BARE else "NOT met"
-                print(f"single-event requests / bare endpoint: {ratio:.2f} (goal >= {GOAL_SINGLE_VS_BARE:.2f}: {verdict})")
+                top.add(ceiling(r, payloads, args.slice, args.pipeline))
+                for batch in batches:
+                    token = reset(r, redis_url)
+                    res = run_wrk(wrk, api.url, token, batch, args.slice, args.connections, args.threads)
+                    check_stored(r, res, args.connections * batch, f"batch {batch}")
+                    by_batch[batch].add(res)
+                reset(r, redis_url)
+                res = run_wrk(wrk, bare.url, token, 1, args.slice, args.connections, args.threads)
+                check_stored(r, res, args.connections, "bare")
+                bare_case.add(res)
+            print_table(f"round {rnd}", [top, *by_batch.values(), bare_case], top)
+            verdicts(top, by_batch, bare_case)
     finally:
         for s in servers:
             s.stop()

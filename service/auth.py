@@ -19,7 +19,7 @@ from fastapi import Depends, Request
 
 from service.errors import BadRequest, Forbidden, RateLimited, Unauthorized
 from service.settings import Settings
-from service.store import Store
+from service.store import KeyCheck, Store
 
 SCOPES = ("ingest", "read", "condition", "manage")
 APP_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
@@ -79,19 +79,31 @@ def bearer(request: Request) -> str:
     return token.strip()
 
 
-async def authenticate(request: Request, scope: str, cost: int = 1) -> Principal:
-    """Who is calling, with the scope checked and the call counted against the app's rate limit."""
+@dataclass(frozen=True, slots=True)
+class AppKey:
+    """An app key as sent: where its record is and the hash to compare, not yet checked."""
+
+    app: str
+    key_id: str
+    secret_hash: str
+
+
+def app_key(request: Request) -> AppKey | None:
+    """The caller's app key, parsed but unchecked; None for the admin key. 401 when it is neither."""
     settings: Settings = request.app.state.settings
-    store: Store = request.app.state.store
     token = bearer(request)
     admin = settings.admin_key.get_secret_value() if settings.admin_key else None
     if admin and hmac.compare_digest(token.encode(), admin.encode()):
-        return _bind_admin(request)
+        return None
     m = _KEY.match(token)
     if not m:
         raise Unauthorized("unknown API key; create one with POST /v1/admin/apps/{app}/keys", code="invalid_key")
     app, key_id, secret = m.groups()
-    check = await store.check_key(app, key_id, hash_secret(secret), max(1, cost))
+    return AppKey(app, key_id, hash_secret(secret))
+
+
+def admit(key: AppKey, check: KeyCheck, scope: str, settings: Settings) -> Principal:
+    """Turn the store's verdict on a key into a Principal, or the 401, 403 or 429 it deserves."""
     if not check.valid:
         raise Unauthorized("unknown or revoked API key", code="invalid_key")
     if scope not in check.scopes:
@@ -101,10 +113,20 @@ async def authenticate(request: Request, scope: str, cost: int = 1) -> Principal
         )
     if check.used > settings.rate_limit_per_second:
         raise RateLimited(
-            f"app {app!r} exceeded its rate limit of {settings.rate_limit_per_second} events per second; slow down",
+            f"app {key.app!r} exceeded its rate limit of {settings.rate_limit_per_second} events per second; slow down",
             retry_after=1,
         )
-    return Principal(app=app, scopes=check.scopes, key_id=key_id)
+    return Principal(app=key.app, scopes=check.scopes, key_id=key.key_id)
+
+
+async def authenticate(request: Request, scope: str, cost: int = 1) -> Principal:
+    """Who is calling, with the scope checked and the call counted against the app's rate limit."""
+    key = app_key(request)
+    if key is None:
+        return _bind_admin(request)
+    store: Store = request.app.state.store
+    check = await store.check_key(key.app, key.key_id, key.secret_hash, max(1, cost))
+    return admit(key, check, scope, request.app.state.settings)
 
 
 def _bind_admin(request: Request) -> Principal:

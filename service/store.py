@@ -47,6 +47,35 @@ if n == tonumber(ARGV[2]) then redis.call('EXPIRE', KEYS[2], 3) end
 return {1, rec[2], n}
 """
 
+# The key check of AUTH and the appends of INGEST in one call: one round trip for a request with an
+# app key. KEYS[1] key record, KEYS[2] rate counter, then each event's stream and dedup key;
+# ARGV[1] secret hash, ARGV[2] cost, ARGV[3] scope, ARGV[4] rate limit, ARGV[5] dedup ttl, ARGV[6..]
+# payloads. Returns {0} for an unknown key, else {1, scopes, used, flag per event}: no flags (nothing
+# written) when the scope is missing or the rate limit exceeded, the same verdicts auth.admit gives.
+# Its keys span hash tags, so it needs one Redis node (connect() gives one); on Redis Cluster, check
+# the key with AUTH and append with INGEST as Store.ingest does.
+AUTH_INGEST_LUA = """
+local rec = redis.call('HMGET', KEYS[1], 'hash', 'scopes')
+if not rec[1] or rec[1] ~= ARGV[1] then return {0} end
+local n = redis.call('INCRBY', KEYS[2], ARGV[2])
+if n == tonumber(ARGV[2]) then redis.call('EXPIRE', KEYS[2], 3) end
+local out = {1, rec[2], n}
+if not string.find(',' .. (rec[2] or '') .. ',', ',' .. ARGV[3] .. ',', 1, true) or n > tonumber(ARGV[4]) then
+  return out
+end
+local k = 3
+for i = 6, #ARGV do
+  if redis.call('SET', KEYS[k + 1], '1', 'NX', 'EX', ARGV[5]) then
+    redis.call('XADD', KEYS[k], '*', 'e', ARGV[i])
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+  k = k + 2
+end
+return out
+"""
+
 
 class Script:
     """EVALSHA with a fallback to loading the script (after a Redis restart or on a new node)."""
@@ -69,6 +98,7 @@ class Script:
 
 INGEST = Script(INGEST_LUA)
 AUTH = Script(AUTH_LUA)
+AUTH_INGEST = Script(AUTH_INGEST_LUA)
 
 
 async def _guard(awaitable: Awaitable[T]) -> T:
@@ -187,6 +217,23 @@ class Store:
             for i, flag in zip(idx, res, strict=True):
                 out[i] = bool(flag)
         return out
+
+    async def ingest_checked(self, app: str, key_id: str, secret_hash: str, scope: str, rate_limit: int,
+                             cost: int, events: list[dict[str, Any]]) -> tuple[KeyCheck, list[bool]]:
+        """check_key and ingest in one atomic script call: events are appended only when the key is
+        valid, has the scope and is within the rate limit (flags empty otherwise)."""
+        ks = [keys.api_key(app, key_id), keys.rate(app, int(time.time()))]
+        args: list[Any] = [secret_hash, max(1, cost), scope, rate_limit, self.dedup_ttl]
+        for ev in events:
+            part = keys.partition_of(app, ev["user_id"], self.partitions)
+            ks.append(keys.stream(part))
+            ks.append(keys.dedup(part, app, ev["event_id"]))
+            args.append(orjson.dumps({"app": app, **ev}))
+        res = await _guard(AUTH_INGEST(self.redis, ks, args))
+        if not res or int(res[0]) != 1:
+            return KeyCheck(False), []
+        scopes = res[1].decode() if isinstance(res[1], bytes) else (res[1] or "")
+        return KeyCheck(True, tuple(s for s in scopes.split(",") if s), int(res[2])), [bool(f) for f in res[3:]]
 
     async def _run_scripts(self, queue: Any, script: Script) -> list[Any]:
         pipe = self.redis.pipeline(transaction=False)

@@ -10,7 +10,7 @@ import orjson
 from fastapi import APIRouter, Request, Response
 
 from models.events import EventError, parse_time, validate_event
-from service.auth import authenticate, require_app
+from service.auth import admit, app_key, authenticate, require_app
 from service.body import read_json
 from service.errors import AttuneError, BadRequest, PayloadTooLarge
 from service.metrics import EVENTS
@@ -52,6 +52,7 @@ def _split(body: Any, max_events: int) -> tuple[list[Any], int | None]:
 )
 async def post_events(request: Request) -> Response:
     settings = request.app.state.settings
+    store = request.app.state.store
     received_ms = int(time.time() * 1000)
     problem: AttuneError | None = None
     events: list[Any] = []
@@ -60,10 +61,15 @@ async def post_events(request: Request) -> Response:
         events, sent_at = _split(await read_json(request, settings.max_body_bytes), settings.max_batch_events)
     except AttuneError as exc:
         problem = exc
-    principal = await authenticate(request, "ingest", cost=len(events) or 1)
-    if problem is not None:
-        raise problem
-    app = require_app(principal)
+    cost = len(events) or 1
+    key = app_key(request)  # None for the admin key; 401 (before any 400) for a missing or malformed one
+    if problem is not None or key is None:
+        principal = await authenticate(request, "ingest", cost=cost)
+        if problem is not None:
+            raise problem
+        app = require_app(principal)
+    else:
+        app = key.app  # trusted once the store has checked the key, below, before anything is counted
 
     valid: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
@@ -86,7 +92,15 @@ async def post_events(request: Request) -> Response:
         seen.add(ev["event_id"])
         valid.append(ev)
 
-    flags = await request.app.state.store.ingest(app, valid) if valid else []
+    if key is not None and valid:
+        # The key check, the rate count and the appends in one Redis call: one round trip.
+        check, flags = await store.ingest_checked(key.app, key.key_id, key.secret_hash, "ingest",
+                                                  settings.rate_limit_per_second, cost, valid)
+        admit(key, check, "ingest", settings)
+    else:
+        if key is not None:  # nothing to append: check the key (401/403/429 come before a 422)
+            admit(key, await store.check_key(key.app, key.key_id, key.secret_hash, cost), "ingest", settings)
+        flags = await store.ingest(app, valid) if valid else []
     accepted = sum(flags)
     duplicates = duplicates_in_batch + len(flags) - accepted
     _count(request, app, valid, flags, rejected, duplicates_in_batch)
