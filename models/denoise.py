@@ -26,14 +26,14 @@ STEPS = ("duplicate", "double_tap", "implausible_read", "implausible_typing", "a
          "confounded_repeat", "bot_suspect", "deleted")
 
 # Per-user behaviour features for the bot score, and the human norms used before the population has any.
-BOT_FEATURES = ("log_rate", "implausible_share", "repeat_rate", "log_min_gap")
+BOT_FEATURES = ("implausible_share", "repeat_rate", "log_min_gap")  # log_rate is kept for operators only
 HUMAN_NORMS: dict[str, tuple[float, float]] = {  # feature -> (median, robust sd)
     "log_rate": (math.log(3.0), 0.6),  # events per minute of activity
     "implausible_share": (0.0, 0.08),
     "repeat_rate": (0.1, 0.12),  # repeat presses (double taps included) per reply shown
     "log_min_gap": (math.log(5000.0), 1.0),  # median gap between consecutive events, ms
 }
-BOT_Z = 6.0
+BOT_Z = 8.0
 BOT_MIN_EVENTS = 20
 
 
@@ -80,7 +80,7 @@ def bot_score(features: Mapping[str, float], norms: Mapping[str, Sequence[float]
         if name not in features:
             continue
         med, sd = norms.get(name, HUMAN_NORMS[name])
-        sd = max(float(sd), HUMAN_NORMS[name][1] / 2)
+        sd = max(float(sd), HUMAN_NORMS[name][1])
         z = (features[name] - med) / sd
         if name == "log_min_gap":
             z = -z  # suspicious when gaps are short

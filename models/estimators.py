@@ -19,7 +19,7 @@ REPEAT_SPAN = 0.5  # at most half of the replies far off the preferred length ar
 DIRECTION_SLOPE = 2.5  # how sharply a stop / continue says "too long" / "too short"
 # Likelihood tempering: the simulated and real users are not exactly this model; a power below one
 # keeps the posterior from being more certain than the evidence warrants (confidence stays calibrated).
-TEMPER = 0.8
+TEMPER = 1.0
 
 
 def _log_sigmoid(z: np.ndarray) -> np.ndarray:

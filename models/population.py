@@ -76,7 +76,7 @@ def refresh(current: Population, summaries: Iterable[Mapping[str, Any]], min_rep
             if len(vals) >= 30:
                 med = float(np.median(vals))
                 mad = float(np.median(np.abs(vals - med))) * 1.4826
-                out.norms[name] = [med, max(mad, HUMAN_NORMS[name][1] / 2)]
+                out.norms[name] = [med, max(mad, HUMAN_NORMS[name][1])]
     return out
 
 

@@ -1,0 +1,38 @@
+"""Posteriors: the length grid finds the preferred length, Beta prob-best ranks arms, intervals hold the mean."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from models import estimators
+
+
+def test_length_posterior_centres_on_the_length_that_is_not_repeated() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(math.log(400), 0.7, 200)
+    p = 0.05 + 0.5 * (1 - np.exp(-0.5 * ((x - math.log(700)) / 0.35) ** 2))
+    rep = (rng.random(200) < p).astype(float)
+    post = estimators.length_posterior(x, rep, 1 - rep, np.zeros(200), np.ones(200), 0.05, math.log(380), 0.6)
+    target, lo, hi, conf = estimators.grid_summary(post)
+    assert abs(target - 700) / 700 < 0.15 and lo < 700 < hi and conf > 0.6
+
+
+def test_few_replies_leave_the_prior_and_low_confidence() -> None:
+    post = estimators.length_posterior(np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0), 0.05,
+                                       math.log(380), 0.6)
+    target, _, _, conf = estimators.grid_summary(post)
+    assert abs(target - 380) < 15 and conf < 0.4
+
+
+def test_prob_best_ranks_arms_and_sums_to_one() -> None:
+    scores = estimators.prob_best(np.array([30.0, 10.0, 10.0]), np.array([2.0, 10.0, 10.0]))
+    assert scores.argmax() == 0 and scores[0] > 0.95 and abs(scores.sum() - 1) < 1e-9
+    even = estimators.prob_best(np.array([2.0, 2.0, 2.0]), np.array([1.0, 1.0, 1.0]))
+    assert np.allclose(even, 1 / 3, atol=0.01)
+
+
+def test_beta_interval_contains_the_mean() -> None:
+    lo, hi = estimators.beta_interval(3, 27)
+    assert lo < 0.1 < hi and 0 < lo and hi < 1
