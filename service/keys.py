@@ -105,7 +105,11 @@ def login_failures(client_ip: str, minute: int) -> str:
 #                                                        worker: closed replies and their repeats,
 #                                                        conditioned (gateway/condition applied) or not
 #   ips:num, ips:den                                     worker: sums for the inverse-propensity estimate
-#                                                        (x1e6 integers) of the conditioned policy
+#                                                        (x1e6 integers) of the conditioned policy: over closed
+#                                                        conditioned replies that were not explorations,
+#                                                        num += 1e6 * r / p, den += 1e6 / p (r = 1 if not repeated,
+#                                                        p = logged propensity); self-normalised IPS = num / den.
+#                                                        A repeat arriving after the reply closed subtracts its 1/p.
 #   upstream:requests, upstream:error:<minimax code>, upstream:lat:<bucket ms>
 #                                                        gateway: calls to M2-her, errors, latency histogram
 # Profile distributions (current, not per minute) live in the hash profile_hist(app), kept up to
