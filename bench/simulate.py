@@ -55,6 +55,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _grow(bar: tqdm, n: int) -> None:
+    bar.total = (bar.total or 0) + n
+    bar.refresh()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     rng = np.random.default_rng(args.seed)
@@ -70,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                                     prefix=f"o{run_id}")
             with tqdm(total=None, unit="ev", desc="open loop", disable=args.no_progress, file=sys.stderr) as bar:
                 result = asyncio.run(run_open_loop(cluster, users, args.checkpoints, rng, noise, app="sim-open",
-                                                   tick=bar.update, total=lambda n: setattr(bar, "total", n)))
+                                                   tick=bar.update, total=lambda n: _grow(bar, n)))
             humans = sum(not u.is_bot for u in users)
             header = (f"OPEN LOOP: {len(users)} users ({humans} honest, {len(users) - humans} bots, "
                       f"{sum(u.curator for u in users)} curators), noise {args.noise}, seed {args.seed}, "

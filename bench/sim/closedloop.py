@@ -62,6 +62,7 @@ class ClosedLoopResult:
     errors: Counter[str] = field(default_factory=Counter)
     catch_up: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    ceiling: dict[str, float] = field(default_factory=dict)
 
     def figures(self) -> dict[str, float]:
         return closed_loop_figures(self)
@@ -180,6 +181,7 @@ async def run_closed_loop(cluster: Cluster, users: list[SimUser], turns: int, rn
     if not cluster.standin_url:
         result.notes.append("no stand-in: the closed loop did not run")
         return result
+    result.ceiling = ceiling(users, np.random.default_rng(int(rng.integers(1 << 30))), noise, replies=turns)
     key = cluster.app_key(app, ["ingest", "read", "condition", "manage"])
     states = [_State(u, "cond" if i % 2 == 0 else "off") for i, u in enumerate(users)]
     sem = asyncio.Semaphore(concurrency)
@@ -221,6 +223,37 @@ async def run_closed_loop(cluster: Cluster, users: list[SimUser], turns: int, rn
     return result
 
 
+def ceiling(users: list[SimUser], rng: np.random.Generator, noise: Noise, replies: int = 40) -> dict[str, float]:
+    """Repeat rates with perfect knowledge (the true pacing and length always applied) and with none, from the
+    stand-in's own reply model in this process: what the closed loop could reach at best in this simulator."""
+    import random  # noqa: PLC0415
+
+    from models.conditioning import max_tokens_for, render_note  # noqa: PLC0415
+    from service.standin import compose, perceived_pacing  # noqa: PLC0415
+
+    local = random.Random(int(rng.integers(1 << 30)))
+    out = {}
+    for arm in ("oracle", "off"):
+        repeated = shown = 0
+        for u in users:
+            for _ in range(replies):
+                messages = [{"role": "system", "name": "Mira", "content": CHARACTER}]
+                max_tokens = None
+                if arm == "oracle":
+                    target = int(round(u.preferred_chars / 10) * 10)
+                    messages.append({"role": "system", "name": "Attune", "content": render_note(u.pacing, target)})
+                    max_tokens = max_tokens_for(target)
+                reply = compose(messages, max_tokens, local)
+                text = reply["text"]
+                seen = Shown("x", len(text), perceived_pacing(text), float(reply_features(text)["dialogue_share"]),
+                             bool(rng.random() < TURNING_SHARE))
+                repeated += react(u, seen, rng, noise).repeated
+                shown += 1
+        out[f"repeat_ceiling[{arm}]"] = repeated / shown
+    out["reduction_ceiling"] = 1 - out["repeat_ceiling[oracle]"] / out["repeat_ceiling[off]"]
+    return out
+
+
 def _rate(recs: list[ReplyRecord]) -> float:
     return sum(r.repeated for r in recs) / len(recs) if recs else float("nan")
 
@@ -244,6 +277,7 @@ def closed_loop_figures(res: ClosedLoopResult) -> dict[str, float]:
     off = out["repeat_late[off]"]
     out["reduction_late"] = 1 - out["repeat_late[cond]"] / off if off and not math.isnan(off) else float("nan")
     out.update(ips_figures(res, half))
+    out.update(res.ceiling)
     return out
 
 
@@ -282,6 +316,9 @@ def closed_loop_table(res: ClosedLoopResult, header: str) -> str:
     red = f["reduction_late"]
     verdict = "n/a" if math.isnan(red) else ("PASS" if red >= 0.35 else "FAIL")
     lines.append(f"{'repeat reduction, late turns':<44}{fmt(red):>12}   goal >= 0.35   {verdict}")
+    if "reduction_ceiling" in f:
+        lines.append(f"{'ceiling: true pacing+length always applied':<44}{fmt(f['repeat_ceiling[oracle]']):>12}"
+                     f"{fmt(f['repeat_ceiling[off]']):>15}   reduction {fmt(f['reduction_ceiling'])}")
     lines.append("")
     lines.append(f"offline estimate (greedy conditioned policy, from the gateway's logged propensities, late turns): "
                  f"IPS {fmt(f['ips_greedy'])}, SNIPS {fmt(f['snips_greedy'])}; measured: conditioned arm "

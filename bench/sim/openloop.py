@@ -15,7 +15,7 @@ from bench.sim.cluster import Cluster
 from bench.sim.delivery import DeliveryStats, Outbound, plan_batches, send_all
 from bench.sim.history import ShownRecord, Stage, history_span, open_loop_history
 from bench.sim.profiles import CatchUp, fetch_profiles, wait_caught_up
-from bench.sim.score import score
+from bench.sim.score import flagged_honest, score
 from bench.sim.users import Noise, SimUser
 
 
@@ -74,6 +74,8 @@ async def run_open_loop(cluster: Cluster, users: list[SimUser], checkpoints: lis
                     shown[uid].extend(stages[k].shown)
                 total_events += len(items)
                 batches, stats = plan_batches(items, rng, noise)
+                if total:
+                    total(stats.resent)  # the bar counts every event sent, resends included
                 await send_all(client, batches, stats, tick)
                 result.delivery.add(stats)
                 catch = None
@@ -88,6 +90,8 @@ async def run_open_loop(cluster: Cluster, users: list[SimUser], checkpoints: lis
                 result.checkpoints.append(CheckpointResult(replies, figures, catch, total_events))
                 if result.sample_profile is None or k == len(checkpoints) - 1:
                     result.sample_profile = next((p for p in profiles.values() if p), None)
+            for line in flagged_honest(users, profiles):
+                result.notes.append(f"honest user marked suspect_bot at {checkpoints[-1]} replies: {line}")
             dead = catch.backlog.dead if catch else 0
             if dead:
                 result.notes.append(f"{dead} entries ended in the dead-letter streams")

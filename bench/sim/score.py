@@ -106,3 +106,14 @@ def score(users: list[SimUser], profiles: dict[str, dict[str, Any] | None],
             if "attune" in k or k in ("len_ratio", "bots_caught", "honest_flagged") or k.startswith("honest_flagged["):
                 out[k] = float("nan")
     return out
+
+
+def flagged_honest(users: list[SimUser], profiles: dict[str, dict[str, Any] | None]) -> list[str]:
+    """Honest users marked suspect_bot, with the truth that may explain it (for routing the failure)."""
+    out = []
+    for u in users:
+        if not u.is_bot and _get(profiles.get(u.user_id), "trust") == "suspect_bot":
+            out.append(f"{u.user_id} (curator={u.curator}, base_repeat={u.base_repeat:.2f}, "
+                       f"read {u.read_cps:.0f} c/s, type {u.type_cps:.1f} c/s, skew {u.skew_ms / 1000:.0f} s, "
+                       f"preferred {u.preferred_chars:.0f} chars, tolerance {u.tolerance:.2f})")
+    return out
