@@ -14,7 +14,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 
 from service import sessions, user_lookup
 from service.auth import check_app_name
-from service.errors import NotFound, PayloadTooLarge
+from service.errors import NotFound, PayloadTooLarge, RateLimited
 from service.routes.stats import known_app
 from service.sessions import CsrfSession, Operator
 
@@ -61,7 +61,10 @@ async def dashboard(request: Request, app: str | None = None) -> Response:
 async def login(request: Request) -> Response:
     store = request.app.state.store
     ip = sessions.client_ip(request)
-    await sessions.check_login_allowed(store, ip)
+    try:
+        await sessions.check_login_allowed(store, ip)
+    except RateLimited as exc:  # a person at a browser reads the login page, not JSON
+        return _login_page(exc.message, status=429, headers=exc.headers)
     body = await request.body()
     if len(body) > 4096:
         raise PayloadTooLarge("the login form is at most 4 KiB")

@@ -28,7 +28,7 @@ def _wait_for_chromium(timeout: float = 180) -> None:
         time.sleep(1)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # closed when the browser tests end, before other modules' event loops run
 def browser() -> Iterator[Browser]:
     _wait_for_chromium()
     with sync_playwright() as p:
