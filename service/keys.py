@@ -88,9 +88,9 @@ def dashboard_session(token_hash: str) -> str:
     return f"{PREFIX}:dash:session:{token_hash}"
 
 
-def login_failures(client_ip: str, minute: int) -> str:
-    """Wrong admin keys typed at the dashboard login, per client IP and minute (rate limit)."""
-    return f"{PREFIX}:dash:fail:{client_ip}:{minute}"
+def login_failures(client_ip: str) -> str:
+    """Wrong admin keys typed at the dashboard login from one IP (sorted set of times, last minute kept)."""
+    return f"{PREFIX}:dash:fail:{client_ip}"
 
 
 # --- Aggregates for /v1/admin/stats and the dashboard -------------------------------------------

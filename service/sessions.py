@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 import time
 from dataclasses import dataclass
@@ -40,25 +41,31 @@ def _hash(token: str) -> str:
 
 
 def client_ip(request: Request) -> str:
-    # The direct peer only: X-Forwarded-For is set by whoever calls, so trusting it would let an
-    # attacker pick a fresh "IP" for every guess.
+    # uvicorn rewrites the peer from X-Forwarded-For only for proxies in --forwarded-allow-ips
+    # (loopback by default); anyone else's header is ignored, so a guesser cannot pick a fresh "IP".
     return request.client.host if request.client else "unknown"
 
 
 async def check_login_allowed(store: Store, ip: str, now: float | None = None) -> None:
+    """A sliding minute: the 6th wrong key within 60 s locks the IP until the oldest of them is a minute old."""
     now = time.time() if now is None else now
-    failures = await _guard(store.redis.get(keys.login_failures(ip, int(now // 60))))
-    if failures is not None and int(failures) >= LOGIN_FAILURES_PER_MINUTE:
-        retry = 60 - int(now % 60)
+    key = keys.login_failures(ip)
+    pipe = store.redis.pipeline(transaction=False)
+    pipe.zremrangebyscore(key, "-inf", now - 60)
+    pipe.zrange(key, 0, 0, withscores=True)
+    pipe.zcard(key)
+    _, oldest, count = await _guard(pipe.execute())
+    if count >= LOGIN_FAILURES_PER_MINUTE:
+        retry = max(1, math.ceil(oldest[0][1] + 60 - now)) if oldest else 60
         raise RateLimited(f"too many wrong admin keys from {ip}: {LOGIN_FAILURES_PER_MINUTE} per minute at most; "
                           f"try again in {retry} s", retry_after=retry, code="login_rate_limited")
 
 
 async def record_failure(store: Store, ip: str, now: float | None = None) -> None:
     now = time.time() if now is None else now
-    key = keys.login_failures(ip, int(now // 60))
+    key = keys.login_failures(ip)
     pipe = store.redis.pipeline(transaction=False)
-    pipe.incr(key)
+    pipe.zadd(key, {secrets.token_hex(8): now})
     pipe.expire(key, 120)
     await _guard(pipe.execute())
 
