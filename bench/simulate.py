@@ -34,9 +34,11 @@ from bench.sim.users import Noise, make_population  # noqa: E402
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="40 users, checkpoints 10,20,40, closed loop 40 users x 24 turns")
+    ap.add_argument("--quick", action="store_true",
+                    help="a small run for tests: 30 users at 10,20,40 replies; closed loop 20 users x 16 turns")
     ap.add_argument("--loop", choices=("open", "closed", "both"), default="both")
-    ap.add_argument("--users", type=int, default=None, help="users per loop (default 200; 40 with --quick)")
+    ap.add_argument("--users", type=int, default=None, help="open-loop users (default 200; 30 with --quick)")
+    ap.add_argument("--closed-users", type=int, default=None, help="closed-loop users (default 200; 20 with --quick)")
     ap.add_argument("--checkpoints", default=None, help="replies per user at which profiles are scored (10,20,40,80)")
     ap.add_argument("--turns", type=int, default=None, help="closed-loop turns per user (default 40)")
     ap.add_argument("--noise", type=float, default=0.2, help="noise level: double taps, random repeats, ... (0.2)")
@@ -49,9 +51,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (process logs) after the run")
     args = ap.parse_args(argv)
-    args.users = args.users or (40 if args.quick else 200)
+    args.users = args.users or (30 if args.quick else 200)
+    args.closed_users = args.closed_users or (20 if args.quick else 200)
     args.checkpoints = [int(x) for x in (args.checkpoints or ("10,20,40" if args.quick else "10,20,40,80")).split(",")]
-    args.turns = args.turns or (24 if args.quick else 40)
+    args.turns = args.turns or (16 if args.quick else 40)
     return args
 
 
@@ -85,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.loop in ("closed", "both"):
             from bench.sim.closedloop import closed_loop_table, run_closed_loop  # noqa: PLC0415
 
-            users = make_population(args.users, rng, bot_share=0.0, curator_share=args.curators, prefix=f"c{run_id}")
+            users = make_population(args.closed_users, rng, bot_share=0.0, curator_share=args.curators,
+                                    prefix=f"c{run_id}")
             with tqdm(total=len(users) * args.turns, unit="turn", desc="closed loop", disable=args.no_progress,
                       file=sys.stderr) as bar:
                 closed = asyncio.run(run_closed_loop(cluster, users, args.turns, rng, noise, app="sim-closed",
@@ -95,9 +99,11 @@ def main(argv: list[str] | None = None) -> int:
                                             f"gateway (stand-in upstream), half conditioned, noise {args.noise}, "
                                             f"seed {args.seed}"))
             out["closed_loop"] = closed.as_json()
-    print(f"\n(run took {time.monotonic() - started:.0f} s; process logs in {workdir})" if args.keep
+        crashed = cluster.alive()
+    keep = args.keep or bool(crashed)
+    print(f"\n(run took {time.monotonic() - started:.0f} s; process logs in {workdir})" if keep
           else f"\n(run took {time.monotonic() - started:.0f} s)")
-    if not args.keep:
+    if not keep:
         import shutil  # noqa: PLC0415
 
         shutil.rmtree(workdir, ignore_errors=True)

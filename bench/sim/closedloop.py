@@ -149,8 +149,12 @@ async def _turn(client: httpx.AsyncClient, state: _State, turn: int, rng: np.ran
                 {"role": "user", "name": "Reader", "content": _filler(state.next_chars)}]
     turning = bool(rng.random() < TURNING_SHARE)
     for regeneration in range(MAX_REGENERATIONS + 1):
+        stream = bool(rng.random() < STREAM_SHARE)
         async with sem:
-            text, reply_id, conditioned = await _chat(client, state, messages, bool(rng.random() < STREAM_SHARE))
+            try:
+                text, reply_id, conditioned = await _chat(client, state, messages, stream)
+            except httpx.TransportError:  # e.g. a keep-alive connection the server closed: an app retries once
+                text, reply_id, conditioned = await _chat(client, state, messages, stream)
         shown_ms = int(time.time() * 1000)
         feats = reply_features(text)
         shown = Shown(reply_id, len(text), perceived_pacing(text), float(feats["dialogue_share"]), turning)
