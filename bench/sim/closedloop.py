@@ -278,6 +278,15 @@ def closed_loop_figures(res: ClosedLoopResult) -> dict[str, float]:
                                             if late else float("nan"))
         out[f"conditioned_header_late[{arm}]"] = (sum(r.conditioned == "true" for r in late) / len(late)
                                                   if late else float("nan"))
+    # What the gateway applied, against the truth (routes a shortfall: learning, exploration or the model).
+    late_cond = [(res.logged.get(r.reply_id) or {}, truth[r.user_id]) for r in res.records
+                 if r.arm == "cond" and r.turn > half]
+    paced = [(c, u) for c, u in late_cond if c.get("pacing")]
+    out["applied_pacing_right"] = sum(c["pacing"] == u.pacing for c, u in paced) / len(paced) if paced else float("nan")
+    targeted = [(c, u) for c, u in late_cond if isinstance(c.get("target_chars"), int | float)]
+    out["applied_target_share"] = len(targeted) / len(late_cond) if late_cond else float("nan")
+    out["applied_target_err"] = (float(np.median([abs(c["target_chars"] / u.preferred_chars - 1) for c, u in targeted]))
+                                 if targeted else float("nan"))
     off = out["repeat_late[off]"]
     out["reduction_late"] = 1 - out["repeat_late[cond]"] / off if off and not math.isnan(off) else float("nan")
     out.update(ips_figures(res, half))
@@ -329,6 +338,9 @@ def closed_loop_table(res: ClosedLoopResult, header: str) -> str:
                  f"{fmt(f['repeat_late[cond]'])} (with exploration), its non-explored replies "
                  f"{fmt(f['onpolicy_greedy'])}; explored share {fmt(f['explored_share'])}, "
                  f"logged share {fmt(f['ips_logged_share'])}")
+    lines.append(f"what the gateway applied in late turns: pacing = the user's true pacing in "
+                 f"{fmt(f['applied_pacing_right'])} of replies; a length target in {fmt(f['applied_target_share'])}, "
+                 f"median |target/preferred - 1| {fmt(f['applied_target_err'])}")
     if res.catch_up:
         lines.append(f"workers caught up after each turn in at most {max(res.catch_up):.2f} s "
                      f"(median {float(np.median(res.catch_up)):.2f} s)")
