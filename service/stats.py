@@ -326,8 +326,10 @@ def health(workers: dict[str, Any], loop: dict[str, Any], traffic: dict[str, Any
           "no event given up on" if dead == 0 else "events workers gave up on: inspect the dead-letter streams")
     up = loop["upstream"]
     rate = up["error_rate"]
-    check("M2-her errors", "ok" if not rate or rate < 0.01 else "warn" if rate < 0.05 else "bad",
-          "no calls" if rate is None else f"{rate:.1%}", f"of {up['totals']['requests']:,} calls to M2-her")
+    calls = up["totals"]["requests"]
+    level = "ok" if not rate or rate < 0.01 else "warn" if rate < 0.05 or calls < 20 else "bad"  # 1 of 5 is no outage
+    check("M2-her errors", level, "no calls" if rate is None else f"{rate:.1%}",
+          f"of {calls:,} calls to M2-her" + (" (few calls)" if rate and calls < 20 else ""))
     t = loop["totals"]
     delta = t["delta"]
     enough = min(t["replies_cond"], t["replies_uncond"]) >= 30

@@ -143,8 +143,11 @@
     C.share($("profile-pacing"), {items: pacing, colors: PACING_COLORS, emptyText: "no pacing label yet"});
     C.hist($("profile-conf"), {labels: p.confidence.map((_, i) => (i / 10).toFixed(1)), values: p.confidence,
       color: "#0891b2", emptyText: "no profile yet"});
-    C.share($("profile-trust"), {items: Object.entries(p.trust).map(([k, v]) => ({name: k, value: v})),
-      colors: {normal: "#16a34a", bot: "#dc2626", bot_suspect: "#f97316", suspect: "#f97316"}, emptyText: "no trust label yet"});
+    const trust = Object.entries(p.trust).sort((a, b) => (a[0] === "normal" ? -1 : b[0] === "normal" ? 1 : a[0] < b[0] ? -1 : 1));
+    const trustColors = {};
+    trust.forEach(([k], i) => { trustColors[k] = k === "normal" ? "#16a34a" : k.includes("bot") ? "#dc2626" : ["#f97316", "#ca8a04"][i % 2]; });
+    C.share($("profile-trust"), {items: trust.map(([k, v]) => ({name: k, value: v})), colors: trustColors,
+      emptyText: "no trust label yet"});
   }
 
   function loop(s) {

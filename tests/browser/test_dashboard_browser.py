@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,10 +13,24 @@ import redis
 from playwright.sync_api import Page, expect
 
 from tests.browser.conftest import ConsoleErrors
-from tests.conftest import ADMIN_KEY, ApiServer, spawn_service
+from service.settings import Settings
+from service.standin import StandIn, running
+from tests.conftest import ADMIN_KEY, ApiServer, make_settings, spawn_service
 from tests.dashboard_data import fill_counters, fill_hours, fill_users, fill_workers, post_events
 
 pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def standin() -> Iterator[tuple[StandIn, str]]:
+    with running(first_byte_ms=5, chunk_ms=0, seed=3) as pair:
+        yield pair
+
+
+@pytest.fixture
+def settings(redis_url: str, tmp_path: Path, redis_sync: redis.Redis, standin: tuple[StandIn, str]) -> Settings:
+    """The API's M2-her is the offline stand-in on loopback, so gateway calls fill the upstream panels."""
+    return make_settings(redis_url, tmp_path, minimax_base_url=standin[1])
 
 PANELS = {  # element id -> what must be drawn in it
     "traffic-types": "svg", "traffic-bad": "svg", "worker-applied": "svg", "denoise-chart": "svg",
@@ -169,12 +184,19 @@ def _turns(users: int, turns: int) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_real_worker_process_feeds_the_dashboard(page: Page, api: ApiServer, redis_sync: redis.Redis, tmp_path: Path,
-                                                 console_errors: ConsoleErrors, screenshots: Path) -> None:
-    key = api.app_key(("ingest",), app="live")
+def test_real_worker_and_gateway_feed_the_dashboard(page: Page, api: ApiServer, redis_sync: redis.Redis, tmp_path: Path,
+                                                    standin: tuple[StandIn, str], console_errors: ConsoleErrors,
+                                                    screenshots: Path) -> None:
+    key = api.app_key(("ingest", "condition"), app="live")
     with api.client(key) as c:
         r = c.post("/v1/events", json={"sent_at": int(time.time() * 1000), "events": _turns(30, 8)})
         assert r.status_code == 202 and r.json()["accepted"] > 0, r.text
+        standin[0].faults.extend([{"status": 200, "code": 1026}, {"status": 200, "code": 1026}])
+        for i in range(12):  # chats through the gateway: latency, MiniMax error codes, conditioned replies
+            chat = c.post("/v1/chat/completions", headers={"X-Attune-User": f"e2e-{i:03d}"},
+                          json={"model": "M2-her", "messages": [{"role": "system", "content": "You are Mira."},
+                                                                {"role": "user", "content": "Where to?"}]})
+            assert chat.status_code in (200, 422), chat.text
     env = {"ATTUNE_REDIS_URL": api.settings.redis_url or "", "ATTUNE_PARTITIONS": str(api.settings.partitions),
            "ATTUNE_CLOSE_AFTER": "1", "ATTUNE_WORKER_BLOCK_MS": "50", "ATTUNE_POPULATION_REFRESH_SECONDS": "0"}
     worker = spawn_service(["-m", "workers"], env, tmp_path / "worker.log")
@@ -184,7 +206,8 @@ def test_real_worker_process_feeds_the_dashboard(page: Page, api: ApiServer, red
             while True:
                 doc = admin.get("/v1/admin/stats", params={"app": "live", "window": "15m"}).json()
                 done = (doc["workers"]["alive"] >= 1 and doc["profiles"]["users"] == 30
-                        and doc["loop"]["totals"]["replies_cond"] > 0 and doc["loop"]["totals"]["replies_uncond"] > 0)
+                        and doc["loop"]["totals"]["replies_cond"] > 0 and doc["loop"]["totals"]["replies_uncond"] > 0
+                        and doc["loop"]["upstream"]["totals"]["requests"] >= 12)
                 if done:
                     break
                 assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-2000:]
@@ -193,7 +216,10 @@ def test_real_worker_process_feeds_the_dashboard(page: Page, api: ApiServer, red
         log_in(page, api, app="live", window="15m")
         expect(page.locator("#checks .check").filter(has_text="Workers")).to_have_class("check ok")
         expect(page.locator("#worker-table")).to_contain_text("alive")
-        for panel in ("traffic-types", "worker-applied", "profile-length", "profile-conf", "loop-repeat"):
+        assert doc["loop"]["upstream"]["totals"]["errors_by_code"] == {"1026": 2}
+        assert doc["loop"]["upstream"]["p50_ms"] is not None
+        for panel in ("traffic-types", "worker-applied", "profile-length", "profile-conf", "loop-repeat",
+                      "loop-latency", "loop-errors"):
             assert page.locator(f"#{panel} svg").count() == 1, page.locator(f"#{panel}").inner_text()
         assert page.locator("#profile-pacing .bar span").count() >= 1
         page.screenshot(path=str(screenshots / "dashboard-live-worker.png"), full_page=True)
