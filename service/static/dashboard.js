@@ -77,6 +77,12 @@
     }
   }
 
+  // A tile repeating a headline figure takes the headline's colour, so the two never disagree.
+  function checkStatus(s, name) {
+    const c = s.health.checks.find((x) => x.name === name);
+    return c && c.status !== "ok" ? c.status : "";
+  }
+
   // --- panels -----------------------------------------------------------------------------------
   function traffic(s) {
     const tr = s.traffic, step = s.step_seconds;
@@ -158,7 +164,7 @@
       ["difference", t.delta === null ? "–" : (t.delta * 100).toFixed(1) + " pts", t.delta === null ? "" : t.delta <= 0 ? "ok" : "warn"],
       ["IPS estimate", l.ips.estimate === null ? "–" : l.ips.estimate.toFixed(3)],
       ["M2-her p50 / p99", `${C.fmt(up.p50_ms)} / ${C.fmt(up.p99_ms)} ms`],
-      ["M2-her errors", pct(up.error_rate), up.error_rate > 0.05 ? "bad" : up.error_rate > 0.01 ? "warn" : ""],
+      ["M2-her errors", pct(up.error_rate), checkStatus(s, "M2-her errors")],
     ]);
     C.line($("loop-repeat"), {t: s.t, step, yfmt: (v) => (100 * v).toFixed(0) + "%", series: [
       {name: "conditioned", values: l.repeat_rate.cond, color: "#16a34a"},
