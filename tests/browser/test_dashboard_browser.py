@@ -144,7 +144,7 @@ def test_loads_in_under_a_second_with_10000_users(page: Page, api: ApiServer, re
     figures = {}
     for window in ("static file", "1h", "6h", "7d"):
         best = float("inf")
-        for _ in range(3):
+        for _ in range(5):  # best of 5: the machine is shared, the best run is the page's own cost
             start = time.perf_counter()
             if window == "static file":  # the baseline: the static page with no data, in the same run
                 page.goto(f"{api.url}/dashboard/static/dashboard.css")  # no favicon on this page: filtered
@@ -153,7 +153,7 @@ def test_loads_in_under_a_second_with_10000_users(page: Page, api: ApiServer, re
                 expect(page.locator("body")).to_have_attribute("data-loaded-window", window)
             best = min(best, time.perf_counter() - start)
         figures[window] = best
-    print("dashboard load times (best of 3, s):", {k: round(v, 3) for k, v in figures.items()})
+    print("dashboard load times (best of 5, s):", {k: round(v, 3) for k, v in figures.items()})
     page.screenshot(path=str(screenshots / "dashboard-10k-users-7d.png"), full_page=True)
     assert max(figures["1h"], figures["6h"], figures["7d"]) < 1.0, figures
     assert console_errors == []
