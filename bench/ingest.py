@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import secrets
 import shutil
 import signal
@@ -104,6 +105,52 @@ def start_server(name: str, cmd: list[str], env: dict[str, str], port: int, tmp:
         proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     return Server(name, proc, f"http://127.0.0.1:{port}", log)
+
+
+def cpu_of(pids: list[int]) -> float:
+    """CPU seconds (user + system) the processes have used so far (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def group_of(leader: int) -> list[int]:
+    """The processes of a server started in its own session (uvicorn's parent and its workers)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2]) == leader:
+                    pids.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return pids
+
+
+class CpuMeter:
+    """CPU seconds used during one case by Redis, the server under test and the load generator."""
+
+    def __init__(self, redis_pid: int, server: Server | None) -> None:
+        self.redis_pid = redis_pid
+        self.server = group_of(server.proc.pid) if server else []
+
+    def __enter__(self) -> CpuMeter:
+        self.start = self._now()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.used = [b - a for a, b in zip(self.start, self._now(), strict=True)]
+
+    def _now(self) -> tuple[float, float, float]:
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, once it has exited
+        client = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+        return cpu_of([self.redis_pid]), cpu_of(self.server), client
 
 
 def create_key(url: str) -> str:
@@ -204,8 +251,10 @@ class Case:
     seconds: float = 0.0
     p50: list[float] | None = None
     p99: list[float] | None = None
+    cpu: tuple[float, float, float] = (0.0, 0.0, 0.0)  # redis, server, load generator (s)
 
-    def add(self, res: dict[str, Any]) -> None:
+    def add(self, res: dict[str, Any], meter: CpuMeter) -> None:
+        self.cpu = tuple(a + b for a, b in zip(self.cpu, meter.used, strict=True))  # type: ignore[assignment]
         self.events += res["events"]
         self.requests += res["requests"]
         self.seconds += res["seconds"]
@@ -228,12 +277,15 @@ def fmt(value: float | None, spec: str = ",.0f") -> str:
 
 def print_table(title: str, cases: list[Case], top: Case) -> None:
     print(f"\n{title}")
-    print(f"{'case':<42}{'events/s':>11}{'requests/s':>12}{'p50 ms':>9}{'p99 ms':>9}{'of ceiling':>12}")
+    print(f"{'':<42}{'':>11}{'':>11}{'':>8}{'':>8}{'':>11}  CPU us per event")
+    print(f"{'case':<42}{'events/s':>11}{'requests/s':>11}{'p50 ms':>8}{'p99 ms':>8}{'of ceiling':>11}"
+          f"{'redis':>7}{'server':>7}{'client':>7}")
     for c in cases:
         p50 = statistics.median(c.p50) if c.p50 else None
         p99 = statistics.median(c.p99) if c.p99 else None
-        print(f"{c.name:<42}{fmt(c.events_s):>11}{fmt(c.req_s):>12}{fmt(p50, '.1f'):>9}{fmt(p99, '.1f'):>9}"
-              f"{c.events_s / top.events_s:>12.2f}")
+        us = [1e6 * x / max(1, c.events) for x in c.cpu]
+        print(f"{c.name:<42}{fmt(c.events_s):>11}{fmt(c.req_s):>11}{fmt(p50, '.1f'):>8}{fmt(p99, '.1f'):>8}"
+              f"{c.events_s / top.events_s:>11.2f}{us[0]:>7.1f}{us[1]:>7.1f}{us[2]:>7.1f}")
 
 
 def verdicts(top: Case, by_batch: dict[int, Case], bare: Case) -> None:
@@ -270,6 +322,8 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below on SIGTERM too
     try:
         redis_url = embedded.start()
+        assert embedded.process is not None  # a fresh data dir: never a reused server
+        redis_pid = embedded.process.pid
         r = redis.Redis.from_url(redis_url)
         token = create_key(redis_url)
         api_port, bare_port = free_port(), free_port()
@@ -306,16 +360,20 @@ def main() -> int:
             bare_case = Case("bare one-XADD endpoint, 1 event")
             for _ in range(slices):
                 token = reset(r, redis_url)
-                top.add(ceiling(r, payloads, args.slice, args.pipeline))
+                with CpuMeter(redis_pid, None) as meter:
+                    res = ceiling(r, payloads, args.slice, args.pipeline)
+                top.add(res, meter)
                 for batch in batches:
                     token = reset(r, redis_url)
-                    res = run_wrk(wrk, api.url, token, batch, args.slice, args.connections, args.threads)
+                    with CpuMeter(redis_pid, api) as meter:
+                        res = run_wrk(wrk, api.url, token, batch, args.slice, args.connections, args.threads)
                     check_stored(r, res, args.connections * batch, f"batch {batch}")
-                    by_batch[batch].add(res)
+                    by_batch[batch].add(res, meter)
                 reset(r, redis_url)
-                res = run_wrk(wrk, bare.url, token, 1, args.slice, args.connections, args.threads)
+                with CpuMeter(redis_pid, bare) as meter:
+                    res = run_wrk(wrk, bare.url, token, 1, args.slice, args.connections, args.threads)
                 check_stored(r, res, args.connections, "bare")
-                bare_case.add(res)
+                bare_case.add(res, meter)
             print_table(f"round {rnd}", [top, *by_batch.values(), bare_case], top)
             verdicts(top, by_batch, bare_case)
     finally:

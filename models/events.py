@@ -33,6 +33,13 @@ _NEEDS_REPLY = {"reply_shown", "repeat", "reply_selected", "continue", "stop", "
 _NEEDS_SESSION = {"session_start", "session_end"}
 
 _ID = re.compile(r"^[A-Za-z0-9._:@\-]{1,128}$")
+_ID_MATCH = _ID.match
+# Per type, the id fields in the order they are checked, and whether the type requires each.
+_ID_FIELDS: dict[str, tuple[tuple[str, bool], ...]] = {
+    t: (("event_id", True), ("user_id", True), ("session_id", t in _NEEDS_SESSION), ("character_id", False),
+        ("reply_id", t in _NEEDS_REPLY))
+    for t in EVENT_TYPES
+}
 MAX_CHARS = 1_000_000
 MAX_TEXT = 64 * 1024
 MAX_ALTERNATIVES = 16
@@ -118,14 +125,19 @@ def validate_event(
         raise EventError("missing_field", f"type is required; one of: {KNOWN_TYPES}")
     if etype not in EVENT_TYPES:
         raise EventError("unknown_type", f"type {str(etype)[:40]!r} is not known; use one of: {KNOWN_TYPES}")
+    # The common case (a well-formed id) inline; _id says what is wrong otherwise. This loop runs for
+    # every event ingested, so it avoids a call per field.
     out: dict[str, Any] = {"type": etype}
-    out["event_id"] = _id(raw, "event_id", True)
-    out["user_id"] = _id(raw, "user_id", True)
-    for field in ("session_id", "character_id", "reply_id"):
-        value = _id(raw, field, (field == "reply_id" and etype in _NEEDS_REPLY)
-                    or (field == "session_id" and etype in _NEEDS_SESSION))
-        if value is not None:
+    get = raw.get
+    for field, required in _ID_FIELDS[etype]:
+        value = get(field)
+        if value is None:
+            if required:
+                _id(raw, field, True)  # raises missing_field
+        elif isinstance(value, str) and _ID_MATCH(value):
             out[field] = value
+        else:
+            _id(raw, field, required)  # raises invalid_field
 
     if "timestamp" not in raw:
         raise EventError("missing_field", "timestamp is required (ISO 8601 text or epoch milliseconds)")
