@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from bench.sim import report  # noqa: E402
+from bench.sim import behaviour, report  # noqa: E402
 from bench.sim.cluster import Cluster  # noqa: E402
 from bench.sim.openloop import run_open_loop  # noqa: E402
 from bench.sim.users import Noise, make_population  # noqa: E402
@@ -44,6 +44,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--noise", type=float, default=0.2, help="noise level: double taps, random repeats, ... (0.2)")
     ap.add_argument("--bots", type=float, default=0.05, help="share of bots (0.05)")
     ap.add_argument("--curators", type=float, default=0.10, help="share of curators among humans (0.10)")
+    ap.add_argument("--pace-effect", type=float, default=1.0,
+                    help="scale the repeat probability a pacing mismatch causes (1.0: 0.3 one step off, 0.55 two "
+                         "steps); vary it to check that the learning does not depend on the simulator's exact constants")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--workers", type=int, default=2, help="worker processes (2)")
     ap.add_argument("--redis-url", default=None, help="use this Redis instead of starting an embedded one")
@@ -66,6 +69,7 @@ def _grow(bar: tqdm, n: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     rng = np.random.default_rng(args.seed)
+    behaviour.PACE_REPEAT = tuple(min(0.95, p * args.pace_effect) for p in behaviour.PACE_REPEAT)
     noise = Noise(args.noise)
     run_id = secrets.token_hex(3)
     out: dict[str, object] = {"command": " ".join(sys.argv), "seed": args.seed, "noise": args.noise}
@@ -81,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                                                    tick=bar.update, total=lambda n: _grow(bar, n)))
             humans = sum(not u.is_bot for u in users)
             header = (f"OPEN LOOP: {len(users)} users ({humans} honest, {len(users) - humans} bots, "
-                      f"{sum(u.curator for u in users)} curators), noise {args.noise}, seed {args.seed}, "
+                      f"{sum(u.curator for u in users)} curators), noise {args.noise}, pace effect {args.pace_effect}, "
+                      f"seed {args.seed}, "
                       f"{args.workers} worker process(es)")
             print(report.open_loop_table(result, header))
             out["open_loop"] = report.as_json(result)
