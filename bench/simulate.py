@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import secrets
+import signal
 import sys
 import tempfile
 import time
@@ -68,6 +69,8 @@ def _grow(bar: tqdm, n: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    # SIGTERM unwinds like Ctrl-C, so the processes this run started are stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     rng = np.random.default_rng(args.seed)
     behaviour.PACE_REPEAT = tuple(min(0.95, p * args.pace_effect) for p in behaviour.PACE_REPEAT)
     noise = Noise(args.noise)
