@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import secrets
+import shutil
 import signal
 import sys
 import tempfile
@@ -62,6 +63,36 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _open_loop(args: argparse.Namespace, cluster: Cluster, rng: np.random.Generator, noise: Noise,
+               run_id: str) -> dict[str, object]:
+    users = make_population(args.users, rng, bot_share=args.bots, curator_share=args.curators, prefix=f"o{run_id}")
+    with tqdm(total=None, unit="ev", desc="open loop", disable=args.no_progress, file=sys.stderr) as bar:
+        result = asyncio.run(run_open_loop(cluster, users, args.checkpoints, rng, noise, app="sim-open",
+                                           tick=bar.update, total=lambda n: _grow(bar, n)))
+    humans = sum(not u.is_bot for u in users)
+    print(report.open_loop_table(result, (
+        f"OPEN LOOP: {len(users)} users ({humans} honest, {len(users) - humans} bots, "
+        f"{sum(u.curator for u in users)} curators), noise {args.noise}, pace effect {args.pace_effect}, "
+        f"seed {args.seed}, {args.workers} worker process(es)")))
+    return report.as_json(result)
+
+
+def _closed_loop(args: argparse.Namespace, cluster: Cluster, rng: np.random.Generator, noise: Noise,
+                 run_id: str) -> dict[str, object]:
+    from bench.sim.closedloop import closed_loop_table, run_closed_loop  # noqa: PLC0415 - imports the stand-in
+
+    users = make_population(args.closed_users, rng, bot_share=0.0, curator_share=args.curators, prefix=f"c{run_id}")
+    with tqdm(total=len(users) * args.turns, unit="turn", desc="closed loop", disable=args.no_progress,
+              file=sys.stderr) as bar:
+        closed = asyncio.run(run_closed_loop(cluster, users, args.turns, rng, noise, app="sim-closed",
+                                             tick=bar.update))
+    print()
+    print(closed_loop_table(closed, f"CLOSED LOOP: {len(users)} users x {args.turns} turns through the gateway "
+                                    f"(stand-in upstream), half conditioned, noise {args.noise}, "
+                                    f"pace effect {args.pace_effect}, seed {args.seed}"))
+    return closed.as_json()
+
+
 def _grow(bar: tqdm, n: int) -> None:
     bar.total = (bar.total or 0) + n
     bar.refresh()
@@ -79,42 +110,25 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="attune-sim-"))
     needs_standin = args.loop in ("closed", "both")
     started = time.monotonic()
-    with Cluster(workdir, redis_url=args.redis_url, workers=args.workers, standin=needs_standin) as cluster:
-        if args.loop in ("open", "both"):
-            users = make_population(args.users, rng, bot_share=args.bots, curator_share=args.curators,
-                                    prefix=f"o{run_id}")
-            with tqdm(total=None, unit="ev", desc="open loop", disable=args.no_progress, file=sys.stderr) as bar:
-                result = asyncio.run(run_open_loop(cluster, users, args.checkpoints, rng, noise, app="sim-open",
-                                                   tick=bar.update, total=lambda n: _grow(bar, n)))
-            humans = sum(not u.is_bot for u in users)
-            header = (f"OPEN LOOP: {len(users)} users ({humans} honest, {len(users) - humans} bots, "
-                      f"{sum(u.curator for u in users)} curators), noise {args.noise}, pace effect {args.pace_effect}, "
-                      f"seed {args.seed}, "
-                      f"{args.workers} worker process(es)")
-            print(report.open_loop_table(result, header))
-            out["open_loop"] = report.as_json(result)
-        if args.loop in ("closed", "both"):
-            from bench.sim.closedloop import closed_loop_table, run_closed_loop  # noqa: PLC0415
-
-            users = make_population(args.closed_users, rng, bot_share=0.0, curator_share=args.curators,
-                                    prefix=f"c{run_id}")
-            with tqdm(total=len(users) * args.turns, unit="turn", desc="closed loop", disable=args.no_progress,
-                      file=sys.stderr) as bar:
-                closed = asyncio.run(run_closed_loop(cluster, users, args.turns, rng, noise, app="sim-closed",
-                                                     tick=bar.update))
-            print()
-            print(closed_loop_table(closed, f"CLOSED LOOP: {len(users)} users x {args.turns} turns through the "
-                                            f"gateway (stand-in upstream), half conditioned, noise {args.noise}, "
-                                            f"seed {args.seed}"))
-            out["closed_loop"] = closed.as_json()
-        crashed = cluster.alive()
-    keep = args.keep or bool(crashed)
-    print(f"\n(run took {time.monotonic() - started:.0f} s; process logs in {workdir})" if keep
-          else f"\n(run took {time.monotonic() - started:.0f} s)")
-    if not keep:
-        import shutil  # noqa: PLC0415
-
-        shutil.rmtree(workdir, ignore_errors=True)
+    crashed: list[str] = []
+    failed = True
+    try:
+        with Cluster(workdir, redis_url=args.redis_url, workers=args.workers, standin=needs_standin) as cluster:
+            if args.loop in ("open", "both"):
+                out["open_loop"] = _open_loop(args, cluster, rng, noise, run_id)
+            if args.loop in ("closed", "both"):
+                out["closed_loop"] = _closed_loop(args, cluster, rng, noise, run_id)
+            crashed = cluster.alive()
+        failed = False
+    except (SystemExit, KeyboardInterrupt):
+        failed = False  # stopped on purpose: the processes are stopped, the logs are not needed
+        raise
+    finally:
+        keep = args.keep or bool(crashed) or failed
+        print(f"\n(run took {time.monotonic() - started:.0f} s; process logs in {workdir})" if keep
+              else f"\n(run took {time.monotonic() - started:.0f} s)")
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
     if args.json:
         args.json.write_text(json.dumps(out, indent=2, default=str))
     return 0
