@@ -38,24 +38,32 @@ def length_posterior(
     direction: +w for "too long" (stop, shortened edit), -w for "too short" (continue, lengthened edit);
     weight: forgetting weight of each reply; pairs: (log chars kept, log chars passed over, weight).
     """
-    mu = grid[:, None, None]
-    w = w_grid[None, :, None]
     logp = -0.5 * ((grid - prior_mu) / prior_sd) ** 2
     total = np.repeat(logp[:, None], len(w_grid), axis=1) - math.log(len(w_grid))
-    if len(x):
-        d = (x[None, None, :] - mu) / w
-        mismatch = 1.0 - np.exp(-0.5 * d * d)
+    w_rep, w_suc, dirw = weight * repeat, weight * success, weight * direction
+    used = (w_rep != 0) | (w_suc != 0) | (dirw != 0)
+    if used.any():
+        if not used.all():  # replies that carry no weight change nothing: leave them out of the grid work
+            x, w_rep, w_suc, dirw = x[used], w_rep[used], w_suc[used], dirw[used]
+        d = (x[None, None, :] - grid[:, None, None]) / w_grid[None, :, None]  # [mu, tolerance, reply]
         b = min(max(base_rate, 0.01), 0.9)
-        p_rep = np.clip(b + (1 - b) * REPEAT_SPAN * mismatch, 1e-4, 1 - 1e-4)
-        ll = (weight * repeat)[None, None, :] * np.log(p_rep) + (weight * success)[None, None, :] * np.log1p(-p_rep)
-        dirw = weight * direction
+        # p_rep = b + (1 - b) * REPEAT_SPAN * (1 - exp(-d^2 / 2)) lies in [0.01, 0.95]: no clipping needed.
+        p_rep = np.exp(-0.5 * d * d)
+        p_rep *= -(1 - b) * REPEAT_SPAN
+        p_rep += b + (1 - b) * REPEAT_SPAN
+        r, s = w_rep > 0, w_suc > 0
+        ll = np.log(p_rep[:, :, r]) @ w_rep[r] if r.any() else 0.0
+        if s.any():
+            ll = ll + np.log1p(-p_rep[:, :, s]) @ w_suc[s]
         if np.any(dirw):
-            ll = ll + np.abs(dirw)[None, None, :] * _log_sigmoid(np.sign(dirw)[None, None, :] * DIRECTION_SLOPE * d)
-        total = total + TEMPER * ll.sum(axis=2)
-    for kept, other, pw in pairs or ():
-        dk = (kept - grid[:, None]) / w_grid[None, :]
-        do = (other - grid[:, None]) / w_grid[None, :]
-        total = total + TEMPER * pw * _log_sigmoid(1.5 * (do * do - dk * dk) / 2)
+            k = dirw != 0
+            ll = ll + _log_sigmoid(np.sign(dirw[k]) * DIRECTION_SLOPE * d[:, :, k]) @ np.abs(dirw[k])
+        total = total + TEMPER * ll
+    if pairs:
+        kept, other, pw = (np.array(c, dtype=float) for c in zip(*pairs, strict=True))
+        dk = (kept[None, None, :] - grid[:, None, None]) / w_grid[None, :, None]
+        do = (other[None, None, :] - grid[:, None, None]) / w_grid[None, :, None]
+        total = total + TEMPER * (_log_sigmoid(1.5 * (do * do - dk * dk) / 2) @ pw)
     total -= total.max()
     post = np.exp(total).sum(axis=1)
     return np.asarray(post / post.sum())

@@ -8,6 +8,7 @@ late or out-of-order event simply amends its reply and the result does not depen
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -370,30 +371,38 @@ def _pacing_label_posterior(recs: list[dict[str, Any]], ev: Mapping[str, Any], m
 
     Satisfaction falls with the distance between the reply's pacing and the preferred one (ordinal: a
     neighbouring pacing hurts less than the opposite), and with the length mismatch, which explains
-    some repeats away; a reply reads as the pacing asked for only most of the time.
+    some repeats away; a reply reads as the pacing asked for only most of the time. Vectorised over
+    replies: satisfaction factors as exp(-length mismatch) * _PACE_MIX[asked pacing, preferred pacing].
     """
-    logp = np.log(PACING_PRIOR).copy()
-    idx = np.arange(3)
-    cost = PACE_COST[np.abs(idx[:, None] - idx[None, :])]  # [asked k, preferred P]
+    ks, ms, ws = [], [], []
+    rep, suc, forget = ev["rep"], ev["suc"], ev["forget"]
     for i, r in enumerate(recs):
         pacing = (r.get("ap") or {}).get("pacing")
-        if pacing not in PACINGS:
+        if pacing not in _PACE_INDEX:
             continue
-        k = PACINGS.index(pacing)
-        m_len = 0.5 * ((math.log(max(r["c"], 1)) - mu) / 0.4) ** 2 if r.get("c") else 0.0
-        sat = np.exp(-m_len - cost)  # [perceived j, preferred P]
-        others = [j for j in range(3) if j != k]
-        s_exp = PACING_FOLLOWED * sat[k] + (1 - PACING_FOLLOWED) * sat[others].mean(axis=0)
+        ks.append(_PACE_INDEX[pacing])
+        ms.append(math.log(max(r["c"], 1)) if r.get("c") else math.nan)
+        ws.append(i)
+    logp = np.zeros(3)
+    if ks:
+        sel = np.array(ws, dtype=int)
+        logc = np.array(ms)
+        m_len = np.where(np.isnan(logc), 0.0, 0.5 * ((logc - mu) / 0.4) ** 2)
+        s_exp = np.exp(-m_len)[:, None] * _PACE_MIX[np.array(ks, dtype=int)]  # [reply, preferred P]
         p_rep = np.clip(1 - (1 - base) * (1 - 0.5 * (1 - s_exp)), 1e-4, 1 - 1e-4)
-        w = ev["forget"][i]
-        if ev["rep"][i] > 0:
-            logp += w * ev["rep"][i] * np.log(p_rep)
-        elif ev["suc"][i] > 0:
-            logp += w * ev["suc"][i] * np.log1p(-p_rep)
-    logp = PACING_SHARPEN * (logp - np.log(PACING_PRIOR)) + np.log(PACING_PRIOR)
+        w_rep = forget[sel] * rep[sel]
+        w_suc = np.where(w_rep > 0, 0.0, forget[sel] * suc[sel])
+        logp = w_rep @ np.log(p_rep) + w_suc @ np.log1p(-p_rep)
+    logp = PACING_SHARPEN * logp + np.log(PACING_PRIOR)
     logp -= logp.max()
     post = np.exp(logp)
     return np.asarray(post / post.sum())
+
+
+_PACE_INDEX = {p: k for k, p in enumerate(PACINGS)}
+_PACE_C = np.exp(-PACE_COST[np.abs(np.arange(3)[:, None] - np.arange(3)[None, :])])  # [perceived, preferred]
+# Expected exp(-pace cost) given the pacing asked for: followed with PACING_FOLLOWED, else one of the others.
+_PACE_MIX = PACING_FOLLOWED * _PACE_C + (1 - PACING_FOLLOWED) * (_PACE_C.sum(axis=0)[None, :] - _PACE_C) / 2
 
 
 def _pairs(recs: list[dict[str, Any]]) -> list[tuple[float, float, float]]:
@@ -415,7 +424,7 @@ def behaviour_features(state: Mapping[str, Any]) -> dict[str, float]:
     gaps = beh["gaps"]
     out: dict[str, float] = {"repeat_rate": beh["presses"] / max(1, state["replies"])}
     if gaps:
-        out["log_min_gap"] = math.log(float(np.median(gaps)) + 1.0)
+        out["log_min_gap"] = math.log(float(statistics.median(gaps)) + 1.0)  # numpy's costs 50x more here
         span_min = max(sum(g for g in gaps if g < 600_000) / 60_000, 0.5)
         out["log_rate"] = math.log(len(gaps) / span_min)
     if beh["judged"] >= 5:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,8 +28,12 @@ from workers.errors import CommitConflict
 log = logging.getLogger("attune.worker")
 
 # KEYS: state, profile, recent, tombstone, then per-character profile keys.
-# ARGV: expected version, tombstone value seen at load ('' none), state, profile, n recent, recent..., char docs...
-# A version prefix on the state ("17|{...}") lets the script compare without decoding JSON.
+# ARGV: expected version, tombstone value seen at load ('' none), state, profile,
+#       full (1: rewrite the recent list with the items; 0: push the items onto its head), n items,
+#       n replaced (index, item) pairs, length to trim to (-1: none), items..., pairs..., char docs...
+# A version prefix on the state ("17|{...}") lets the script compare without decoding JSON. The recent
+# list changes incrementally when the worker knows what it holds (its cache of the user, valid while the
+# version matches): a new reply is pushed, an amended one replaced in place, instead of 50 rewrites.
 COMMIT_LUA = """
 local cur = redis.call('GET', KEYS[1])
 local v = 0
@@ -39,10 +43,24 @@ local del = redis.call('GET', KEYS[4]) or ''
 if del ~= ARGV[2] then return -2 end
 redis.call('SET', KEYS[1], ARGV[3])
 redis.call('SET', KEYS[2], ARGV[4])
-local n = tonumber(ARGV[5])
-redis.call('DEL', KEYS[3])
-if n > 0 then redis.call('RPUSH', KEYS[3], unpack(ARGV, 6, 5 + n)) end
-for i = 5, #KEYS do redis.call('SET', KEYS[i], ARGV[5 + n + i - 4]) end
+local full, n, m, keep = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local i = 9
+if full == 1 then
+  redis.call('DEL', KEYS[3])
+  if n > 0 then redis.call('RPUSH', KEYS[3], unpack(ARGV, i, i + n - 1)) end
+elseif n > 0 then
+  redis.call('LPUSH', KEYS[3], unpack(ARGV, i, i + n - 1))
+end
+i = i + n
+for _ = 1, m do
+  redis.call('LSET', KEYS[3], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+if keep >= 0 then redis.call('LTRIM', KEYS[3], 0, keep - 1) end
+for k = 5, #KEYS do
+  redis.call('SET', KEYS[k], ARGV[i])
+  i = i + 1
+end
 return 1
 """
 COMMIT = Script(COMMIT_LUA)
@@ -94,8 +112,30 @@ def decode_state(raw: bytes | None) -> tuple[int, dict[str, Any]]:
     return int(head), orjson.loads(body)
 
 
+@dataclass
+class Cached:
+    """What this worker last committed for a user: valid while the stored version is still `version`."""
+
+    version: int
+    tomb: bytes | None
+    body: bytes  # the stored state value ("version|json"), to decode afresh when the object cannot be reused
+    state: dict[str, Any] | None  # the decoded state, reused by the next update (None once it was mutated)
+    recent_ids: list[str]  # the recent list as stored: reply ids and JSON items, newest first
+    recent: list[bytes]
+    partition: int
+
+
 class Applier:
-    """Per-process: population snapshots per app, the repeat-model trainer, and the stats buffer."""
+    """Per-process: population snapshots per app, the repeat-model trainer, the stats buffer, a user cache.
+
+    The cache keeps the state of users this worker committed lately, so an update needs no read and no
+    JSON decoding and the recent list can be changed incrementally. It is only a hint: the commit is a
+    compare-and-set on the version (and the tombstone), so an entry another writer made stale (a delete,
+    a worker that took the partition over) fails its commit and the user is reloaded from Redis.
+    """
+
+    CACHE_USERS = 4096
+    CACHE_BYTES = 32 << 20  # encoded state bytes; the decoded objects take several times more
 
     def __init__(self, client: aioredis.Redis, stats: StatsBuffer, close_after_s: float) -> None:
         self.redis = client
@@ -104,6 +144,8 @@ class Applier:
         self.populations: dict[str, Population] = {}
         self.trainers: dict[str, RepeatModelTrainer] = {}
         self.applied_total = 0
+        self.cache: OrderedDict[tuple[str, str], Cached] = OrderedDict()
+        self._cache_bytes = 0
 
     def population(self, app: str) -> Population:
         pop = self.populations.get(app)
@@ -111,6 +153,26 @@ class Applier:
             pop = self.populations[app] = Population()
         return pop
 
+    # --- cache --------------------------------------------------------------------------------------
+    def _take(self, key: tuple[str, str]) -> Cached | None:
+        hit = self.cache.pop(key, None)
+        if hit is not None:
+            self._cache_bytes -= len(hit.body)
+        return hit
+
+    def _keep(self, key: tuple[str, str], entry: Cached) -> None:
+        self.cache[key] = entry
+        self._cache_bytes += len(entry.body)
+        while self.cache and (len(self.cache) > self.CACHE_USERS or self._cache_bytes > self.CACHE_BYTES):
+            _, old = self.cache.popitem(last=False)
+            self._cache_bytes -= len(old.body)
+
+    def forget_partition(self, partition: int) -> None:
+        """Drop cached users of a partition this worker no longer reads (another worker may write them)."""
+        for key in [k for k, v in self.cache.items() if v.partition == partition]:
+            self._take(key)
+
+    # --- applying -----------------------------------------------------------------------------------
     async def apply(self, work: list[UserWork], sweep: bool = False) -> dict[str, str]:
         """Commit every user's events; returns {stream id: reason} of events that could not be applied (poison).
 
@@ -126,55 +188,79 @@ class Applier:
         return {sid: why for w in work for sid, why in w.poison.items()}
 
     def _compute_isolating(self, w: UserWork, raw: bytes | None, tomb: bytes | None, now_ms: int,
-                           sweep: bool) -> dict[str, Any] | None:
+                           sweep: bool, state: dict[str, Any] | None) -> dict[str, Any] | None:
         try:
-            return self._compute(w, raw, tomb, now_ms, sweep)
+            return self._compute(w, raw, tomb, now_ms, sweep, state)
         except Exception:  # noqa: BLE001 - find the event that breaks it; the rest of the user must go on
             log.exception("applying %d events of %s/%s failed; isolating the culprit", len(w.events), w.app, w.user_id)
-        for i in range(len(w.events)):
+        for i in range(len(w.events)):  # from the stored bytes: the failed attempt may have mutated `state`
             trial = UserWork(w.app, w.user_id, w.partition, w.events[: i + 1], dict(w.poison))
             try:
-                self._compute(trial, raw, tomb, now_ms, sweep)
+                self._compute(trial, raw, tomb, now_ms, sweep, None)
             except Exception as exc:  # noqa: BLE001
                 w.poison[w.events[i][0]] = f"applying it raised {type(exc).__name__}: {exc}"[:500]
-        return self._compute(w, raw, tomb, now_ms, sweep)
+        return self._compute(w, raw, tomb, now_ms, sweep, None)
 
     async def _round(self, work: list[UserWork], sweep: bool) -> list[UserWork]:
-        pipe = self.redis.pipeline(transaction=False)
-        for w in work:
-            pipe.mget(keys.user_state(w.app, w.user_id), keys.deleted(w.app, w.user_id))
-        loaded = await pipe.execute()
+        hits = {id(w): self._take((w.app, w.user_id)) for w in work}
+        need = [w for w in work if hits[id(w)] is None]
+        loaded: dict[int, tuple[bytes | None, bytes | None]] = {}
+        if need:
+            pipe = self.redis.pipeline(transaction=False)
+            for w in need:
+                pipe.mget(keys.user_state(w.app, w.user_id), keys.deleted(w.app, w.user_id))
+            for w, (raw, tomb) in zip(need, await pipe.execute(), strict=True):
+                loaded[id(w)] = (raw, tomb)
         now_ms = int(time.time() * 1000)
         commits = []
-        for w, (raw, tomb) in zip(work, loaded, strict=True):
-            c = self._compute_isolating(w, raw, tomb, now_ms, sweep)
-            if c is not None:
-                commits.append(c)
+        for w in work:
+            hit = hits[id(w)]
+            if hit is not None:
+                c = self._compute_isolating(w, hit.body, hit.tomb, now_ms, sweep, hit.state)
+                if c is None:  # nothing to commit; the object may carry uncommitted changes: keep the bytes only
+                    self._keep((w.app, w.user_id), Cached(hit.version, hit.tomb, hit.body, None, hit.recent_ids,
+                                                          hit.recent, hit.partition))
+                    continue
+                c["recent_ops"] = _recent_ops(hit.recent_ids, hit.recent, c["recent_ids"], c["recent"])
+            else:
+                raw, tomb = loaded[id(w)]
+                c = self._compute_isolating(w, raw, tomb, now_ms, sweep, None)
+                if c is None:
+                    continue
+                c["recent_ops"] = (1, c["recent"], [], -1)
+            commits.append(c)
         if not commits:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for c in commits:
-            COMMIT.queue(pipe, c["keys"], c["args"])
+            COMMIT.queue(pipe, c["keys"], _commit_args(c))
         try:
             results = await pipe.execute()
         except NoScriptError:
             await self.redis.script_load(COMMIT.source)
             pipe = self.redis.pipeline(transaction=False)
             for c in commits:
-                COMMIT.queue(pipe, c["keys"], c["args"])
+                COMMIT.queue(pipe, c["keys"], _commit_args(c))
             results = await pipe.execute()
         retry = []
-        after = self.redis.pipeline(transaction=False)
+        after = _BatchAggregates()
         for c, res in zip(commits, results, strict=True):
+            w = c["work"]
             if int(res) != 1:
-                retry.append(c["work"])
+                retry.append(w)  # lost the compare-and-set: the next round reloads the user from Redis
                 continue
+            self._keep((w.app, w.user_id), Cached(c["version"], c["tomb"], c["body"], c["state"], c["recent_ids"],
+                                                  c["recent"], w.partition))
             self._after_commit(after, c, now_ms)
-        await after.execute()
+        await after.write(self.redis)
         return retry
 
-    def _compute(self, w: UserWork, raw: bytes | None, tomb: bytes | None, now_ms: int, sweep: bool) -> dict[str, Any] | None:
-        version, state = decode_state(raw)
+    def _compute(self, w: UserWork, raw: bytes | None, tomb: bytes | None, now_ms: int, sweep: bool,
+                 cached_state: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        if cached_state is not None:
+            version, state = int(raw.partition(b"|")[0]) if raw else 0, cached_state
+        else:
+            version, state = decode_state(raw)
         deleted_at = int(tomb) if tomb else None
         pop = self.population(w.app)
         ap = pm.Applier(state, pop, self.close_after_ms)
@@ -221,16 +307,17 @@ class Applier:
         old_hist = state["hist"]
         state["hist"] = pm.hist_buckets(doc)
         state["sum"] = pm.summary(state, est, feats)
-        recent = [orjson.dumps(item) for item in pm.recent_items(state)]
+        items = pm.recent_items(state)
         body = str(version).encode() + b"|" + orjson.dumps(state, default=_default)
         return {
             "work": w, "state": state, "closed": ap.closed_now, "amended": ap.amended_repeats,
             "discounted": ap.discounted, "applied": applied, "deleted": skipped_deleted,
             "old_hist": old_hist, "new_hist": state["hist"], "has_open": bool(state["open"]),
+            "version": version, "tomb": tomb, "body": body,
+            "recent_ids": [item["reply_id"] for item in items], "recent": [orjson.dumps(item) for item in items],
             "keys": [keys.user_state(w.app, w.user_id), keys.profile(w.app, w.user_id),
                      keys.user_recent(w.app, w.user_id), keys.deleted(w.app, w.user_id), *char_keys],
-            "args": [version - 1, tomb.decode() if tomb else "", body, orjson.dumps(doc), len(recent), *recent,
-                     *char_docs],
+            "head": [version - 1, tomb.decode() if tomb else "", body, orjson.dumps(doc)], "char_docs": char_docs,
         }
 
     @staticmethod
@@ -248,7 +335,7 @@ class Applier:
         state["est_stale"] = 0
         return state["est"]
 
-    def _after_commit(self, pipe: Any, c: dict[str, Any], now_ms: int) -> None:
+    def _after_commit(self, agg: _BatchAggregates, c: dict[str, Any], now_ms: int) -> None:
         w: UserWork = c["work"]
         app = w.app
         self.applied_total += c["applied"]
@@ -282,22 +369,81 @@ class Applier:
                 fields.append(("ips:num", -int(1 / ap["propensity"] * 1e6)))
         if fields:
             self.stats.add_many(app, fields)
-        hist = keys.profile_hist(app)
-        old, new = c["old_hist"], c["new_hist"]
-        if old != new:
-            for b in old:
-                if b not in new:
-                    pipe.hincrby(hist, b, -1)
-            for b in new:
-                if b not in old:
-                    pipe.hincrby(hist, b, 1)
-        pipe.zadd(keys.app_users(app), {w.user_id: now_ms})
-        pipe.hset(keys.population_users(app), w.user_id, orjson.dumps(c["state"]["sum"]))
+        agg.hist_change(app, c["old_hist"], c["new_hist"])
+        agg.users[app][w.user_id] = now_ms
+        agg.summaries[app][w.user_id] = orjson.dumps(c["state"]["sum"])
         member = f"{app}\x00{w.user_id}"
         if c["has_open"]:
-            pipe.zadd(keys.open_users(w.partition), {member: now_ms + self.close_after_ms})
+            agg.open_due[w.partition][member] = now_ms + self.close_after_ms
+            agg.not_open[w.partition].discard(member)
         else:
-            pipe.zrem(keys.open_users(w.partition), member)
+            agg.not_open[w.partition].add(member)
+            agg.open_due[w.partition].pop(member, None)
+
+
+class _BatchAggregates:
+    """The shared (not per-user) writes of one commit round, merged: a few commands for the whole batch."""
+
+    def __init__(self) -> None:
+        self.hist: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.users: dict[str, dict[str, int]] = defaultdict(dict)
+        self.summaries: dict[str, dict[str, bytes]] = defaultdict(dict)
+        self.open_due: dict[int, dict[str, int]] = defaultdict(dict)
+        self.not_open: dict[int, set[str]] = defaultdict(set)
+
+    def hist_change(self, app: str, old: list[str], new: list[str]) -> None:
+        if old == new:
+            return
+        h = self.hist[app]
+        for b in old:
+            if b not in new:
+                h[b] -= 1
+        for b in new:
+            if b not in old:
+                h[b] += 1
+
+    async def write(self, client: aioredis.Redis) -> None:
+        pipe = client.pipeline(transaction=False)
+        for app, deltas in self.hist.items():
+            for bucket, n in deltas.items():
+                if n:
+                    pipe.hincrby(keys.profile_hist(app), bucket, n)
+        for app, users in self.users.items():
+            pipe.zadd(keys.app_users(app), users)
+        for app, sums in self.summaries.items():
+            pipe.hset(keys.population_users(app), mapping=sums)
+        for p, due in self.open_due.items():
+            if due:
+                pipe.zadd(keys.open_users(p), due)
+        for p, gone in self.not_open.items():
+            if gone:
+                pipe.zrem(keys.open_users(p), *gone)
+        if len(pipe):
+            await pipe.execute()
+
+
+def _commit_args(c: dict[str, Any]) -> list[Any]:
+    full, items, pairs, keep = c["recent_ops"]
+    flat = [x for i, item in pairs for x in (i, item)]
+    return [*c["head"], full, len(items), len(pairs), keep, *items, *flat, *c["char_docs"]]
+
+
+def _recent_ops(old_ids: list[str], old: list[bytes], new_ids: list[str], new: list[bytes]
+                ) -> tuple[int, list[bytes], list[tuple[int, bytes]], int]:
+    """How to turn the stored recent list into the new one: (full rewrite?, items, replaced pairs, trim length).
+
+    Usually a few new replies went on top and a few shown ones gained an outcome: push those, replace
+    these in place. Anything else (a late reply sorted into the middle) rewrites the list.
+    """
+    for k in range(min(len(new_ids), 8) + 1):  # k new replies on top, the rest shifted down by k
+        tail = new_ids[k:]
+        if tail == old_ids[: len(tail)] and (len(tail) == len(old_ids) or len(new_ids) == pm.MAX_RECENT):
+            pairs = [(i, new[i]) for i in range(k, len(new)) if new[i] != old[i - k]]
+            if len(pairs) > 8:
+                break
+            keep = len(new) if len(old) + k > len(new) else -1
+            return 0, list(reversed(new[:k])), pairs, keep
+    return 1, new, [], -1
 
 
 def _default(obj: Any) -> Any:

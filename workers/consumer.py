@@ -22,7 +22,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from models.population import Population, refresh
+from models.population import Population, RepeatModelTrainer, refresh
 from service import keys
 from service.settings import Settings
 from service.store import Script, StatsBuffer
@@ -44,6 +44,11 @@ RELEASE = Script(RELEASE_LUA)
 
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def warm_up() -> None:
+    """Import the heavy libraries now: the first closed reply would otherwise stall the loop for seconds."""
+    RepeatModelTrainer()
 
 
 class Worker:
@@ -87,10 +92,12 @@ class Worker:
                 log.warning("lost the lease of partition %d; another worker reads it now", p)
                 self.owned.discard(p)
                 self.recovered.discard(p)
+                self.applier.forget_partition(p)
         while len(self.owned) > share:
             p = max(self.owned)
             self.owned.discard(p)
             self.recovered.discard(p)
+            self.applier.forget_partition(p)
             await RELEASE(self.redis, [keys.lease(p)], [self.id])
             log.info("gave back partition %d (fair share %d with %d workers)", p, share, alive)
         if len(self.owned) < share:
@@ -120,6 +127,7 @@ class Worker:
     async def release_all(self) -> None:
         for p in sorted(self.owned):
             await RELEASE(self.redis, [keys.lease(p)], [self.id])
+            self.applier.forget_partition(p)
         self.owned.clear()
         await self.redis.zrem(keys.WORKERS, self.id)
         await self.redis.delete(keys.worker_info(self.id))
@@ -192,6 +200,9 @@ class Worker:
         for p, items in batch.items():
             if items:
                 pipe.xack(keys.stream(p), keys.CONSUMER_GROUP, *[eid for eid, _ in items])
+        # The live count with the acknowledgement (the heartbeat refreshes the rest of the info).
+        pipe.hset(keys.worker_info(self.id), "applied_total", self.applier.applied_total)
+        pipe.expire(keys.worker_info(self.id), int(self.settings.worker_heartbeat_seconds * 3) + 1)
         await pipe.execute()
         if dead:
             self.dead_lettered += len(dead)
@@ -293,6 +304,7 @@ class Worker:
 
     # --- lifecycle ----------------------------------------------------------------------------------
     async def run(self) -> None:
+        warm_up()
         await self.ensure_groups()
         await self.load_populations()
         await self.heartbeat()
