@@ -271,6 +271,10 @@ class Case:
         return self.requests / self.seconds
 
 
+def rate(res: dict[str, Any], what: str = "events") -> float:
+    return res[what] / res["seconds"] if res["seconds"] else 0.0
+
+
 def fmt(value: float | None, spec: str = ",.0f") -> str:
     return "-" if value is None else format(value, spec)
 
@@ -301,16 +305,19 @@ def verdicts(top: Case, by_batch: dict[int, Case], bare: Case) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=int, default=6, help="seconds per case (default 6)")
-    parser.add_argument("--slice", type=int, default=2,
+    parser.add_argument("--duration", type=int, default=8, help="seconds per case (default 8)")
+    parser.add_argument("--slice", type=int, default=1,
                         help="cases take turns in slices of this many seconds, so a change in the machine's "
-                             "background load hits all of them alike (default 2)")
+                             "background load hits all of them alike (default 1)")
     parser.add_argument("--rounds", type=int, default=1, help="repeat the whole comparison (default 1)")
-    parser.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
+    parser.add_argument("--connections", type=int, default=32,
+                        help="wrk connections for single events, on both servers (default 32)")
+    parser.add_argument("--batch-connections", type=int, default=8,
+                        help="wrk connections for batches: more only queue events, not speed them up (default 8)")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
     parser.add_argument("--batches", default="1,100,1000", help="batch sizes for attune serve (default 1,100,1000)")
     parser.add_argument("--pipeline", type=int, default=1000, help="XADDs per round trip for the ceiling")
-    parser.add_argument("--workers", type=int, default=2, help="uvicorn processes for both servers (default 2)")
+    parser.add_argument("--workers", type=int, default=2, help="uvicorn processes for both servers (default 1)")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     slices = max(1, round(args.duration / args.slice))
@@ -352,30 +359,44 @@ def main() -> int:
         size = sum(len(p) for _, p in payloads) / len(payloads)
 
         print(f"Ingestion benchmark: {slices} x {args.slice} s per case (cases interleaved), wrk -t{args.threads} "
-              f"-c{args.connections}, {args.workers} uvicorn processes per server, embedded Redis (append-only) "
-              f"on a unix socket, {os.cpu_count()} CPUs; stored events of {size:.0f} bytes on average")
+              f"-c{args.connections} (batches: -c{args.batch_connections}), {args.workers} uvicorn processes per "
+              f"server, embedded Redis (append-only) on a unix socket, {os.cpu_count()} CPUs; stored events of "
+              f"{size:.0f} bytes on average")
         for rnd in range(1, args.rounds + 1):
             top = Case(f"ceiling: 1 process, pipelined XADD x{args.pipeline}")
-            by_batch = {b: Case(f"attune serve, batch {b}") for b in batches}
+            by_batch = {b: Case(f"attune serve, batch {b}") for b in sorted(batches)}
             bare_case = Case("bare one-XADD endpoint, 1 event")
+            pairs: dict[str, list[float]] = {"batch 100 / ceiling": [], "single / bare": []}
             for _ in range(slices):
+                # Each goal's two cases run back to back, so they see the same background load.
                 token = reset(r, redis_url)
                 with CpuMeter(redis_pid, None) as meter:
-                    res = ceiling(r, payloads, args.slice, args.pipeline)
-                top.add(res, meter)
-                for batch in batches:
+                    top_res = ceiling(r, payloads, args.slice, args.pipeline)
+                top.add(top_res, meter)
+                batch_res: dict[int, dict[str, Any]] = {}
+                for batch in sorted(batches, key=lambda b: (b == 1, b)):  # batch 1 last, next to the bare one
+                    conns = args.connections if batch == 1 else args.batch_connections
                     token = reset(r, redis_url)
                     with CpuMeter(redis_pid, api) as meter:
-                        res = run_wrk(wrk, api.url, token, batch, args.slice, args.connections, args.threads)
-                    check_stored(r, res, args.connections * batch, f"batch {batch}")
+                        res = run_wrk(wrk, api.url, token, batch, args.slice, conns, args.threads)
+                    check_stored(r, res, conns * batch, f"batch {batch}")
                     by_batch[batch].add(res, meter)
+                    batch_res[batch] = res
                 reset(r, redis_url)
                 with CpuMeter(redis_pid, bare) as meter:
                     res = run_wrk(wrk, bare.url, token, 1, args.slice, args.connections, args.threads)
                 check_stored(r, res, args.connections, "bare")
                 bare_case.add(res, meter)
+                if 100 in batch_res:
+                    pairs["batch 100 / ceiling"].append(rate(batch_res[100]) / rate(top_res))
+                if 1 in batch_res:
+                    pairs["single / bare"].append(rate(batch_res[1], "requests") / rate(res, "requests"))
             print_table(f"round {rnd}", [top, *by_batch.values(), bare_case], top)
             verdicts(top, by_batch, bare_case)
+            for name, values in pairs.items():
+                if values:
+                    print(f"  {name}, per slice: median {statistics.median(values):.2f}, "
+                          f"range {min(values):.2f} to {max(values):.2f} over {len(values)} slices")
     finally:
         for s in servers:
             s.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from typing import Any
@@ -60,4 +61,10 @@ class LatencyMiddleware:
         finally:
             endpoint = scope.get("endpoint")
             route = getattr(endpoint, "__name__", "unmatched")
-            REQUESTS.labels(route, scope["method"], str(status[0])).observe(time.perf_counter() - start)
+            _requests(route, scope["method"], status[0]).observe(time.perf_counter() - start)
+
+
+@functools.lru_cache(maxsize=1024)
+def _requests(route: str, method: str, status: int) -> Any:
+    """The labelled histogram (labels() takes a lock and checks its arguments on every call)."""
+    return REQUESTS.labels(route, method, str(status))

@@ -220,6 +220,7 @@ class Store:
         self.redis = client
         self.partitions = partitions
         self.dedup_ttl = dedup_ttl
+        self._streams = [keys.stream(p) for p in range(partitions)]
 
     async def ping(self) -> bool:
         try:
@@ -258,11 +259,13 @@ class Store:
         valid, has the scope and is within the rate limit (flags empty otherwise)."""
         ks = [keys.api_key(app, key_id), keys.rate(app, int(time.time()))]
         args: list[Any] = [secret_hash, max(1, cost), scope, rate_limit, self.dedup_ttl]
-        for ev in events:
-            part = keys.partition_of(app, ev["user_id"], self.partitions)
-            ks.append(keys.stream(part))
-            ks.append(keys.dedup(part, app, ev["event_id"]))
-            args.append(orjson.dumps({"app": app, **ev}))
+        add_key, add_arg, partition_of, dedup, dumps = ks.append, args.append, keys.partition_of, keys.dedup, orjson.dumps
+        streams, partitions = self._streams, self.partitions
+        for ev in events:  # runs for every event ingested: names bound locally
+            part = partition_of(app, ev["user_id"], partitions)
+            add_key(streams[part])
+            add_key(dedup(part, app, ev["event_id"]))
+            add_arg(dumps({"app": app, **ev}))
         res = await _guard(AUTH_INGEST(self.redis, ks, args))
         if not res or int(res[0]) != 1:
             return KeyCheck(False), []

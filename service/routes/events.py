@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import functools
 import time
-from collections import Counter
 from typing import Any
 
 import orjson
@@ -116,16 +116,27 @@ async def post_events(request: Request) -> Response:
 
 def _count(request: Request, app: str, valid: list[dict[str, Any]], flags: list[bool],
            rejected: list[dict[str, Any]], duplicates_in_batch: int) -> None:
-    by_type = Counter(ev["type"] for ev, ok in zip(valid, flags, strict=True) if ok)
-    dup = duplicates_in_batch + sum(1 for ok in flags if not ok)
-    reasons = Counter(r["code"] for r in rejected)
+    by_type: dict[str, int] = {}
+    for ev, ok in zip(valid, flags, strict=True):
+        if ok:
+            by_type[ev["type"]] = by_type.get(ev["type"], 0) + 1
+    dup = duplicates_in_batch + len(flags) - sum(flags)
+    reasons: dict[str, int] = {}
+    for r in rejected:
+        reasons[r["code"]] = reasons.get(r["code"], 0) + 1
     fields = [(f"accepted:{t}", n) for t, n in by_type.items()]
     fields += [(f"rejected:{c}", n) for c, n in reasons.items()]
     if dup:
         fields.append(("duplicate", dup))
-        EVENTS.labels("duplicate", "", "").inc(dup)
+        _events("duplicate", "", "").inc(dup)
     for t, n in by_type.items():
-        EVENTS.labels("accepted", t, "").inc(n)
+        _events("accepted", t, "").inc(n)
     for c, n in reasons.items():
-        EVENTS.labels("rejected", "", c).inc(n)
+        _events("rejected", "", c).inc(n)
     request.app.state.stats.add_many(app, fields)
+
+
+@functools.lru_cache(maxsize=1024)
+def _events(outcome: str, etype: str, reason: str) -> Any:
+    """The labelled counter (labels() takes a lock and checks its arguments on every call)."""
+    return EVENTS.labels(outcome, etype, reason)
