@@ -142,10 +142,14 @@ def render_note(pacing: str, target_chars: int | None) -> str:
 
 
 def decide(profile: dict[str, Any] | None, rng: random.Random) -> Decision:
-    """Sample the conditioning for one reply from the profile (None: the population prior)."""
+    """Sample the conditioning for one reply from the profile (None: the population prior).
+
+    A profile the workers do not trust (suspected bot or flood) conditions like no profile at all."""
+    version = (profile or {}).get("version")
+    if profile is not None and profile.get("trust", "normal") != "normal":
+        profile = None
     arm, explored, propensity = sample_pacing(posterior_of(profile), rng)
     target = sample_target((profile or {}).get("reply_length"), rng)
-    version = (profile or {}).get("version")
     return Decision(
         pacing=arm, target_chars=target, explored=explored, propensity=propensity,
         profile_version=version if isinstance(version, int) and not isinstance(version, bool) else None,

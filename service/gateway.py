@@ -159,7 +159,8 @@ async def load_decision(store: Store, app: str, user: str, character: str | None
                         rng: random.Random) -> tuple[Decision | None, bool]:
     """(decision, ok): ok False when the profile could not be read; the chat then goes out unconditioned."""
     try:
-        profile = await asyncio.wait_for(read_profile(store, app, user, character), PROFILE_TIMEOUT_S)
+        async with asyncio.timeout(PROFILE_TIMEOUT_S):  # no extra task, unlike wait_for
+            profile = await read_profile(store, app, user, character)
         return decide(profile, rng), True
     except Exception as exc:  # noqa: BLE001 - fail open on anything: the chat matters more than the note
         log.warning("conditioning skipped (fail open) for app %s: %s: %s", app, type(exc).__name__, exc)
@@ -337,9 +338,3 @@ class Recorder:
                 await self.task
             if self.queue:
                 await self._flush()
-
-    async def drain(self, timeout: float = 5.0) -> None:
-        """Wait until everything queued so far is written (tests, shutdown)."""
-        deadline = time.monotonic() + timeout
-        while (self.queue or self.wake.is_set()) and time.monotonic() < deadline:
-            await asyncio.sleep(0.005)

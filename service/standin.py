@@ -185,7 +185,7 @@ class BadRequest(Exception):
 class StandIn:
     def __init__(self, first_byte_ms: float = 400.0, chunk_ms: float = 40.0, seed: int | None = None) -> None:
         self.config: dict[str, Any] = {"first_byte_ms": first_byte_ms, "chunk_ms": chunk_ms, "done": "random",
-                                       "advanced_roles_error": 2013, "reject_advanced": False}
+                                       "advanced_roles_error": 2013, "reject_advanced": False, "lenient": False}
         self.rng = random.Random(seed)
         self.faults: deque[dict[str, Any]] = deque()
         self.log: deque[dict[str, Any]] = deque(maxlen=500)
@@ -196,7 +196,9 @@ class StandIn:
         if not isinstance(body, dict):
             raise BadRequest(2013, "invalid params, body must be a JSON object (2013)")
         unknown = sorted(set(body) - ALLOWED)
-        if unknown:
+        if unknown and self.config["lenient"]:  # benchmarks: proxies that add fields of their own
+            body = {k: v for k, v in body.items() if k in ALLOWED}
+        elif unknown:
             raise BadRequest(2013, f"invalid params, unsupported fields {unknown} (2013)")
         if body.get("model") != "M2-her":
             raise BadRequest(2013, f"invalid params, unknown model {body.get('model')!r} (2013)")
@@ -253,7 +255,7 @@ class StandIn:
             code = int(fault.get("code", 1000))
             return self.error_response(route, code, fault.get("message", f"injected error ({code})"), int(fault["status"]))
         try:
-            self.check(body)
+            body = self.check(body)
         except BadRequest as exc:
             entry["rejected"] = exc.code
             return self.error_response(route, exc.code, exc.message, exc.status)
@@ -428,15 +430,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--first-byte-ms", type=float, default=float(os.environ.get("ATTUNE_STANDIN_FIRST_BYTE_MS", "400")))
     parser.add_argument("--chunk-ms", type=float, default=float(os.environ.get("ATTUNE_STANDIN_CHUNK_MS", "40")))
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--lenient", action="store_true", help="ignore fields M2-her does not take (benchmarks)")
+    parser.add_argument("--reuse-port", action="store_true", help="several stand-in processes on one port")
     args = parser.parse_args(argv)
     with contextlib.suppress(ImportError):
         import uvloop  # noqa: PLC0415
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     standin = StandIn(first_byte_ms=args.first_byte_ms, chunk_ms=args.chunk_ms, seed=args.seed)
+    standin.config["lenient"] = args.lenient
     print(f"M2-her stand-in on http://{args.host}:{args.port} (first byte {args.first_byte_ms:.0f} ms, "
           f"{args.chunk_ms:.0f} ms between chunks)", flush=True)
-    web.run_app(standin.app(), host=args.host, port=args.port, access_log=None, print=None)
+    web.run_app(standin.app(), host=args.host, port=args.port, access_log=None, print=None,
+                reuse_port=args.reuse_port or None)
 
 
 if __name__ == "__main__":

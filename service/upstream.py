@@ -240,6 +240,8 @@ class Upstream:
         )
         # The socket read timeout covers the first byte; a shorter idle limit needs its own timer per chunk.
         self._idle = timeout.idle if timeout.idle < read else None
+        # Absolute URLs parsed once: merging a path into base_url costs more than the rest of build_request.
+        self._urls = {p: httpx.URL(base_url.rstrip("/") + p) for p in (NATIVE_PATH, OPENAI_PATH)}
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -275,7 +277,7 @@ class Upstream:
 
     async def _once(self, path: str, body: dict[str, Any], stream: bool) -> Any:
         start = time.perf_counter()
-        request = self.client.build_request("POST", path, content=orjson.dumps(body))
+        request = self.client.build_request("POST", self._urls.get(path) or path, content=orjson.dumps(body))
         response: httpx.Response | None = None
         try:
             async with asyncio.timeout(self.timeout.first_byte):

@@ -50,6 +50,7 @@ class Runtime:
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per M2-her call costs ~10% CPU
     runtime = Runtime(settings, app)
     if runtime.standin:
         log.warning("!" * 72)

@@ -111,3 +111,9 @@ def test_applied_has_the_contract_fields() -> None:
     d = decide(profile(SURE, {"target_chars": 380, "interval": [300, 470], "confidence": 0.9}), random.Random(6))
     assert set(d.applied()) == {"pacing", "target_chars", "explored", "propensity", "profile_version"}
     assert d.applied()["profile_version"] == 4
+
+
+def test_an_untrusted_profile_conditions_like_the_population_prior() -> None:
+    doc = {**profile(SURE, {"target_chars": 380, "interval": [300, 470], "confidence": 0.9}), "trust": "bot_suspect"}
+    d = decide(doc, random.Random(7))
+    assert d.propensity == pytest.approx(1 / 3, abs=1e-6) and d.target_chars is None and d.profile_version == 4
