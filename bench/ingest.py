@@ -350,7 +350,7 @@ def main() -> int:
         api, bare = servers
 
         # Warm both servers up; the service's stored events become the ceiling's payloads.
-        run_wrk(wrk, api.url, token, 100, 2, args.connections, args.threads)
+        run_wrk(wrk, api.url, token, 100, 2, args.batch_connections, args.threads)
         run_wrk(wrk, bare.url, token, 1, 1, args.connections, args.threads)
         settle(r)
         payloads = sample_payloads(r)
