@@ -41,7 +41,9 @@ SYSTEM = "You are Mira, a cartographer in a rain-soaked harbour town. Never brea
 def body(stream: bool, length: int | None = None) -> dict[str, Any]:
     msgs = [{"role": "system", "content": SYSTEM}]
     if length:  # the stand-in reads a note wherever it is: controls the reply length (chunks per reply)
-        msgs.append({"role": "system", "name": "reader_preferences", "content": f"Length: about {length} characters."})
+        msgs.append(
+            {"role": "system", "name": "reader_preferences", "content": f"Length: about {length} characters."}
+        )
     msgs.append({"role": "user", "content": "Where does the map lead?"})
     return {"model": "M2-her", "messages": msgs, "stream": stream}
 
@@ -60,10 +62,15 @@ def passthrough(port: int, upstream: str) -> None:
         async def handle(request: web.Request) -> web.StreamResponse:
             data = orjson.loads(await request.read())
             data["messages"].insert(1, {"role": "system", "name": "note", "content": "Pace: balanced."})
-            async with session.post(upstream + "/v1/chat/completions", data=orjson.dumps(data),
-                                    headers={"Authorization": "Bearer x", "Content-Type": "application/json"}) as up:
+            async with session.post(
+                upstream + "/v1/chat/completions",
+                data=orjson.dumps(data),
+                headers={"Authorization": "Bearer x", "Content-Type": "application/json"},
+            ) as up:
                 if not data.get("stream"):
-                    return web.Response(body=await up.read(), status=up.status, content_type="application/json")
+                    return web.Response(
+                        body=await up.read(), status=up.status, content_type="application/json"
+                    )
                 resp = web.StreamResponse(status=up.status, headers={"Content-Type": "text/event-stream"})
                 await resp.prepare(request)
                 async for chunk in up.content.iter_any():
@@ -112,7 +119,7 @@ def tree_cpu(pids: list[int]) -> float:
                 raw = Path(f"/proc/{entry}/stat").read_text()
             except OSError:
                 continue
-            fields = raw[raw.rindex(")") + 2:].split()
+            fields = raw[raw.rindex(")") + 2 :].split()
             stats[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks)
     total, todo, seen = 0.0, list(pids), set()
     while todo:
@@ -132,8 +139,14 @@ class Procs:
 
     def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         out = (self.logdir / f"{name}.log").open("ab")
-        proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.procs.append(proc)
         return proc
 
@@ -150,8 +163,9 @@ class Procs:
 
 
 # --- load ---------------------------------------------------------------------------------------------
-async def open_loop(url: str, headers: dict[str, str], payload: dict[str, Any], rate: float, seconds: float,
-                    users: int = 1000) -> dict[str, Any]:
+async def open_loop(
+    url: str, headers: dict[str, str], payload: dict[str, Any], rate: float, seconds: float, users: int = 1000
+) -> dict[str, Any]:
     """Requests at a fixed rate whatever the answers do (no coordinated omission); latencies in ms."""
     import aiohttp  # noqa: PLC0415
     import orjson  # noqa: PLC0415
@@ -160,6 +174,7 @@ async def open_loop(url: str, headers: dict[str, str], payload: dict[str, Any], 
     total, first, errors = [], [], 0
     chunks = 0
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
         async def one(i: int) -> None:
             nonlocal errors, chunks
             h = {**headers, "X-Attune-User": f"u{i % users}"}
@@ -190,8 +205,14 @@ async def open_loop(url: str, headers: dict[str, str], payload: dict[str, Any], 
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(one(i)))
         await asyncio.gather(*tasks)
-    return {"n": n, "errors": errors, "p50": pct(total, 50), "p99": pct(total, 99), "ttfb_p50": pct(first, 50),
-            "ttfb_p99": pct(first, 99)}
+    return {
+        "n": n,
+        "errors": errors,
+        "p50": pct(total, 50),
+        "p99": pct(total, 99),
+        "ttfb_p50": pct(first, 50),
+        "ttfb_p99": pct(first, 99),
+    }
 
 
 def pct(values: list[float], q: int) -> float:
@@ -214,19 +235,33 @@ end
 """
 
 
-def wrk(url: str, headers: dict[str, str], payload: dict[str, Any], seconds: float, tmp: Path,
-        connections: int = 64) -> dict[str, Any]:
+def wrk(
+    url: str,
+    headers: dict[str, str],
+    payload: dict[str, Any],
+    seconds: float,
+    tmp: Path,
+    connections: int = 64,
+) -> dict[str, Any]:
     script = tmp / "post.lua"
     hdr = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
     script.write_text(WRK_LUA % (json.dumps(payload), hdr))
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", "-s", str(script), url],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: (.*)", out)
-    return {"rps": rps, "requests": total, "non_2xx": int(bad.group(1)) if bad else 0,
-            "socket_errors": socket_errors.group(1) if socket_errors else ""}
+    return {
+        "rps": rps,
+        "requests": total,
+        "non_2xx": int(bad.group(1)) if bad else 0,
+        "socket_errors": socket_errors.group(1) if socket_errors else "",
+    }
 
 
 # --- the run ------------------------------------------------------------------------------------------
@@ -240,7 +275,9 @@ def main() -> int:  # noqa: PLR0915 - one straight script
     parser.add_argument("--sat-seconds", type=float, default=8)
     parser.add_argument("--procs", type=int, default=2)
     parser.add_argument("--litellm", default="/tmp/litellm-venv/bin/litellm")
-    parser.add_argument("--only", default="", help="comma-separated targets: direct,attune,passthrough,litellm")
+    parser.add_argument(
+        "--only", default="", help="comma-separated targets: direct,attune,passthrough,litellm"
+    )
     parser.add_argument("--json")
     args = parser.parse_args()
     if args.mode == "passthrough":
@@ -260,16 +297,40 @@ def main() -> int:  # noqa: PLR0915 - one straight script
         redis_url = redis.start()
         py = sys.executable
         sp = free_port()
-        procs.spawn("standin", [py, "-m", "service.standin", "--port", str(sp), "--first-byte-ms", "0",
-                                "--chunk-ms", "0", "--lenient"])
+        procs.spawn(
+            "standin",
+            [
+                py,
+                "-m",
+                "service.standin",
+                "--port",
+                str(sp),
+                "--first-byte-ms",
+                "0",
+                "--chunk-ms",
+                "0",
+                "--lenient",
+            ],
+        )
         standin = f"http://127.0.0.1:{sp}"
         ap = free_port()
-        attune = procs.spawn("attune", [py, "-m", "service.cli", "serve", "--workers", str(args.procs), "--port", str(ap)],
-                             {"ATTUNE_REDIS_URL": redis_url, "ATTUNE_ADMIN_KEY": ADMIN, "MINIMAX_BASE_URL": standin,
-                              "ATTUNE_DATA_DIR": str(tmp / "var")})
+        attune = procs.spawn(
+            "attune",
+            [py, "-m", "service.cli", "serve", "--workers", str(args.procs), "--port", str(ap)],
+            {
+                "ATTUNE_REDIS_URL": redis_url,
+                "ATTUNE_ADMIN_KEY": ADMIN,
+                "MINIMAX_BASE_URL": standin,
+                "ATTUNE_DATA_DIR": str(tmp / "var"),
+            },
+        )
         pp = free_port()
-        pt = [procs.spawn(f"passthrough{i}", [py, __file__, "passthrough", "--port", str(pp), "--upstream", standin])
-              for i in range(args.procs)]
+        pt = [
+            procs.spawn(
+                f"passthrough{i}", [py, __file__, "passthrough", "--port", str(pp), "--upstream", standin]
+            )
+            for i in range(args.procs)
+        ]
         targets: dict[str, tuple[str, dict[str, str], list[int]]] = {}
         only = set(filter(None, args.only.split(",")))
         for port in (sp, ap, pp):
@@ -277,11 +338,19 @@ def main() -> int:  # noqa: PLR0915 - one straight script
         time.sleep(1.0)
         import httpx  # noqa: PLC0415
 
-        key = httpx.post(f"http://127.0.0.1:{ap}/v1/admin/apps/bench/keys", json={"scopes": ["condition"]},
-                         headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10).json()["key"]
+        key = httpx.post(
+            f"http://127.0.0.1:{ap}/v1/admin/apps/bench/keys",
+            json={"scopes": ["condition"]},
+            headers={"Authorization": f"Bearer {ADMIN}"},
+            timeout=10,
+        ).json()["key"]
         standin_pid = procs.procs[0].pid
         targets["direct"] = (f"{standin}/v1/chat/completions", {"Authorization": "Bearer x"}, [standin_pid])
-        targets["attune"] = (f"http://127.0.0.1:{ap}/v1/chat/completions", {"Authorization": f"Bearer {key}"}, [attune.pid])
+        targets["attune"] = (
+            f"http://127.0.0.1:{ap}/v1/chat/completions",
+            {"Authorization": f"Bearer {key}"},
+            [attune.pid],
+        )
         targets["passthrough"] = (f"http://127.0.0.1:{pp}/v1/chat/completions", {}, [p.pid for p in pt])
         if only and "litellm" not in only:
             pass
@@ -291,16 +360,36 @@ def main() -> int:  # noqa: PLR0915 - one straight script
             cfg.write_text(
                 "model_list:\n  - model_name: M2-her\n    litellm_params:\n      model: openai/M2-her\n"
                 f"      api_base: {standin}/v1\n      api_key: x\n"
-                "litellm_settings:\n  telemetry: false\n  drop_params: true\n")
-            # Its workers import for ~20 s on a busy 2-core machine: uvicorn's 5 s health check would kill them.
-            lite = procs.spawn("litellm", [args.litellm, "--config", str(cfg), "--port", str(lp), "--num_workers",
-                                           str(args.procs), "--timeout_worker_healthcheck", "300"],
-                               {"LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False", "LITELLM_MASTER_KEY": LITELLM_KEY,
-                                "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
+                "litellm_settings:\n  telemetry: false\n  drop_params: true\n"
+            )
+            # Its workers import for ~20 s on a busy 2-core machine: uvicorn's 5 s health check kills them.
+            lite = procs.spawn(
+                "litellm",
+                [
+                    args.litellm,
+                    "--config",
+                    str(cfg),
+                    "--port",
+                    str(lp),
+                    "--num_workers",
+                    str(args.procs),
+                    "--timeout_worker_healthcheck",
+                    "300",
+                ],
+                {
+                    "LITELLM_LOG": "ERROR",
+                    "LITELLM_TELEMETRY": "False",
+                    "LITELLM_MASTER_KEY": LITELLM_KEY,
+                    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+                },
+            )
             wait_port(lp, timeout=180)
             time.sleep(3)
-            targets["litellm"] = (f"http://127.0.0.1:{lp}/v1/chat/completions",
-                                  {"Authorization": f"Bearer {LITELLM_KEY}"}, [lite.pid])
+            targets["litellm"] = (
+                f"http://127.0.0.1:{lp}/v1/chat/completions",
+                {"Authorization": f"Bearer {LITELLM_KEY}"},
+                [lite.pid],
+            )
         else:
             print(f"LiteLLM not found at {args.litellm}: its reference run is skipped", file=sys.stderr)
         if only:
@@ -324,7 +413,9 @@ def main() -> int:  # noqa: PLR0915 - one straight script
             per = {}
             for length in (100, 1500):
                 cpu0 = tree_cpu(pids)
-                lat = asyncio.run(open_loop(url, headers, body(True, length), min(args.rate, 50), args.seconds / 2))
+                lat = asyncio.run(
+                    open_loop(url, headers, body(True, length), min(args.rate, 50), args.seconds / 2)
+                )
                 per[length] = (tree_cpu(pids) - cpu0) / max(1, lat["n"])
             res["cpu_us_per_request_short_stream"] = round(per[100] * 1e6, 1)
             res["cpu_us_per_request_long_stream"] = round(per[1500] * 1e6, 1)
@@ -349,7 +440,11 @@ def chunk_counts(standin: str) -> tuple[float, float]:
     for length in (100, 1500):
         n = 0
         for _ in range(30):
-            r = httpx.post(f"{standin}/v1/chat/completions", json=body(True, length), headers={"Authorization": "Bearer x"})
+            r = httpx.post(
+                f"{standin}/v1/chat/completions",
+                json=body(True, length),
+                headers={"Authorization": "Bearer x"},
+            )
             n += r.text.count("data: ")
         out.append(n / 30)
     return out[0], out[1]
@@ -367,24 +462,36 @@ def summarize(results: dict[str, Any], args: argparse.Namespace) -> None:
             "added_p50_stream_total": round(r["stream"]["p50"] - d["stream"]["p50"], 2),
             "added_p99_stream_total": round(r["stream"]["p99"] - d["stream"]["p99"], 2),
             "added_p50_ttfb": round(r["stream"]["ttfb_p50"] - d["stream"]["ttfb_p50"], 2),
-            "rps_json": r["sat_json"]["rps"], "rps_stream": r["sat_stream"]["rps"],
+            "rps_json": r["sat_json"]["rps"],
+            "rps_stream": r["sat_stream"]["rps"],
             "cpu_us_per_request_json": r["sat_json"]["cpu_us_per_request"],
             "cpu_us_per_request_stream": r["sat_stream"]["cpu_us_per_request"],
-            "cpu_us_per_chunk": round((r["cpu_us_per_request_long_stream"] - r["cpu_us_per_request_short_stream"])
-                                      / per_chunk_div, 2),
-            "errors": r["json"]["errors"] + r["stream"]["errors"] + r["sat_json"]["non_2xx"] + r["sat_stream"]["non_2xx"],
+            "cpu_us_per_chunk": round(
+                (r["cpu_us_per_request_long_stream"] - r["cpu_us_per_request_short_stream"]) / per_chunk_div,
+                2,
+            ),
+            "errors": r["json"]["errors"]
+            + r["stream"]["errors"]
+            + r["sat_json"]["non_2xx"]
+            + r["sat_stream"]["non_2xx"],
         }
         r["summary"] = row
         print(f"{name:12s} {row}")
     a, lt, pt = t.get("attune"), t.get("litellm"), t.get("passthrough")
     if a and lt:
-        print(f"attune/litellm rps json {a['sat_json']['rps'] / lt['sat_json']['rps']:.1f}x (goal >= 10x), "
-              f"stream {a['sat_stream']['rps'] / lt['sat_stream']['rps']:.1f}x; added p99 json "
-              f"{a['summary']['added_p99_json']} vs {lt['summary']['added_p99_json']} ms (goal <= 1/5)")
+        print(
+            f"attune/litellm rps json {a['sat_json']['rps'] / lt['sat_json']['rps']:.1f}x (goal >= 10x), "
+            f"stream {a['sat_stream']['rps'] / lt['sat_stream']['rps']:.1f}x; added p99 json "
+            f"{a['summary']['added_p99_json']} vs {lt['summary']['added_p99_json']} ms (goal <= 1/5)"
+        )
     if a and pt:
-        print(f"attune/passthrough rps json {a['sat_json']['rps'] / pt['sat_json']['rps']:.2f} (goal >= 0.5), "
-              f"stream {a['sat_stream']['rps'] / pt['sat_stream']['rps']:.2f}")
-    print(f"chunks per streamed reply: short {results['chunks_short']:.1f}, long {results['chunks_long']:.1f}")
+        print(
+            f"attune/passthrough rps json {a['sat_json']['rps'] / pt['sat_json']['rps']:.2f} (goal >= 0.5), "
+            f"stream {a['sat_stream']['rps'] / pt['sat_stream']['rps']:.2f}"
+        )
+    print(
+        f"chunks per streamed reply: short {results['chunks_short']:.1f}, long {results['chunks_long']:.1f}"
+    )
 
 
 if __name__ == "__main__":

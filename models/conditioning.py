@@ -34,7 +34,8 @@ _GRID = np.linspace(0.0, 1.0, 1025)
 # token count, so it costs the same few prompt tokens on every turn.
 NOTE_PREFIX = "Reader preferences (how to write, not who to be; stay in character)."
 PACING_NOTES = {
-    "slow_burn": "Pace: slow burn. Linger on atmosphere, feelings and small gestures; let events unfold gradually.",
+    "slow_burn": "Pace: slow burn. Linger on atmosphere, feelings and small gestures; "
+    "let events unfold gradually.",
     "balanced": "Pace: balanced. Mix action, dialogue and description; move the story forward steadily.",
     "fast": "Pace: fast. Keep it brisk: short sentences, quick action and dialogue; move events along.",
 }
@@ -53,8 +54,13 @@ class Decision:
 
     def applied(self) -> dict[str, Any]:
         """What was applied, in the shape of /v1/condition's `applied` and a reply_shown's `conditioning`."""
-        return {"pacing": self.pacing, "target_chars": self.target_chars, "explored": self.explored,
-                "propensity": self.propensity, "profile_version": self.profile_version}
+        return {
+            "pacing": self.pacing,
+            "target_chars": self.target_chars,
+            "explored": self.explored,
+            "propensity": self.propensity,
+            "profile_version": self.profile_version,
+        }
 
 
 def posterior_of(profile: dict[str, Any] | None) -> tuple[tuple[float, float], ...]:
@@ -107,7 +113,7 @@ def sample_pacing(posterior: tuple[tuple[float, float], ...], rng: random.Random
 
 
 def sample_target(reply_length: dict[str, Any] | None, rng: random.Random) -> int | None:
-    """A draw from the length posterior (log-normal from the ~90% interval), rounded to 10 chars; None if unsure."""
+    """A draw from the length posterior (log-normal from the ~90% interval), to 10 chars; None if unsure."""
     if not reply_length:
         return None
     try:
@@ -151,9 +157,13 @@ def decide(profile: dict[str, Any] | None, rng: random.Random) -> Decision:
     arm, explored, propensity = sample_pacing(posterior_of(profile), rng)
     target = sample_target((profile or {}).get("reply_length"), rng)
     return Decision(
-        pacing=arm, target_chars=target, explored=explored, propensity=propensity,
+        pacing=arm,
+        target_chars=target,
+        explored=explored,
+        propensity=propensity,
         profile_version=version if isinstance(version, int) and not isinstance(version, bool) else None,
-        note=render_note(arm, target), max_completion_tokens=max_tokens_for(target) if target else None,
+        note=render_note(arm, target),
+        max_completion_tokens=max_tokens_for(target) if target else None,
     )
 
 

@@ -52,14 +52,19 @@ def identify(headers: Mapping[str, str], raw: dict[str, Any]) -> tuple[str, str 
     """(user, character, session) from the X-Attune-* headers or the OpenAI body field `user`."""
     user = headers.get("x-attune-user") or raw.get("user")
     if not user:
-        raise BadRequest("name the user: send the header X-Attune-User or the body field \"user\"",
-                         code="user_required")
+        raise BadRequest(
+            'name the user: send the header X-Attune-User or the body field "user"', code="user_required"
+        )
     out = []
-    for what, value in (("user", user), ("X-Attune-Character", headers.get("x-attune-character")),
-                        ("X-Attune-Session", headers.get("x-attune-session"))):
+    for what, value in (
+        ("user", user),
+        ("X-Attune-Character", headers.get("x-attune-character")),
+        ("X-Attune-Session", headers.get("x-attune-session")),
+    ):
         if value is not None and (not isinstance(value, str) or not _ID.match(value)):
-            raise BadRequest(f"{what} {str(value)[:60]!r} must be 1 to 128 letters, digits or . _ : @ -",
-                             code="invalid_id")
+            raise BadRequest(
+                f"{what} {str(value)[:60]!r} must be 1 to 128 letters, digits or . _ : @ -", code="invalid_id"
+            )
         out.append(value)
     return out[0], out[1], out[2]
 
@@ -69,15 +74,23 @@ def _content(i: int, m: Any) -> dict[str, Any]:
         raise BadRequest(f"messages[{i}] must be an object with role and content", code="invalid_message")
     role = m.get("role")
     if role not in ROLES:
-        raise BadRequest(f"messages[{i}].role {str(role)[:40]!r} is not an M2-her role; use one of {', '.join(ROLES)}",
-                         code="invalid_message")
+        raise BadRequest(
+            f"messages[{i}].role {str(role)[:40]!r} is not an M2-her role; use one of {', '.join(ROLES)}",
+            code="invalid_message",
+        )
     content = m.get("content")
     if isinstance(content, list):  # OpenAI content parts: M2-her takes text only
         texts = []
         for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise BadRequest(f"messages[{i}].content: M2-her takes text only; send a string or text parts",
-                                 code="invalid_message")
+            if (
+                not isinstance(part, dict)
+                or part.get("type") != "text"
+                or not isinstance(part.get("text"), str)
+            ):
+                raise BadRequest(
+                    f"messages[{i}].content: M2-her takes text only; send a string or text parts",
+                    code="invalid_message",
+                )
             texts.append(part["text"])
         content = "".join(texts)
     if not isinstance(content, str):
@@ -109,15 +122,21 @@ def _unit(body: dict[str, Any], field_: str, adjusted: list[str]) -> None:
 def prepare(raw: Any) -> Prepared:
     """The body M2-her takes: known fields only, roles checked, ranges clamped, max_tokens renamed."""
     if not isinstance(raw, dict):
-        raise BadRequest("the body must be a JSON object like M2-her's: {\"model\", \"messages\", ...}",
-                         code="invalid_body")
+        raise BadRequest(
+            'the body must be a JSON object like M2-her\'s: {"model", "messages", ...}', code="invalid_body"
+        )
     messages = raw.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("messages must be a non-empty list of {role, content, name?}", code="invalid_body")
     adjusted: list[str] = []
-    body: dict[str, Any] = {"model": raw.get("model") or MODEL, "messages": [_content(i, m) for i, m in enumerate(messages)]}
+    body: dict[str, Any] = {
+        "model": raw.get("model") or MODEL,
+        "messages": [_content(i, m) for i, m in enumerate(messages)],
+    }
     if body["model"] != MODEL:
-        raise BadRequest(f"model {str(body['model'])[:40]!r} is not served here; use {MODEL!r}", code="invalid_model")
+        raise BadRequest(
+            f"model {str(body['model'])[:40]!r} is not served here; use {MODEL!r}", code="invalid_model"
+        )
     stream = raw.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest("stream must be true or false", code="invalid_parameter")
@@ -125,8 +144,10 @@ def prepare(raw: Any) -> Prepared:
     mt = raw.get("max_completion_tokens", raw.get("max_tokens"))
     if mt is not None:
         if isinstance(mt, bool) or not isinstance(mt, int | float) or not math.isfinite(mt) or int(mt) != mt:
-            raise BadRequest(f"max_completion_tokens must be a whole number from 1 to 2048, got {mt!r}",
-                             code="invalid_parameter")
+            raise BadRequest(
+                f"max_completion_tokens must be a whole number from 1 to 2048, got {mt!r}",
+                code="invalid_parameter",
+            )
         clamped = min(2048, max(1, int(mt)))
         if clamped != mt:
             adjusted.append(f"max_completion_tokens={clamped}")
@@ -151,12 +172,15 @@ def condition(body: dict[str, Any], decision: Decision) -> dict[str, Any]:
     out = {**body, "messages": messages}
     if decision.max_completion_tokens is not None:
         asked = body.get("max_completion_tokens")
-        out["max_completion_tokens"] = min(asked, decision.max_completion_tokens) if asked else decision.max_completion_tokens
+        out["max_completion_tokens"] = (
+            min(asked, decision.max_completion_tokens) if asked else decision.max_completion_tokens
+        )
     return out
 
 
-async def load_decision(store: Store, app: str, user: str, character: str | None,
-                        rng: random.Random) -> tuple[Decision | None, bool]:
+async def load_decision(
+    store: Store, app: str, user: str, character: str | None, rng: random.Random
+) -> tuple[Decision | None, bool]:
     """(decision, ok): ok False when the profile could not be read; the chat then goes out unconditioned."""
     try:
         async with asyncio.timeout(PROFILE_TIMEOUT_S):  # no extra task, unlike wait_for
@@ -258,8 +282,13 @@ def error_chunk(err: UpstreamError, route: str) -> dict[str, Any]:
 
 
 # --- attribution: reply_shown recorded by Attune itself ----------------------------------------------
-def reply_shown(app_user: tuple[str, str | None, str | None], reply_id: str, capture: Capture,
-                decision: Decision | None, finish_override: str | None = None) -> dict[str, Any]:
+def reply_shown(
+    app_user: tuple[str, str | None, str | None],
+    reply_id: str,
+    capture: Capture,
+    decision: Decision | None,
+    finish_override: str | None = None,
+) -> dict[str, Any]:
     user, character, session = app_user
     text = capture.text()
     now = int(time.time() * 1000)
@@ -267,9 +296,16 @@ def reply_shown(app_user: tuple[str, str | None, str | None], reply_id: str, cap
     finish = finish_override or capture.finish_reason or ("error" if capture.error else None)
     if finish:
         reply["finish_reason"] = finish
-    event: dict[str, Any] = {"type": "reply_shown", "event_id": f"gw-{reply_id}", "user_id": user,
-                             "reply_id": reply_id, "t": now, "rt": now, "reply": reply,
-                             "conditioning": decision.applied() if decision else None}
+    event: dict[str, Any] = {
+        "type": "reply_shown",
+        "event_id": f"gw-{reply_id}",
+        "user_id": user,
+        "reply_id": reply_id,
+        "t": now,
+        "rt": now,
+        "reply": reply,
+        "conditioning": decision.applied() if decision else None,
+    }
     if session:
         event["session_id"] = session
     if character:
@@ -319,7 +355,7 @@ class Recorder:
                     if attempt == self.RETRIES - 1:
                         self._lose(len(events), f"{type(exc).__name__}: {exc}")
                     else:
-                        await asyncio.sleep(0.1 * 2 ** attempt)
+                        await asyncio.sleep(0.1 * 2**attempt)
 
     async def _loop(self) -> None:
         while True:

@@ -53,49 +53,57 @@ SENTENCES = {
         "She lets the quiet settle between you, slowly, as if every breath deserves its own space.",
         "Outside, the rain keeps its patient rhythm against the glass, soft and unhurried.",
         "*Her fingers trace the grain of the old table slowly, remembering something she does not name.*",
-        "\"There is no hurry,\" she murmurs gently. \"Stay a while, and tell me what you see.\"",
+        '"There is no hurry," she murmurs gently. "Stay a while, and tell me what you see."',
         "The candle gutters, and its shadow leans across the wall like a tired old friend.",
         "*She watches the steam curl upward, quietly, her thoughts drifting somewhere far away.*",
         "Somewhere below, a door closes softly, and the stillness of the house gathers around you.",
-        "\"I used to come here as a child,\" she says softly, her voice lingering on each word.",
+        '"I used to come here as a child," she says softly, her voice lingering on each word.',
         "The scent of cedar and old paper hangs in the warm air, patient as the evening itself.",
     ],
     "balanced": [
         "She sets the cup down and meets your eyes.",
-        "\"I found something in the archive,\" she says, sliding a folded map across the table.",
+        '"I found something in the archive," she says, sliding a folded map across the table.',
         "*The fire crackles while she waits for your answer.*",
         "Then she leans back, thoughtful, and nods toward the door.",
-        "\"We leave at dawn, if you are still willing to come,\" she adds.",
+        '"We leave at dawn, if you are still willing to come," she adds.',
         "A cart rolls past the window, and she glances at it before turning back to you.",
-        "*She taps the map where the river bends.* \"Here. This is where they were last seen.\"",
+        '*She taps the map where the river bends.* "Here. This is where they were last seen."',
         "Her tone is steady, but her hand rests on the hilt of her knife.",
-        "\"Tell me what you know, and I will tell you what I know,\" she offers.",
+        '"Tell me what you know, and I will tell you what I know," she offers.',
         "The innkeeper calls out the last orders, and the room grows a little louder.",
     ],
     "fast": [
         "*She's already moving.*",
-        "\"Now! Go!\"",
+        '"Now! Go!"',
         "The door bursts open!",
         "Suddenly, boots thunder down the hall.",
         "*She grabs your wrist and runs.*",
         "No time to think!",
-        "\"Left! No, right!\"",
+        '"Left! No, right!"',
         "Glass shatters. Someone shouts!",
         "*She vaults the railing and lands hard.*",
-        "\"Faster! They're right behind us!\"",
+        '"Faster! They\'re right behind us!"',
     ],
 }
 HOOKS = {
-    "slow_burn": "\"What are you thinking about?\" she asks quietly, after a long, lingering silence.",
-    "balanced": "\"So, are you with me?\"",
-    "fast": "\"Jump! Now! Are you coming or not?\"",
+    "slow_burn": '"What are you thinking about?" she asks quietly, after a long, lingering silence.',
+    "balanced": '"So, are you with me?"',
+    "fast": '"Jump! Now! Are you coming or not?"',
 }
 _MARKS = {
-    "slow_burn": re.compile(r"\b(slowly|softly|gently|quietly|linger\w*|patient|unhurried|stillness|long moment|"
-                            r"silence|drifting|murmurs|warm air|tired old)\b", re.I),
-    "fast": re.compile(r"!|\b(suddenly|bursts|grabs|runs|vaults|shatters|thunder|now|faster|no time|jump)\b", re.I),
-    "balanced": re.compile(r"\b(meets your eyes|she says|nods|waits|she adds|steady|she offers|glances|"
-                           r"last orders|the map|the archive|at dawn|are you with me)\b", re.I),
+    "slow_burn": re.compile(
+        r"\b(slowly|softly|gently|quietly|linger\w*|patient|unhurried|stillness|long moment|"
+        r"silence|drifting|murmurs|warm air|tired old)\b",
+        re.I,
+    ),
+    "fast": re.compile(
+        r"!|\b(suddenly|bursts|grabs|runs|vaults|shatters|thunder|now|faster|no time|jump)\b", re.I
+    ),
+    "balanced": re.compile(
+        r"\b(meets your eyes|she says|nods|waits|she adds|steady|she offers|glances|"
+        r"last orders|the map|the archive|at dawn|are you with me)\b",
+        re.I,
+    ),
 }
 _NOTE_PACE = re.compile(r"Pace:\s*(slow burn|balanced|fast)", re.I)
 _NOTE_LENGTH = re.compile(r"about\s+(\d{1,5})\s+characters", re.I)
@@ -157,8 +165,13 @@ def compose(messages: list[dict[str, Any]], max_tokens: int | None, rng: random.
         if " " in text[1:]:
             text = text[: text.rindex(" ")]
         finish = "length"
-    return {"text": text, "pacing": pacing, "finish_reason": finish, "asked_pacing": asked_pacing,
-            "asked_chars": asked_chars}
+    return {
+        "text": text,
+        "pacing": pacing,
+        "finish_reason": finish,
+        "asked_pacing": asked_pacing,
+        "asked_chars": asked_chars,
+    }
 
 
 def _tokens(text: str) -> int:
@@ -171,7 +184,7 @@ def _chunks(text: str, rng: random.Random) -> list[str]:
     out, i = [], 0
     while i < len(words):
         n = rng.randint(1, 3)
-        out.append("".join(words[i:i + n]))
+        out.append("".join(words[i : i + n]))
         i += n
     return out or [""]
 
@@ -184,8 +197,14 @@ class BadRequest(Exception):
 
 class StandIn:
     def __init__(self, first_byte_ms: float = 400.0, chunk_ms: float = 40.0, seed: int | None = None) -> None:
-        self.config: dict[str, Any] = {"first_byte_ms": first_byte_ms, "chunk_ms": chunk_ms, "done": "random",
-                                       "advanced_roles_error": 2013, "reject_advanced": False, "lenient": False}
+        self.config: dict[str, Any] = {
+            "first_byte_ms": first_byte_ms,
+            "chunk_ms": chunk_ms,
+            "done": "random",
+            "advanced_roles_error": 2013,
+            "reject_advanced": False,
+            "lenient": False,
+        }
         self.rng = random.Random(seed)
         self.faults: deque[dict[str, Any]] = deque()
         self.log: deque[dict[str, Any]] = deque(maxlen=500)
@@ -218,17 +237,25 @@ class StandIn:
                 raise BadRequest(2013, f"invalid params, {field} {v!r} out of range (0, 1] (2013)")
         mt = body.get("max_completion_tokens", body.get("max_tokens"))
         if mt is not None and (not isinstance(mt, int) or isinstance(mt, bool) or not 1 <= mt <= 2048):
-            raise BadRequest(2013, f"invalid params, max_completion_tokens {mt!r} out of range 1..2048 (2013)")
+            raise BadRequest(
+                2013, f"invalid params, max_completion_tokens {mt!r} out of range 1..2048 (2013)"
+            )
         return body
 
     # --- responses --------------------------------------------------------------------------------
     @staticmethod
     def error_response(route: str, code: int, message: str, status: int) -> web.Response:
         if route == "openai":
-            kind = {400: "bad_request_error", 401: "authentication_error", 429: "rate_limit_error"}.get(status, "api_error")
+            kind = {400: "bad_request_error", 401: "authentication_error", 429: "rate_limit_error"}.get(
+                status, "api_error"
+            )
             body = {"error": {"message": message, "type": kind}}
         else:
-            body = {"id": uuid.uuid4().hex, "choices": None, "base_resp": {"status_code": code, "status_msg": message}}
+            body = {
+                "id": uuid.uuid4().hex,
+                "choices": None,
+                "base_resp": {"status_code": code, "status_msg": message},
+            }
         return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
     async def handle(self, request: web.Request, route: str) -> web.StreamResponse:
@@ -243,8 +270,10 @@ class StandIn:
         except ConnectionError:
             entry["disconnected"] = True
             raise
-        if not request.headers.get("authorization", "").startswith("Bearer ") or \
-                len(request.headers.get("authorization", "")) < 8:
+        if (
+            not request.headers.get("authorization", "").startswith("Bearer ")
+            or len(request.headers.get("authorization", "")) < 8
+        ):
             return self.error_response(route, 1004, "login fail: Please carry the API secret key (1004)", 401)
         try:
             body = orjson.loads(raw)
@@ -253,7 +282,9 @@ class StandIn:
         entry["body"] = body
         if fault.get("status"):
             code = int(fault.get("code", 1000))
-            return self.error_response(route, code, fault.get("message", f"injected error ({code})"), int(fault["status"]))
+            return self.error_response(
+                route, code, fault.get("message", f"injected error ({code})"), int(fault["status"])
+            )
         try:
             body = self.check(body)
         except BadRequest as exc:
@@ -262,30 +293,63 @@ class StandIn:
         reply = compose(body["messages"], body.get("max_completion_tokens", body.get("max_tokens")), self.rng)
         entry.update(reply=reply["text"], pacing=reply["pacing"], finish_reason=reply["finish_reason"])
         base = {"id": uuid.uuid4().hex, "created": int(time.time()), "model": "M2-her"}
-        name = next((m.get("name") for m in body["messages"] if m["role"] == "system" and m.get("name")), "M2-her")
-        usage = {"prompt_tokens": sum(_tokens(m["content"]) for m in body["messages"]),
-                 "completion_tokens": _tokens(reply["text"])}
+        name = next(
+            (m.get("name") for m in body["messages"] if m["role"] == "system" and m.get("name")), "M2-her"
+        )
+        usage = {
+            "prompt_tokens": sum(_tokens(m["content"]) for m in body["messages"]),
+            "completion_tokens": _tokens(reply["text"]),
+        }
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         if not body.get("stream"):
             await self._sleep(self.config["first_byte_ms"])
-            return web.Response(body=orjson.dumps(self._full(base, name, reply, usage)), content_type="application/json")
+            return web.Response(
+                body=orjson.dumps(self._full(base, name, reply, usage)), content_type="application/json"
+            )
         return await self._stream(request, route, base, name, reply, usage, fault, entry)
 
     @staticmethod
-    def _full(base: dict[str, Any], name: str, reply: dict[str, Any], usage: dict[str, Any]) -> dict[str, Any]:
-        return {**base, "object": "chat.completion",
-                "choices": [{"index": 0, "finish_reason": reply["finish_reason"],
-                             "message": {"role": "assistant", "name": name, "content": reply["text"], "audio_content": ""}}],
-                "usage": {**usage, "total_characters": 0}, "input_sensitive": False, "output_sensitive": False,
-                "input_sensitive_type": 0, "output_sensitive_type": 0, "base_resp": {"status_code": 0, "status_msg": ""}}
+    def _full(
+        base: dict[str, Any], name: str, reply: dict[str, Any], usage: dict[str, Any]
+    ) -> dict[str, Any]:
+        return {
+            **base,
+            "object": "chat.completion",
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": reply["finish_reason"],
+                    "message": {
+                        "role": "assistant",
+                        "name": name,
+                        "content": reply["text"],
+                        "audio_content": "",
+                    },
+                }
+            ],
+            "usage": {**usage, "total_characters": 0},
+            "input_sensitive": False,
+            "output_sensitive": False,
+            "input_sensitive_type": 0,
+            "output_sensitive_type": 0,
+            "base_resp": {"status_code": 0, "status_msg": ""},
+        }
 
     async def _sleep(self, ms: float) -> None:
         if ms > 0:
             await asyncio.sleep(ms / 1000)
 
-    async def _stream(self, request: web.Request, route: str, base: dict[str, Any], name: str,
-                      reply: dict[str, Any], usage: dict[str, Any], fault: dict[str, Any],
-                      entry: dict[str, Any]) -> web.StreamResponse:
+    async def _stream(
+        self,
+        request: web.Request,
+        route: str,
+        base: dict[str, Any],
+        name: str,
+        reply: dict[str, Any],
+        usage: dict[str, Any],
+        fault: dict[str, Any],
+        entry: dict[str, Any],
+    ) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await self._sleep(self.config["first_byte_ms"])
         await resp.prepare(request)
@@ -297,8 +361,20 @@ class StandIn:
             for i, piece in enumerate(pieces):
                 if error_after is not None and i == error_after:
                     code = int(fault.get("code", 1000))
-                    await resp.write(b"data: " + orjson.dumps({**base, "choices": None, "base_resp": {
-                        "status_code": code, "status_msg": fault.get("message", f"injected stream error ({code})")}}) + b"\n\n")
+                    await resp.write(
+                        b"data: "
+                        + orjson.dumps(
+                            {
+                                **base,
+                                "choices": None,
+                                "base_resp": {
+                                    "status_code": code,
+                                    "status_msg": fault.get("message", f"injected stream error ({code})"),
+                                },
+                            }
+                        )
+                        + b"\n\n"
+                    )
                     entry["stream_error"] = code
                     return resp
                 if drop_after is not None and i == drop_after:
@@ -310,12 +386,23 @@ class StandIn:
                     await self._sleep(self.config["chunk_ms"])
                 last = i == len(pieces) - 1
                 # Quirks: the first delta's role is an empty string; the finish chunk still carries text.
-                delta = {"content": piece, "role": "" if i == 0 else "assistant", "name": name, "audio_content": ""}
+                delta = {
+                    "content": piece,
+                    "role": "" if i == 0 else "assistant",
+                    "name": name,
+                    "audio_content": "",
+                }
                 choice: dict[str, Any] = {"index": 0, "delta": delta}
                 if last:
                     choice["finish_reason"] = reply["finish_reason"]
-                chunk = {**base, "object": "chat.completion.chunk", "choices": [choice], "usage": None,
-                         "input_sensitive": False, "output_sensitive": False}
+                chunk = {
+                    **base,
+                    "object": "chat.completion.chunk",
+                    "choices": [choice],
+                    "usage": None,
+                    "input_sensitive": False,
+                    "output_sensitive": False,
+                }
                 await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
                 entry["chunks_sent"] = i + 1
             if route == "native":
@@ -323,8 +410,11 @@ class StandIn:
                 final["object"] = "chat.completion.chunk"
                 await resp.write(b"data: " + orjson.dumps(final) + b"\n\n")
             else:
-                await resp.write(b"data: " + orjson.dumps({**base, "object": "chat.completion.chunk", "choices": [],
-                                                           "usage": usage}) + b"\n\n")
+                await resp.write(
+                    b"data: "
+                    + orjson.dumps({**base, "object": "chat.completion.chunk", "choices": [], "usage": usage})
+                    + b"\n\n"
+                )
             done = self.config["done"]
             if done == "always" or done == "random" and self.rng.random() < 0.5:
                 await resp.write(b"data: [DONE]\n\n")
@@ -364,7 +454,9 @@ class StandIn:
             self.rng.seed(body.pop("seed"))
         unknown = set(body) - set(self.config)
         if unknown:
-            return web.json_response({"error": f"unknown config {sorted(unknown)}; known: {sorted(self.config)}"}, status=400)
+            return web.json_response(
+                {"error": f"unknown config {sorted(unknown)}; known: {sorted(self.config)}"}, status=400
+            )
         self.config.update(body)
         return web.json_response(self.config)
 
@@ -427,10 +519,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="attune standin", description="The offline M2-her stand-in server.")
     parser.add_argument("--host", default=os.environ.get("ATTUNE_STANDIN_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("ATTUNE_STANDIN_PORT", "8010")))
-    parser.add_argument("--first-byte-ms", type=float, default=float(os.environ.get("ATTUNE_STANDIN_FIRST_BYTE_MS", "400")))
-    parser.add_argument("--chunk-ms", type=float, default=float(os.environ.get("ATTUNE_STANDIN_CHUNK_MS", "40")))
+    parser.add_argument(
+        "--first-byte-ms", type=float, default=float(os.environ.get("ATTUNE_STANDIN_FIRST_BYTE_MS", "400"))
+    )
+    parser.add_argument(
+        "--chunk-ms", type=float, default=float(os.environ.get("ATTUNE_STANDIN_CHUNK_MS", "40"))
+    )
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--lenient", action="store_true", help="ignore fields M2-her does not take (benchmarks)")
+    parser.add_argument(
+        "--lenient", action="store_true", help="ignore fields M2-her does not take (benchmarks)"
+    )
     parser.add_argument("--reuse-port", action="store_true", help="several stand-in processes on one port")
     args = parser.parse_args(argv)
     with contextlib.suppress(ImportError):
@@ -439,10 +537,19 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     standin = StandIn(first_byte_ms=args.first_byte_ms, chunk_ms=args.chunk_ms, seed=args.seed)
     standin.config["lenient"] = args.lenient
-    print(f"M2-her stand-in on http://{args.host}:{args.port} (first byte {args.first_byte_ms:.0f} ms, "
-          f"{args.chunk_ms:.0f} ms between chunks)", flush=True)
-    web.run_app(standin.app(), host=args.host, port=args.port, access_log=None, print=None,
-                reuse_port=args.reuse_port or None)
+    print(
+        f"M2-her stand-in on http://{args.host}:{args.port} (first byte {args.first_byte_ms:.0f} ms, "
+        f"{args.chunk_ms:.0f} ms between chunks)",
+        flush=True,
+    )
+    web.run_app(
+        standin.app(),
+        host=args.host,
+        port=args.port,
+        access_log=None,
+        print=None,
+        reuse_port=args.reuse_port or None,
+    )
 
 
 if __name__ == "__main__":

@@ -25,8 +25,15 @@ from service.settings import UpstreamRetry, UpstreamTimeout
 NATIVE_PATH = "/v1/text/chatcompletion_v2"
 OPENAI_PATH = "/v1/chat/completions"
 ADVANCED_ROLES = frozenset({"user_system", "group", "sample_message_user", "sample_message_ai"})
-DEFAULT_NAMES = {"system": "Character", "user_system": "User", "group": "Scene", "sample_message_user": "User",
-                 "sample_message_ai": "Character", "user": "User", "assistant": "Character"}
+DEFAULT_NAMES = {
+    "system": "Character",
+    "user_system": "User",
+    "group": "Scene",
+    "sample_message_user": "User",
+    "sample_message_ai": "Character",
+    "user": "User",
+    "assistant": "Character",
+}
 RETRYABLE_CODES = frozenset({1000, 1001, 1002, 1024, 1033, 1039, 1041, 2045})
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 FOLD_CODES = frozenset({2013, 1000})
@@ -60,24 +67,42 @@ _MAPPING: dict[int, tuple[int, str, str]] = {
 class UpstreamError(Exception):
     """M2-her failed; `minimax_code` is MiniMax's code (or the nearest one for timeouts and resets)."""
 
-    def __init__(self, minimax_code: int, message: str, *, retryable: bool | None = None,
-                 retry_after: float | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        minimax_code: int,
+        message: str,
+        *,
+        retryable: bool | None = None,
+        retry_after: float | None = None,
+        code: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.minimax_code = minimax_code
         self.message = message
         self.retryable = minimax_code in RETRYABLE_CODES if retryable is None else retryable
         self.retry_after = retry_after
-        status, default_code, self.openai_type = _MAPPING.get(minimax_code, (502, "upstream_error", "api_error"))
+        status, default_code, self.openai_type = _MAPPING.get(
+            minimax_code, (502, "upstream_error", "api_error")
+        )
         self.status = status
         self.code = code or default_code
 
     def openai_body(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": self.message, "type": self.openai_type,
-                          "minimax_code": self.minimax_code}}
+        return {
+            "error": {
+                "code": self.code,
+                "message": self.message,
+                "type": self.openai_type,
+                "minimax_code": self.minimax_code,
+            }
+        }
 
     def native_body(self) -> dict[str, Any]:
-        return {"choices": None, "base_resp": {"status_code": self.minimax_code, "status_msg": self.message},
-                "error": {"code": self.code, "message": self.message, "minimax_code": self.minimax_code}}
+        return {
+            "choices": None,
+            "base_resp": {"status_code": self.minimax_code, "status_msg": self.message},
+            "error": {"code": self.code, "message": self.message, "minimax_code": self.minimax_code},
+        }
 
 
 def base_resp_error(obj: Any) -> UpstreamError | None:
@@ -88,9 +113,12 @@ def base_resp_error(obj: Any) -> UpstreamError | None:
     if isinstance(base, dict):
         code = base.get("status_code")
         if isinstance(code, int) and code != 0:
-            return UpstreamError(code, f"M2-her: {base.get('status_msg') or 'error'} ({code})"
-                                 if not _CODE_IN_MESSAGE.search(str(base.get("status_msg") or ""))
-                                 else f"M2-her: {base.get('status_msg')}")
+            return UpstreamError(
+                code,
+                f"M2-her: {base.get('status_msg') or 'error'} ({code})"
+                if not _CODE_IN_MESSAGE.search(str(base.get("status_msg") or ""))
+                else f"M2-her: {base.get('status_msg')}",
+            )
     err = obj.get("error")
     if isinstance(err, dict):
         msg = str(err.get("message") or "error")
@@ -135,10 +163,17 @@ def has_advanced(body: dict[str, Any]) -> bool:
 
 def fold_advanced(body: dict[str, Any]) -> dict[str, Any]:
     """The advanced roles folded into the system text, for an upstream that refuses them."""
-    labels = {"user_system": "The user's persona", "group": "Scene", "sample_message_user": "Example, user",
-              "sample_message_ai": "Example, character"}
-    extra = [f"{labels[m['role']]} ({m.get('name')}): {m['content']}" for m in body["messages"]
-             if m.get("role") in ADVANCED_ROLES]
+    labels = {
+        "user_system": "The user's persona",
+        "group": "Scene",
+        "sample_message_user": "Example, user",
+        "sample_message_ai": "Example, character",
+    }
+    extra = [
+        f"{labels[m['role']]} ({m.get('name')}): {m['content']}"
+        for m in body["messages"]
+        if m.get("role") in ADVANCED_ROLES
+    ]
     kept = [m for m in body["messages"] if m.get("role") not in ADVANCED_ROLES]
     systems = [i for i, m in enumerate(kept) if m.get("role") == "system"]
     if systems:
@@ -188,11 +223,19 @@ class Stream:
                 if events:
                     yield events
         except TimeoutError as exc:
-            raise UpstreamError(1001, f"M2-her went silent for over {self.idle:g} s mid-reply (1001)",
-                                code="upstream_timeout", retryable=False) from exc
+            raise UpstreamError(
+                1001,
+                f"M2-her went silent for over {self.idle:g} s mid-reply (1001)",
+                code="upstream_timeout",
+                retryable=False,
+            ) from exc
         except httpx.HTTPError as exc:
-            raise UpstreamError(1000, f"M2-her's stream broke off: {type(exc).__name__} {exc} (1000)",
-                                code="upstream_stream_broken", retryable=False) from exc
+            raise UpstreamError(
+                1000,
+                f"M2-her's stream broke off: {type(exc).__name__} {exc} (1000)",
+                code="upstream_stream_broken",
+                retryable=False,
+            ) from exc
         tail = self._feed(b"\n\n") if self.buffer.strip() else []
         if tail:
             yield tail
@@ -226,15 +269,24 @@ def _data_of(block: bytes) -> bytes | None:
 class Upstream:
     """The one pooled M2-her client of a process; create it in the lifespan, close it at shutdown."""
 
-    def __init__(self, base_url: str, api_key: str, timeout: UpstreamTimeout, retry: UpstreamRetry,
-                 connections: int = 512, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        timeout: UpstreamTimeout,
+        retry: UpstreamRetry,
+        connections: int = 512,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.timeout = timeout
         self.retry = retry
         read = max(timeout.first_byte, timeout.idle)
         transport = transport or AiohttpTransport(
-            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections))
+            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        )
         self.client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"), transport=transport,
+            base_url=base_url.rstrip("/"),
+            transport=transport,
             headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"},
             timeout=httpx.Timeout(connect=timeout.connect, read=read, write=read, pool=timeout.pool),
         )
@@ -309,20 +361,33 @@ class Upstream:
                 response = None  # handed over to the Stream
                 return out
         except TimeoutError as exc:
-            raise UpstreamError(1001, f"M2-her sent no first byte within {self.timeout.first_byte:g} s; "
-                                "retry later, or raise first_byte in ATTUNE_UPSTREAM_TIMEOUT (1001)",
-                                code="upstream_timeout", retryable=False) from exc
+            raise UpstreamError(
+                1001,
+                f"M2-her sent no first byte within {self.timeout.first_byte:g} s; "
+                "retry later, or raise first_byte in ATTUNE_UPSTREAM_TIMEOUT (1001)",
+                code="upstream_timeout",
+                retryable=False,
+            ) from exc
         except httpx.ConnectTimeout as exc:  # the aiohttp transport reports a refused connection this way too
-            raise UpstreamError(1000, f"M2-her at {self.client.base_url} could not be reached (refused or timed "
-                                f"out: {exc}); check MINIMAX_BASE_URL (1000)",
-                                code="upstream_unreachable", retryable=True) from exc
+            raise UpstreamError(
+                1000,
+                f"M2-her at {self.client.base_url} could not be reached (refused or timed "
+                f"out: {exc}); check MINIMAX_BASE_URL (1000)",
+                code="upstream_unreachable",
+                retryable=True,
+            ) from exc
         except httpx.TimeoutException as exc:
-            raise UpstreamError(1001, f"M2-her timed out ({type(exc).__name__}); retry later (1001)",
-                                code="upstream_timeout") from exc
+            raise UpstreamError(
+                1001, f"M2-her timed out ({type(exc).__name__}); retry later (1001)", code="upstream_timeout"
+            ) from exc
         except httpx.TransportError as exc:
-            raise UpstreamError(1000, f"M2-her at {self.client.base_url} could not be reached: "
-                                f"{type(exc).__name__} {exc}; check MINIMAX_BASE_URL (1000)",
-                                code="upstream_unreachable", retryable=True) from exc
+            raise UpstreamError(
+                1000,
+                f"M2-her at {self.client.base_url} could not be reached: "
+                f"{type(exc).__name__} {exc}; check MINIMAX_BASE_URL (1000)",
+                code="upstream_unreachable",
+                retryable=True,
+            ) from exc
         finally:
             if response is not None:
                 await response.aclose()

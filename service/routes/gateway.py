@@ -1,4 +1,4 @@
-"""The conditioning gateway: POST /v1/text/chatcompletion_v2, POST /v1/chat/completions, POST /v1/condition."""
+"""The conditioning gateway: POST /v1/text/chatcompletion_v2, /v1/chat/completions and /v1/condition."""
 
 from __future__ import annotations
 
@@ -27,7 +27,9 @@ log = logging.getLogger("attune.gateway")
 router = APIRouter(tags=["conditioning"])
 
 _ANSWERS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "bad body, no user, or M2-her rejected the parameters (2013)"}, 401: {}, 403: {},
+    400: {"description": "bad body, no user, or M2-her rejected the parameters (2013)"},
+    401: {},
+    403: {},
     429: {"description": "rate limited (Attune or M2-her)"},
     502: {"description": "M2-her failed or could not be reached; the MiniMax code is kept"},
     504: {"description": "M2-her sent no first byte in time"},
@@ -40,8 +42,13 @@ class Runtime:
     def __init__(self, settings: Settings, app: FastAPI) -> None:
         key = settings.minimax_api_key.get_secret_value() if settings.minimax_api_key else None
         self.standin = key is None
-        self.upstream = Upstream(settings.minimax_base_url, key or "standin", settings.upstream_timeout,
-                                 settings.upstream_retry, settings.upstream_connections)
+        self.upstream = Upstream(
+            settings.minimax_base_url,
+            key or "standin",
+            settings.upstream_timeout,
+            settings.upstream_retry,
+            settings.upstream_connections,
+        )
         self.recorder = gw.Recorder(app.state.store)
         self.rng = random.Random()
         self.upstream_header = "standin" if self.standin else "minimax"
@@ -54,8 +61,19 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     runtime = Runtime(settings, app)
     if runtime.standin:
         log.warning("!" * 72)
-        log.warning("MINIMAX_API_KEY is unset: chats go to the OFFLINE M2-her STAND-IN at %s, not to MiniMax;"
-                    " answers carry X-Attune-Upstream: standin", settings.minimax_base_url)
+        if "minimax" in settings.minimax_base_url:
+            log.warning(
+                "MINIMAX_API_KEY is unset but MINIMAX_BASE_URL is MiniMax (%s): chats will fail with "
+                "upstream_auth_failed. Set MINIMAX_API_KEY, or start the offline stand-in "
+                "(`attune standin`) and point MINIMAX_BASE_URL at it (`make run` does both)",
+                settings.minimax_base_url,
+            )
+        else:
+            log.warning(
+                "MINIMAX_API_KEY is unset: chats go to the OFFLINE M2-her STAND-IN at %s, not to MiniMax;"
+                " answers carry X-Attune-Upstream: standin",
+                settings.minimax_base_url,
+            )
         log.warning("!" * 72)
     app.state.gateway = runtime
     try:
@@ -70,16 +88,25 @@ class Call:
 
     __slots__ = ("app", "who", "prep", "decision", "body", "conditioned", "reply_id", "headers")
 
-    def __init__(self, app: str, who: tuple[str, str | None, str | None], prep: gw.Prepared,
-                 decision: Decision | None, conditioned: bool, runtime: Runtime) -> None:
+    def __init__(
+        self,
+        app: str,
+        who: tuple[str, str | None, str | None],
+        prep: gw.Prepared,
+        decision: Decision | None,
+        conditioned: bool,
+        runtime: Runtime,
+    ) -> None:
         self.app, self.who, self.prep, self.decision, self.conditioned = app, who, prep, decision, conditioned
         self.body = gw.condition(prep.body, decision) if decision is not None else prep.body
         self.reply_id = gw.new_reply_id()
         version = decision.profile_version if decision is not None else None
-        self.headers = {"X-Attune-Reply-Id": self.reply_id,
-                        "X-Attune-Profile-Version": str(version) if version is not None else "none",
-                        "X-Attune-Conditioned": "true" if conditioned else "false",
-                        "X-Attune-Upstream": runtime.upstream_header}
+        self.headers = {
+            "X-Attune-Reply-Id": self.reply_id,
+            "X-Attune-Profile-Version": str(version) if version is not None else "none",
+            "X-Attune-Conditioned": "true" if conditioned else "false",
+            "X-Attune-Upstream": runtime.upstream_header,
+        }
         if prep.dropped:
             self.headers["X-Attune-Dropped"] = ",".join(prep.dropped)[:512]
         if prep.adjusted:
@@ -91,33 +118,47 @@ async def _prepare(request: Request, principal: Any) -> Call:
     runtime: Runtime = request.app.state.gateway
     raw = await read_json(request, request.app.state.settings.max_body_bytes)
     if not isinstance(raw, dict):
-        raise BadRequest("the body must be a JSON object like M2-her's: {\"model\", \"messages\", ...}",
-                         code="invalid_body")
+        raise BadRequest(
+            'the body must be a JSON object like M2-her\'s: {"model", "messages", ...}', code="invalid_body"
+        )
     who = gw.identify(request.headers, raw)
     prep = gw.prepare(raw)
     decision, conditioned = None, False
     if request.headers.get("x-attune-conditioning", "").lower() != "off":
-        decision, conditioned = await gw.load_decision(request.app.state.store, app, who[0], who[1], runtime.rng)
+        decision, conditioned = await gw.load_decision(
+            request.app.state.store, app, who[0], who[1], runtime.rng
+        )
     return Call(app, who, prep, decision, conditioned, runtime)
 
 
-@router.post("/v1/condition", summary="Condition an M2-her body without forwarding it (apps that call M2-her themselves)",
-             responses={400: _ANSWERS[400], 401: {}, 403: {}})
+@router.post(
+    "/v1/condition",
+    summary="Condition an M2-her body without forwarding it (apps that call M2-her themselves)",
+    responses={400: _ANSWERS[400], 401: {}, 403: {}},
+)
 async def condition(request: Request, principal: Conditioner) -> Response:
     call = await _prepare(request, principal)
-    out = {"reply_id": call.reply_id, "request": call.body,
-           "applied": call.decision.applied() if call.decision is not None else None,
-           "conditioned": call.conditioned}
+    out = {
+        "reply_id": call.reply_id,
+        "request": call.body,
+        "applied": call.decision.applied() if call.decision is not None else None,
+        "conditioned": call.conditioned,
+    }
     return Response(orjson.dumps(out), media_type="application/json", headers=call.headers)
 
 
-@router.post(NATIVE_PATH, summary="M2-her's native chat route, conditioned (JSON or SSE as M2-her answers)",
-             responses=_ANSWERS)
+@router.post(
+    NATIVE_PATH,
+    summary="M2-her's native chat route, conditioned (JSON or SSE as M2-her answers)",
+    responses=_ANSWERS,
+)
 async def chat_native(request: Request, principal: Conditioner) -> Response:
     return await _chat(request, principal, "native")
 
 
-@router.post(OPENAI_PATH, summary="OpenAI-compatible chat route, conditioned (JSON or SSE)", responses=_ANSWERS)
+@router.post(
+    OPENAI_PATH, summary="OpenAI-compatible chat route, conditioned (JSON or SSE)", responses=_ANSWERS
+)
 async def chat_openai(request: Request, principal: Conditioner) -> Response:
     return await _chat(request, principal, "openai")
 
@@ -137,8 +178,13 @@ async def _chat(request: Request, principal: Any, route: str) -> Response:
     except UpstreamError as exc:
         _observe(stats, call.app, route, time.perf_counter() - start, exc)
         body = exc.openai_body() if route == "openai" else exc.native_body()
-        headers = {**call.headers, **({"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else {})}
-        return Response(orjson.dumps(body), status_code=exc.status, media_type="application/json", headers=headers)
+        headers = {
+            **call.headers,
+            **({"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else {}),
+        }
+        return Response(
+            orjson.dumps(body), status_code=exc.status, media_type="application/json", headers=headers
+        )
     if not call.prep.stream:
         _observe(stats, call.app, route, time.perf_counter() - start, None)
         capture = gw.Capture()
@@ -152,8 +198,13 @@ async def _chat(request: Request, principal: Any, route: str) -> Response:
         if capture.error is not None:
             _count_error(stats, call.app, capture.error)
         if capture.text() or not capture.error:
-            event = gw.reply_shown(call.who, call.reply_id, capture, call.decision,
-                                   "client_disconnected" if disconnected else None)
+            event = gw.reply_shown(
+                call.who,
+                call.reply_id,
+                capture,
+                call.decision,
+                "client_disconnected" if disconnected else None,
+            )
             runtime.recorder.record(call.app, event)
 
     headers = {**call.headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -178,8 +229,13 @@ class SSEResponse(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, stream: Stream, chunks: AsyncIterator[bytes], headers: dict[str, str],
-                 on_end: Callable[[bool], None]) -> None:
+    def __init__(
+        self,
+        stream: Stream,
+        chunks: AsyncIterator[bytes],
+        headers: dict[str, str],
+        on_end: Callable[[bool], None],
+    ) -> None:
         self.stream, self.chunks, self.on_end = stream, chunks, on_end
         self.status_code = 200
         self.background = None

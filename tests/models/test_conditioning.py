@@ -21,7 +21,9 @@ from models.conditioning import (
 )
 
 
-def profile(posterior: dict[str, list[float]] | None = None, length: dict[str, Any] | None = None) -> dict[str, Any]:
+def profile(
+    posterior: dict[str, list[float]] | None = None, length: dict[str, Any] | None = None
+) -> dict[str, Any]:
     doc: dict[str, Any] = {"version": 4, "pacing": {"label": "slow_burn", "confidence": 0.5}}
     if posterior is not None:
         doc["pacing"]["posterior"] = posterior
@@ -40,7 +42,10 @@ def test_no_profile_explores_all_arms_with_equal_propensity() -> None:
     counts = Counter(d.pacing for d in decisions)
     assert all(900 < counts[a] < 1100 for a in PACING)
     assert all(d.propensity == pytest.approx(1 / 3, abs=1e-6) and d.explored for d in decisions)
-    assert all(d.target_chars is None and d.max_completion_tokens is None and d.profile_version is None for d in decisions)
+    assert all(
+        d.target_chars is None and d.max_completion_tokens is None and d.profile_version is None
+        for d in decisions
+    )
 
 
 @pytest.mark.parametrize("posterior", [SURE, UNSURE])
@@ -98,7 +103,9 @@ def test_the_note_is_short_and_its_token_count_stable() -> None:
     assert max(counts) <= 45 and max(counts) - min(counts) <= 3
     assert max(bare) <= 40 and max(bare) - min(bare) <= 3
     assert render_note("fast", 300) == render_note("fast", 300)  # deterministic: same input, same bytes
-    assert "Pace: slow burn" in render_note("slow_burn", None) and "about 300 characters" in render_note("fast", 300)
+    assert "Pace: slow burn" in render_note("slow_burn", None) and "about 300 characters" in render_note(
+        "fast", 300
+    )
 
 
 def test_malformed_posteriors_fall_back_to_the_prior() -> None:
@@ -108,12 +115,19 @@ def test_malformed_posteriors_fall_back_to_the_prior() -> None:
 
 
 def test_applied_has_the_contract_fields() -> None:
-    d = decide(profile(SURE, {"target_chars": 380, "interval": [300, 470], "confidence": 0.9}), random.Random(6))
+    d = decide(
+        profile(SURE, {"target_chars": 380, "interval": [300, 470], "confidence": 0.9}), random.Random(6)
+    )
     assert set(d.applied()) == {"pacing", "target_chars", "explored", "propensity", "profile_version"}
     assert d.applied()["profile_version"] == 4
 
 
 def test_an_untrusted_profile_conditions_like_the_population_prior() -> None:
-    doc = {**profile(SURE, {"target_chars": 380, "interval": [300, 470], "confidence": 0.9}), "trust": "bot_suspect"}
+    doc = {
+        **profile(SURE, {"target_chars": 380, "interval": [300, 470], "confidence": 0.9}),
+        "trust": "bot_suspect",
+    }
     d = decide(doc, random.Random(7))
-    assert d.propensity == pytest.approx(1 / 3, abs=1e-6) and d.target_chars is None and d.profile_version == 4
+    assert (
+        d.propensity == pytest.approx(1 / 3, abs=1e-6) and d.target_chars is None and d.profile_version == 4
+    )

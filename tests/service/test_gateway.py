@@ -33,15 +33,23 @@ def si(standin: tuple[StandIn, str]) -> StandIn:
     s = standin[0]
     s.faults.clear()
     s.log.clear()
-    s.config.update(first_byte_ms=0, chunk_ms=0, done="random", advanced_roles_error=2013, reject_advanced=False)
+    s.config.update(
+        first_byte_ms=0, chunk_ms=0, done="random", advanced_roles_error=2013, reject_advanced=False
+    )
     return s
 
 
 @pytest.fixture
-def settings(redis_url: str, tmp_path: Path, redis_sync: redis.Redis, standin: tuple[StandIn, str]) -> Settings:
-    return make_settings(redis_url, tmp_path, minimax_base_url=standin[1],
-                         upstream_timeout={"first_byte": 1.0, "idle": 5.0},
-                         upstream_retry={"attempts": 3, "backoff": 0.01, "max_backoff": 0.05})
+def settings(
+    redis_url: str, tmp_path: Path, redis_sync: redis.Redis, standin: tuple[StandIn, str]
+) -> Settings:
+    return make_settings(
+        redis_url,
+        tmp_path,
+        minimax_base_url=standin[1],
+        upstream_timeout={"first_byte": 1.0, "idle": 5.0},
+        upstream_retry={"attempts": 3, "backoff": 0.01, "max_backoff": 0.05},
+    )
 
 
 def headers(user: str = "u1", **extra: str) -> dict[str, str]:
@@ -82,18 +90,27 @@ def native_text(payloads: list[str]) -> str:
 
 
 def put_profile(r: redis.Redis, user: str, **over: Any) -> dict[str, Any]:
-    doc = {"app": "demo", "user_id": user, "character_id": None, "version": 17,
-           "reply_length": {"target_chars": 300, "interval": [280, 320], "confidence": 0.9},
-           "pacing": {"label": "slow_burn", "scores": {"slow_burn": 0.9, "balanced": 0.05, "fast": 0.05},
-                      "confidence": 0.9,
-                      "posterior": {"slow_burn": [90, 5], "balanced": [5, 30], "fast": [5, 30]}}}
+    doc = {
+        "app": "demo",
+        "user_id": user,
+        "character_id": None,
+        "version": 17,
+        "reply_length": {"target_chars": 300, "interval": [280, 320], "confidence": 0.9},
+        "pacing": {
+            "label": "slow_burn",
+            "scores": {"slow_burn": 0.9, "balanced": 0.05, "fast": 0.05},
+            "confidence": 0.9,
+            "posterior": {"slow_burn": [90, 5], "balanced": [5, 30], "fast": [5, 30]},
+        },
+    }
     doc.update(over)
     r.set(keys.profile("demo", user), orjson.dumps(doc))
     return doc
 
 
-def test_openai_sdk_non_streamed_returns_the_stand_in_reply_and_records_it(api: ApiServer, si: StandIn,
-                                                                          redis_sync: redis.Redis) -> None:
+def test_openai_sdk_non_streamed_returns_the_stand_in_reply_and_records_it(
+    api: ApiServer, si: StandIn, redis_sync: redis.Redis
+) -> None:
     raw = oai(api).chat.completions.with_raw_response.create(model="M2-her", messages=MESSAGES, user="u1")
     completion = raw.parse()
     assert completion.choices[0].message.content == si.log[-1]["reply"]
@@ -106,8 +123,9 @@ def test_openai_sdk_non_streamed_returns_the_stand_in_reply_and_records_it(api: 
     assert ev["conditioning"]["pacing"] in ("slow_burn", "balanced", "fast")
 
 
-def test_openai_sdk_streamed_text_equals_the_stand_in_reply_exactly(api: ApiServer, si: StandIn,
-                                                                    redis_sync: redis.Redis) -> None:
+def test_openai_sdk_streamed_text_equals_the_stand_in_reply_exactly(
+    api: ApiServer, si: StandIn, redis_sync: redis.Redis
+) -> None:
     stream = oai(api).chat.completions.create(model="M2-her", messages=MESSAGES, user="u1", stream=True)
     parts, finish = [], None
     for chunk in stream:
@@ -119,25 +137,40 @@ def test_openai_sdk_streamed_text_equals_the_stand_in_reply_exactly(api: ApiServ
 
 
 def test_native_stream_passes_the_aggregate_chunk_once_and_measures_the_reply_once(
-        api: ApiServer, si: StandIn, redis_sync: redis.Redis) -> None:
-    with api.client(api.app_key()) as c, c.stream("POST", "/v1/text/chatcompletion_v2", headers=headers(),
-                                                  json={"model": "M2-her", "messages": MESSAGES, "stream": True}) as r:
+    api: ApiServer, si: StandIn, redis_sync: redis.Redis
+) -> None:
+    with (
+        api.client(api.app_key()) as c,
+        c.stream(
+            "POST",
+            "/v1/text/chatcompletion_v2",
+            headers=headers(),
+            json={"model": "M2-her", "messages": MESSAGES, "stream": True},
+        ) as r,
+    ):
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         payloads = sse_payloads(r.read().decode())
         reply_id = r.headers["x-attune-reply-id"]
     reply = si.log[-1]["reply"]
     assert native_text(payloads) == reply
-    aggregates = [p for p in payloads if p != "[DONE]" and "message" in (orjson.loads(p).get("choices") or [{}])[0]]
+    aggregates = [
+        p for p in payloads if p != "[DONE]" and "message" in (orjson.loads(p).get("choices") or [{}])[0]
+    ]
     assert len(aggregates) == 1 and orjson.loads(aggregates[0])["choices"][0]["message"]["content"] == reply
     assert recorded(redis_sync, reply_id)["reply"]["chars"] == len(reply)  # not doubled by the aggregate
 
 
 def test_native_non_streamed_answer_is_m2her_shaped(api: ApiServer, si: StandIn) -> None:
     with api.client(api.app_key()) as c:
-        r = c.post("/v1/text/chatcompletion_v2", headers=headers(), json={"model": "M2-her", "messages": MESSAGES})
+        r = c.post(
+            "/v1/text/chatcompletion_v2", headers=headers(), json={"model": "M2-her", "messages": MESSAGES}
+        )
     assert r.status_code == 200
     body = r.json()
-    assert body["base_resp"]["status_code"] == 0 and body["choices"][0]["message"]["content"] == si.log[-1]["reply"]
+    assert (
+        body["base_resp"]["status_code"] == 0
+        and body["choices"][0]["message"]["content"] == si.log[-1]["reply"]
+    )
 
 
 def test_error_inside_a_200_stream_reaches_the_openai_client_as_an_error(api: ApiServer, si: StandIn) -> None:
@@ -152,10 +185,19 @@ def test_error_inside_a_200_stream_reaches_the_openai_client_as_an_error(api: Ap
     assert len(seen) == 3 and len(si.log) == 1  # after the first byte: passed on, never retried
 
 
-def test_error_inside_a_200_stream_reaches_the_native_client_as_base_resp(api: ApiServer, si: StandIn) -> None:
+def test_error_inside_a_200_stream_reaches_the_native_client_as_base_resp(
+    api: ApiServer, si: StandIn
+) -> None:
     si.faults.append({"stream_error_after": 2, "code": 1000})
-    with api.client(api.app_key()) as c, c.stream("POST", "/v1/text/chatcompletion_v2", headers=headers(),
-                                                  json={"model": "M2-her", "messages": MESSAGES, "stream": True}) as r:
+    with (
+        api.client(api.app_key()) as c,
+        c.stream(
+            "POST",
+            "/v1/text/chatcompletion_v2",
+            headers=headers(),
+            json={"model": "M2-her", "messages": MESSAGES, "stream": True},
+        ) as r,
+    ):
         payloads = sse_payloads(r.read().decode())
     last = orjson.loads(payloads[-1])
     assert last["base_resp"]["status_code"] == 1000 and last["choices"] is None
@@ -169,12 +211,19 @@ def test_error_chunk_before_any_text_is_retried_when_retryable(api: ApiServer, s
     assert len(si.log) == 2 and text == si.log[-1]["reply"]
 
 
-def test_non_retryable_error_before_first_byte_keeps_the_minimax_code_in_both_shapes(api: ApiServer, si: StandIn) -> None:
+def test_non_retryable_error_before_first_byte_keeps_the_minimax_code_in_both_shapes(
+    api: ApiServer, si: StandIn
+) -> None:
     si.faults.extend([{"stream_error_after": 0, "code": 1026}, {"status": 200, "code": 1026}])
     with api.client(api.app_key()) as c:
-        r1 = c.post("/v1/chat/completions", headers=headers(),
-                    json={"model": "M2-her", "messages": MESSAGES, "stream": True})
-        r2 = c.post("/v1/text/chatcompletion_v2", headers=headers(), json={"model": "M2-her", "messages": MESSAGES})
+        r1 = c.post(
+            "/v1/chat/completions",
+            headers=headers(),
+            json={"model": "M2-her", "messages": MESSAGES, "stream": True},
+        )
+        r2 = c.post(
+            "/v1/text/chatcompletion_v2", headers=headers(), json={"model": "M2-her", "messages": MESSAGES}
+        )
     assert r1.status_code == 422 and r1.json()["error"]["minimax_code"] == 1026
     assert r1.json()["error"]["code"] == "upstream_input_flagged"
     assert r2.status_code == 422 and r2.json()["base_resp"]["status_code"] == 1026
@@ -205,14 +254,24 @@ def test_429_after_the_first_byte_is_not_retried(api: ApiServer, si: StandIn) ->
     assert len(si.log) == 1
 
 
-def test_client_disconnect_stops_the_upstream_request(api: ApiServer, si: StandIn, redis_sync: redis.Redis) -> None:
+def test_client_disconnect_stops_the_upstream_request(
+    api: ApiServer, si: StandIn, redis_sync: redis.Redis
+) -> None:
     si.config.update(chunk_ms=30)
-    long_history = [{"role": "system", "content": SYSTEM},
-                    {"role": "system", "name": "reader_preferences", "content": "Length: about 3000 characters."},
-                    {"role": "user", "content": "Tell me everything."}]
-    with api.client(api.app_key()) as c, c.stream("POST", "/v1/chat/completions",
-                                                  headers=headers(**{"X-Attune-Conditioning": "off"}),
-                                                  json={"model": "M2-her", "messages": long_history, "stream": True}) as r:
+    long_history = [
+        {"role": "system", "content": SYSTEM},
+        {"role": "system", "name": "reader_preferences", "content": "Length: about 3000 characters."},
+        {"role": "user", "content": "Tell me everything."},
+    ]
+    with (
+        api.client(api.app_key()) as c,
+        c.stream(
+            "POST",
+            "/v1/chat/completions",
+            headers=headers(**{"X-Attune-Conditioning": "off"}),
+            json={"model": "M2-her", "messages": long_history, "stream": True},
+        ) as r,
+    ):
         reply_id = r.headers["x-attune-reply-id"]
         it = r.iter_raw()
         next(it)
@@ -237,15 +296,24 @@ def test_slow_upstream_hits_the_first_byte_timeout_with_a_clear_error(api: ApiSe
     assert err["code"] == "upstream_timeout" and "first byte within 1 s" in err["message"]
 
 
-def test_unreachable_upstream_is_a_502_naming_the_base_url(redis_url: str, tmp_path: Path, redis_sync: redis.Redis) -> None:
+def test_unreachable_upstream_is_a_502_naming_the_base_url(
+    redis_url: str, tmp_path: Path, redis_sync: redis.Redis
+) -> None:
     from tests.conftest import free_port, start_api  # noqa: PLC0415
 
     base = f"http://127.0.0.1:{free_port()}"
-    server, api = start_api(make_settings(redis_url, tmp_path, minimax_base_url=base,
-                                          upstream_retry={"attempts": 2, "backoff": 0.01}))
+    server, api = start_api(
+        make_settings(
+            redis_url, tmp_path, minimax_base_url=base, upstream_retry={"attempts": 2, "backoff": 0.01}
+        )
+    )
     try:
         with api.client(api.app_key()) as c:
-            r = c.post("/v1/text/chatcompletion_v2", headers=headers(), json={"model": "M2-her", "messages": MESSAGES})
+            r = c.post(
+                "/v1/text/chatcompletion_v2",
+                headers=headers(),
+                json={"model": "M2-her", "messages": MESSAGES},
+            )
         assert r.status_code == 502
         assert r.json()["error"]["code"] == "upstream_unreachable" and base in r.json()["error"]["message"]
         assert r.json()["base_resp"]["status_code"] == 1000
@@ -253,8 +321,9 @@ def test_unreachable_upstream_is_a_502_naming_the_base_url(redis_url: str, tmp_p
         server.__exit__(None, None, None)
 
 
-def test_profile_conditions_the_request_without_touching_the_character(api: ApiServer, si: StandIn,
-                                                                       redis_sync: redis.Redis) -> None:
+def test_profile_conditions_the_request_without_touching_the_character(
+    api: ApiServer, si: StandIn, redis_sync: redis.Redis
+) -> None:
     put_profile(redis_sync, "u1")
     with api.client(api.app_key()) as c:
         r = c.post("/v1/chat/completions", headers=headers(), json={"model": "M2-her", "messages": MESSAGES})
@@ -267,7 +336,9 @@ def test_profile_conditions_the_request_without_touching_the_character(api: ApiS
     assert 100 <= sent["max_completion_tokens"] <= 140  # ~300 chars with headroom
     ev = recorded(redis_sync, r.headers["x-attune-reply-id"])
     cond = ev["conditioning"]
-    assert cond["profile_version"] == 17 and 250 <= cond["target_chars"] <= 350 and 0 < cond["propensity"] <= 1
+    assert (
+        cond["profile_version"] == 17 and 250 <= cond["target_chars"] <= 350 and 0 < cond["propensity"] <= 1
+    )
     assert cond["pacing"] in note["content"].lower().replace(" ", "_") or cond["explored"]
 
 
@@ -280,25 +351,42 @@ def test_profile_read_failure_fails_open(api: ApiServer, si: StandIn, redis_sync
     assert recorded(redis_sync, r.headers["x-attune-reply-id"])["conditioning"] is None
 
 
-def test_conditioning_off_forwards_unconditioned_but_records_the_reply(api: ApiServer, si: StandIn,
-                                                                       redis_sync: redis.Redis) -> None:
+def test_conditioning_off_forwards_unconditioned_but_records_the_reply(
+    api: ApiServer, si: StandIn, redis_sync: redis.Redis
+) -> None:
     put_profile(redis_sync, "u1")
     with api.client(api.app_key()) as c:
-        r = c.post("/v1/chat/completions", headers=headers(**{"X-Attune-Conditioning": "off",
-                                                                "X-Attune-Session": "s1", "X-Attune-Character": "c7"}),
-                   json={"model": "M2-her", "messages": MESSAGES})
+        r = c.post(
+            "/v1/chat/completions",
+            headers=headers(
+                **{"X-Attune-Conditioning": "off", "X-Attune-Session": "s1", "X-Attune-Character": "c7"}
+            ),
+            json={"model": "M2-her", "messages": MESSAGES},
+        )
     assert r.headers["x-attune-conditioned"] == "false"
-    assert si.log[-1]["body"]["messages"] == [{**m, "name": n} for m, n in zip(MESSAGES, ("Character", "User"), strict=True)]
+    assert si.log[-1]["body"]["messages"] == [
+        {**m, "name": n} for m, n in zip(MESSAGES, ("Character", "User"), strict=True)
+    ]
     ev = recorded(redis_sync, r.headers["x-attune-reply-id"])
     assert ev["conditioning"] is None and ev["session_id"] == "s1" and ev["character_id"] == "c7"
 
 
-def test_no_profile_explores_with_the_population_prior(api: ApiServer, si: StandIn, redis_sync: redis.Redis) -> None:
+def test_no_profile_explores_with_the_population_prior(
+    api: ApiServer, si: StandIn, redis_sync: redis.Redis
+) -> None:
     with api.client(api.app_key()) as c:
-        r = c.post("/v1/chat/completions", headers=headers("newcomer"), json={"model": "M2-her", "messages": MESSAGES})
+        r = c.post(
+            "/v1/chat/completions",
+            headers=headers("newcomer"),
+            json={"model": "M2-her", "messages": MESSAGES},
+        )
     assert r.headers["x-attune-conditioned"] == "true" and r.headers["x-attune-profile-version"] == "none"
     cond = recorded(redis_sync, r.headers["x-attune-reply-id"])["conditioning"]
-    assert cond["propensity"] == pytest.approx(1 / 3, abs=1e-4) and cond["explored"] and cond["target_chars"] is None
+    assert (
+        cond["propensity"] == pytest.approx(1 / 3, abs=1e-4)
+        and cond["explored"]
+        and cond["target_chars"] is None
+    )
     assert "max_completion_tokens" not in si.log[-1]["body"]
 
 
@@ -310,9 +398,19 @@ def test_missing_user_is_a_400_that_says_how_to_name_one(api: ApiServer, si: Sta
 
 
 def test_unsupported_params_are_dropped_and_out_of_range_clamped(api: ApiServer, si: StandIn) -> None:
-    body = {"model": "M2-her", "messages": MESSAGES, "tools": [{"type": "function"}], "n": 2, "logprobs": True,
-            "presence_penalty": 1, "response_format": {"type": "json_object"}, "max_tokens": 5000,
-            "temperature": 0, "top_p": 1.5, "user": "u1"}
+    body = {
+        "model": "M2-her",
+        "messages": MESSAGES,
+        "tools": [{"type": "function"}],
+        "n": 2,
+        "logprobs": True,
+        "presence_penalty": 1,
+        "response_format": {"type": "json_object"},
+        "max_tokens": 5000,
+        "temperature": 0,
+        "top_p": 1.5,
+        "user": "u1",
+    }
     with api.client(api.app_key()) as c:
         r = c.post("/v1/chat/completions", json=body, headers={"X-Attune-Conditioning": "off"})
     assert r.status_code == 200, r.text  # the strict stand-in refuses any unknown field
@@ -322,42 +420,67 @@ def test_unsupported_params_are_dropped_and_out_of_range_clamped(api: ApiServer,
     assert r.headers["x-attune-dropped"] == "logprobs,n,presence_penalty,response_format,tools"
 
 
-@pytest.mark.parametrize("patch, where", [
-    ({"temperature": "hot"}, "temperature"), ({"max_tokens": 1.5}, "max_completion_tokens"),
-    ({"messages": [{"role": "narrator", "content": "x"}]}, "role"), ({"messages": []}, "messages"),
-    ({"model": "gpt-4o"}, "model"),
-])
-def test_invalid_bodies_are_rejected_with_a_message_naming_the_field(api: ApiServer, si: StandIn,
-                                                                     patch: dict[str, Any], where: str) -> None:
+@pytest.mark.parametrize(
+    "patch, where",
+    [
+        ({"temperature": "hot"}, "temperature"),
+        ({"max_tokens": 1.5}, "max_completion_tokens"),
+        ({"messages": [{"role": "narrator", "content": "x"}]}, "role"),
+        ({"messages": []}, "messages"),
+        ({"model": "gpt-4o"}, "model"),
+    ],
+)
+def test_invalid_bodies_are_rejected_with_a_message_naming_the_field(
+    api: ApiServer, si: StandIn, patch: dict[str, Any], where: str
+) -> None:
     with api.client(api.app_key()) as c:
-        r = c.post("/v1/chat/completions", headers=headers(), json={"model": "M2-her", "messages": MESSAGES, **patch})
+        r = c.post(
+            "/v1/chat/completions", headers=headers(), json={"model": "M2-her", "messages": MESSAGES, **patch}
+        )
     assert r.status_code == 400 and where in r.json()["error"]["message"] and not si.log
 
 
 def test_advanced_roles_get_names_and_fold_into_system_on_2013(api: ApiServer, si: StandIn) -> None:
     si.config.update(reject_advanced=True)
-    messages = [{"role": "system", "content": SYSTEM}, {"role": "user_system", "content": "I am Ren, a courier."},
-                {"role": "group", "content": "The harbour"}, {"role": "sample_message_user", "content": "Hello?"},
-                {"role": "sample_message_ai", "content": "*looks up* Yes?"}, {"role": "user", "content": "Hi"}]
+    messages = [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user_system", "content": "I am Ren, a courier."},
+        {"role": "group", "content": "The harbour"},
+        {"role": "sample_message_user", "content": "Hello?"},
+        {"role": "sample_message_ai", "content": "*looks up* Yes?"},
+        {"role": "user", "content": "Hi"},
+    ]
     with api.client(api.app_key()) as c:
-        r = c.post("/v1/text/chatcompletion_v2", headers=headers(**{"X-Attune-Conditioning": "off"}),
-                   json={"model": "M2-her", "messages": messages})
+        r = c.post(
+            "/v1/text/chatcompletion_v2",
+            headers=headers(**{"X-Attune-Conditioning": "off"}),
+            json={"model": "M2-her", "messages": messages},
+        )
     assert r.status_code == 200
     first, second = si.log[-2]["body"], si.log[-1]["body"]
     assert all(m.get("name") for m in first["messages"]) and si.log[-2]["rejected"] == 2013
     assert [m["role"] for m in second["messages"]] == ["system", "user"]
-    assert second["messages"][0]["content"].startswith(SYSTEM) and "I am Ren" in second["messages"][0]["content"]
+    assert (
+        second["messages"][0]["content"].startswith(SYSTEM) and "I am Ren" in second["messages"][0]["content"]
+    )
 
 
-def test_condition_route_answers_the_conditioned_body_and_what_was_applied(api: ApiServer, si: StandIn,
-                                                                           redis_sync: redis.Redis) -> None:
+def test_condition_route_answers_the_conditioned_body_and_what_was_applied(
+    api: ApiServer, si: StandIn, redis_sync: redis.Redis
+) -> None:
     put_profile(redis_sync, "u1")
     with api.client(api.app_key()) as c:
-        r = c.post("/v1/condition", headers=headers(), json={"model": "M2-her", "messages": MESSAGES, "stream": True})
+        r = c.post(
+            "/v1/condition", headers=headers(), json={"model": "M2-her", "messages": MESSAGES, "stream": True}
+        )
     assert r.status_code == 200
     out = r.json()
     assert out["reply_id"] == r.headers["x-attune-reply-id"]
-    assert out["applied"]["profile_version"] == 17 and out["applied"]["pacing"] in ("slow_burn", "balanced", "fast")
+    assert out["applied"]["profile_version"] == 17 and out["applied"]["pacing"] in (
+        "slow_burn",
+        "balanced",
+        "fast",
+    )
     assert out["request"]["messages"][0]["content"] == SYSTEM and out["request"]["stream"] is True
     assert any(m.get("name") == "reader_preferences" for m in out["request"]["messages"])
     assert not si.log  # nothing forwarded
@@ -369,7 +492,9 @@ def test_gateway_routes_need_the_condition_scope(api: ApiServer) -> None:
     assert r.status_code == 403 and r.json()["error"]["code"] == "missing_scope"
 
 
-def test_upstream_figures_reach_the_per_minute_aggregates(api: ApiServer, si: StandIn, redis_sync: redis.Redis) -> None:
+def test_upstream_figures_reach_the_per_minute_aggregates(
+    api: ApiServer, si: StandIn, redis_sync: redis.Redis
+) -> None:
     si.faults.append({"status": 400, "code": 2013})
     with api.client(api.app_key()) as c:
         c.post("/v1/chat/completions", headers=headers(), json={"model": "M2-her", "messages": MESSAGES})
@@ -390,8 +515,15 @@ def test_upstream_figures_reach_the_per_minute_aggregates(api: ApiServer, si: St
 
 def test_transport_errors_are_mapped_not_leaked(api: ApiServer, si: StandIn) -> None:
     si.faults.append({"drop_after": 2})
-    with api.client(api.app_key()) as c, c.stream("POST", "/v1/chat/completions", headers=headers(),
-                                                  json={"model": "M2-her", "messages": MESSAGES, "stream": True}) as r:
+    with (
+        api.client(api.app_key()) as c,
+        c.stream(
+            "POST",
+            "/v1/chat/completions",
+            headers=headers(),
+            json={"model": "M2-her", "messages": MESSAGES, "stream": True},
+        ) as r,
+    ):
         payloads = sse_payloads(r.read().decode())
     err = orjson.loads(payloads[-1])["error"]
     assert err["code"] == "upstream_stream_broken" and err["minimax_code"] == 1000

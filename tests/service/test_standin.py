@@ -19,8 +19,13 @@ from service.standin import FOLLOW_PACING, PACING, StandIn, compose, perceived_p
 from tests.conftest import ROOT, free_port, wait_http
 
 AUTH = {"Authorization": "Bearer test"}
-BODY = {"model": "M2-her", "messages": [{"role": "system", "name": "Mira", "content": "You are Mira."},
-                                        {"role": "user", "name": "Ren", "content": "Hello"}]}
+BODY = {
+    "model": "M2-her",
+    "messages": [
+        {"role": "system", "name": "Mira", "content": "You are Mira."},
+        {"role": "user", "name": "Ren", "content": "Hello"},
+    ],
+}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +48,9 @@ def payloads(text: str) -> list[str]:
     return [ln[6:] for ln in text.split("\n") if ln.startswith("data: ")]
 
 
-def test_native_stream_has_text_in_the_finish_chunk_then_the_whole_reply_again(standin: tuple[StandIn, httpx.Client]) -> None:
+def test_native_stream_has_text_in_the_finish_chunk_then_the_whole_reply_again(
+    standin: tuple[StandIn, httpx.Client],
+) -> None:
     s, c = standin
     r = c.post("/v1/text/chatcompletion_v2", json={**BODY, "stream": True})
     data = [orjson.loads(p) for p in payloads(r.text) if p != "[DONE]"]
@@ -52,12 +59,17 @@ def test_native_stream_has_text_in_the_finish_chunk_then_the_whole_reply_again(s
     assert len(finish) == 1 and finish[0]["choices"][0]["delta"]["content"]
     assert deltas[0]["choices"][0]["delta"]["role"] == ""  # the empty-role quirk
     final = data[-1]
-    assert final["choices"][0]["message"]["content"] == s.log[-1]["reply"] == "".join(
-        d["choices"][0]["delta"]["content"] for d in deltas)
+    assert (
+        final["choices"][0]["message"]["content"]
+        == s.log[-1]["reply"]
+        == "".join(d["choices"][0]["delta"]["content"] for d in deltas)
+    )
     assert final["base_resp"]["status_code"] == 0 and final["usage"]["completion_tokens"] > 0
 
 
-def test_openai_stream_ends_with_a_usage_only_chunk_and_done_is_optional(standin: tuple[StandIn, httpx.Client]) -> None:
+def test_openai_stream_ends_with_a_usage_only_chunk_and_done_is_optional(
+    standin: tuple[StandIn, httpx.Client],
+) -> None:
     s, c = standin
     endings = Counter()
     for _ in range(12):
@@ -78,19 +90,25 @@ def test_error_chunk_inside_a_200_stream(standin: tuple[StandIn, httpx.Client]) 
 
 
 @pytest.mark.parametrize("code, status", [(2013, 400), (1000, 500)])
-def test_advanced_roles_without_name_are_refused_as_field_reports_say(standin: tuple[StandIn, httpx.Client],
-                                                                      code: int, status: int) -> None:
+def test_advanced_roles_without_name_are_refused_as_field_reports_say(
+    standin: tuple[StandIn, httpx.Client], code: int, status: int
+) -> None:
     s, c = standin
     s.config["advanced_roles_error"] = code
     body = {**BODY, "messages": [*BODY["messages"], {"role": "user_system", "content": "I am Ren"}]}
     r = c.post("/v1/chat/completions", json=body)
     assert r.status_code == status and f"({code})" in r.json()["error"]["message"]
-    ok = {**BODY, "messages": [*BODY["messages"], {"role": "user_system", "name": "Ren", "content": "I am Ren"}]}
+    ok = {
+        **BODY,
+        "messages": [*BODY["messages"], {"role": "user_system", "name": "Ren", "content": "I am Ren"}],
+    }
     assert c.post("/v1/chat/completions", json=ok).status_code == 200
 
 
-@pytest.mark.parametrize("patch", [{"tools": []}, {"temperature": 0}, {"top_p": 1.2}, {"max_completion_tokens": 4096},
-                                   {"model": "abab"}])
+@pytest.mark.parametrize(
+    "patch",
+    [{"tools": []}, {"temperature": 0}, {"top_p": 1.2}, {"max_completion_tokens": 4096}, {"model": "abab"}],
+)
 def test_parameters_m2her_refuses_are_refused(standin: tuple[StandIn, httpx.Client], patch: dict) -> None:
     _, c = standin
     r = c.post("/v1/text/chatcompletion_v2", json={**BODY, **patch})
@@ -133,24 +151,35 @@ def test_the_requested_pacing_is_followed_imperfectly() -> None:
     note = [{"role": "system", "content": "Pace: fast."}]
     followed = sum(compose(note, None, rng)["pacing"] == "fast" for _ in range(3000)) / 3000
     assert abs(followed - FOLLOW_PACING) < 0.03
-    unprompted = Counter(compose([{"role": "user", "content": "hi"}], None, rng)["pacing"] for _ in range(3000))
+    unprompted = Counter(
+        compose([{"role": "user", "content": "hi"}], None, rng)["pacing"] for _ in range(3000)
+    )
     assert all(unprompted[p] > 500 for p in PACING)
 
 
 def test_length_follows_the_note_loosely_and_is_cut_at_max_tokens() -> None:
     rng = random.Random(3)
-    asked = [len(compose([{"role": "system", "content": "Length: about 600 characters."}], None, rng)["text"])
-             for _ in range(400)]
+    asked = [
+        len(compose([{"role": "system", "content": "Length: about 600 characters."}], None, rng)["text"])
+        for _ in range(400)
+    ]
     assert 500 < median(asked) < 700 and max(asked) - min(asked) > 200
-    cut = [compose([{"role": "system", "content": "Length: about 2000 characters."}], 50, rng) for _ in range(50)]
+    cut = [
+        compose([{"role": "system", "content": "Length: about 2000 characters."}], 50, rng) for _ in range(50)
+    ]
     assert all(len(c["text"]) <= 200 and c["finish_reason"] == "length" for c in cut)
 
 
 def test_python_m_service_standin_reads_its_port_from_the_environment(tmp_path: Path) -> None:
     port = free_port()
     log = (tmp_path / "standin.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "service.standin", "--first-byte-ms", "0"], cwd=ROOT,
-                            env={**os.environ, "ATTUNE_STANDIN_PORT": str(port)}, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.standin", "--first-byte-ms", "0"],
+        cwd=ROOT,
+        env={**os.environ, "ATTUNE_STANDIN_PORT": str(port)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", timeout=20)
         r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=BODY, headers=AUTH, timeout=5)

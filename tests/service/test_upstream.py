@@ -22,15 +22,26 @@ from service.upstream import (
     with_names,
 )
 
-BODY = {"model": "M2-her", "messages": [{"role": "system", "content": "You are Mira."}, {"role": "user", "content": "hi"}]}
+BODY = {
+    "model": "M2-her",
+    "messages": [{"role": "system", "content": "You are Mira."}, {"role": "user", "content": "hi"}],
+}
 CHUNK = {"choices": [{"index": 0, "delta": {"content": "Hello ", "role": ""}}], "usage": None}
 FAST = UpstreamRetry(attempts=3, backoff=0.001, max_backoff=0.002)
 
 
-def client(handler: Callable[[httpx.Request], Any], timeout: UpstreamTimeout | None = None,
-           retry: UpstreamRetry = FAST) -> Upstream:
-    return Upstream("http://m2her.test", "k", timeout or UpstreamTimeout(first_byte=1.0, idle=1.0), retry,
-                    transport=httpx.MockTransport(handler))
+def client(
+    handler: Callable[[httpx.Request], Any],
+    timeout: UpstreamTimeout | None = None,
+    retry: UpstreamRetry = FAST,
+) -> Upstream:
+    return Upstream(
+        "http://m2her.test",
+        "k",
+        timeout or UpstreamTimeout(first_byte=1.0, idle=1.0),
+        retry,
+        transport=httpx.MockTransport(handler),
+    )
 
 
 def sse(*events: Any) -> bytes:
@@ -42,9 +53,13 @@ def sse_response(content: bytes | AsyncIterator[bytes]) -> httpx.Response:
 
 
 def test_error_shapes_keep_the_minimax_code() -> None:
-    assert base_resp_error({"base_resp": {"status_code": 1002, "status_msg": "rate limit"}}).minimax_code == 1002
+    assert (
+        base_resp_error({"base_resp": {"status_code": 1002, "status_msg": "rate limit"}}).minimax_code == 1002
+    )
     assert base_resp_error({"base_resp": {"status_code": 0}}) is None
-    err = http_error(400, b'{"error": {"message": "invalid params, bad role (2013)", "type": "bad_request_error"}}', None)
+    err = http_error(
+        400, b'{"error": {"message": "invalid params, bad role (2013)", "type": "bad_request_error"}}', None
+    )
     assert err.minimax_code == 2013 and err.status == 400 and not err.retryable
     err = http_error(429, b"", "3")
     assert err.minimax_code == 1002 and err.retryable and err.retry_after == 3.0
@@ -54,13 +69,21 @@ def test_error_shapes_keep_the_minimax_code() -> None:
 
 
 def test_every_message_gets_a_name_and_advanced_roles_fold_into_system() -> None:
-    msgs = [{"role": "system", "content": "S"}, {"role": "user_system", "content": "I am Ren"},
-            {"role": "group", "content": "Harbour", "name": "Scene 1"}, {"role": "user", "content": "hi", "name": ""}]
+    msgs = [
+        {"role": "system", "content": "S"},
+        {"role": "user_system", "content": "I am Ren"},
+        {"role": "group", "content": "Harbour", "name": "Scene 1"},
+        {"role": "user", "content": "hi", "name": ""},
+    ]
     named = with_names(msgs)
     assert all(m["name"] for m in named) and named[2]["name"] == "Scene 1"
     folded = fold_advanced({"messages": named})["messages"]
     assert [m["role"] for m in folded] == ["system", "user"]
-    assert folded[0]["content"].startswith("S\n\n") and "I am Ren" in folded[0]["content"] and "Harbour" in folded[0]["content"]
+    assert (
+        folded[0]["content"].startswith("S\n\n")
+        and "I am Ren" in folded[0]["content"]
+        and "Harbour" in folded[0]["content"]
+    )
 
 
 async def test_retryable_status_is_retried_then_succeeds() -> None:
@@ -70,7 +93,9 @@ async def test_retryable_status_is_retried_then_succeeds() -> None:
         calls.append(orjson.loads(request.content))
         if len(calls) < 3:
             return httpx.Response(503, json={"error": {"message": "busy (1033)"}})
-        return httpx.Response(200, json={"choices": [{"message": {"content": "ok"}}], "base_resp": {"status_code": 0}})
+        return httpx.Response(
+            200, json={"choices": [{"message": {"content": "ok"}}], "base_resp": {"status_code": 0}}
+        )
 
     up = client(handler)
     raw, parsed = await up.complete(OPENAI_PATH, BODY)
@@ -115,10 +140,19 @@ async def test_2013_with_advanced_roles_is_retried_once_folded() -> None:
         bodies.append(body)
         if any(m["role"] == "user_system" for m in body["messages"]):
             return httpx.Response(400, json={"error": {"message": "invalid params (2013)"}})
-        return httpx.Response(200, json={"choices": [{"message": {"content": "ok"}}], "base_resp": {"status_code": 0}})
+        return httpx.Response(
+            200, json={"choices": [{"message": {"content": "ok"}}], "base_resp": {"status_code": 0}}
+        )
 
     up = client(handler)
-    body = {**BODY, "messages": [BODY["messages"][0], {"role": "user_system", "content": "I am Ren"}, BODY["messages"][1]]}
+    body = {
+        **BODY,
+        "messages": [
+            BODY["messages"][0],
+            {"role": "user_system", "content": "I am Ren"},
+            BODY["messages"][1],
+        ],
+    }
     await up.complete(OPENAI_PATH, body)
     await up.aclose()
     assert len(bodies) == 2 and [m["role"] for m in bodies[1]["messages"]] == ["system", "user"]
@@ -139,12 +173,15 @@ async def test_2013_without_advanced_roles_is_not_folded_or_retried() -> None:
 
 
 async def test_stream_events_split_across_reads_and_crlf_are_reassembled_without_done() -> None:
-    payload = sse(CHUNK, {**CHUNK, "choices": [{"index": 0, "delta": {"content": "there"}, "finish_reason": "stop"}]},
-                  {"choices": [], "usage": {"total_tokens": 3}}).replace(b"\n", b"\r\n")
+    payload = sse(
+        CHUNK,
+        {**CHUNK, "choices": [{"index": 0, "delta": {"content": "there"}, "finish_reason": "stop"}]},
+        {"choices": [], "usage": {"total_tokens": 3}},
+    ).replace(b"\n", b"\r\n")
 
     async def pieces() -> AsyncIterator[bytes]:
         for i in range(0, len(payload), 7):  # events cut at arbitrary bytes
-            yield payload[i:i + 7]
+            yield payload[i : i + 7]
 
     up = client(lambda r: sse_response(pieces()))
     stream = await up.stream(OPENAI_PATH, {**BODY, "stream": True})
@@ -161,7 +198,9 @@ async def test_an_error_as_the_first_stream_event_is_retried_before_the_first_by
     def handler(request: httpx.Request) -> httpx.Response:
         calls.append(1)
         if len(calls) == 1:
-            return sse_response(sse({"choices": None, "base_resp": {"status_code": 1000, "status_msg": "unknown"}}))
+            return sse_response(
+                sse({"choices": None, "base_resp": {"status_code": 1000, "status_msg": "unknown"}})
+            )
         return sse_response(sse(CHUNK))
 
     up = client(handler)
@@ -180,7 +219,11 @@ async def test_silence_before_the_first_event_is_a_first_byte_timeout() -> None:
     with pytest.raises(UpstreamError) as info:
         await up.stream(OPENAI_PATH, {**BODY, "stream": True})
     await up.aclose()
-    assert info.value.code == "upstream_timeout" and info.value.status == 504 and "first byte" in info.value.message
+    assert (
+        info.value.code == "upstream_timeout"
+        and info.value.status == 504
+        and "first byte" in info.value.message
+    )
 
 
 async def test_silence_mid_stream_is_an_idle_timeout() -> None:
@@ -211,7 +254,10 @@ async def test_connection_errors_are_translated() -> None:
 
 
 async def test_a_json_answer_to_a_stream_request_is_relayed_as_one_event() -> None:
-    reply = {"choices": [{"message": {"content": "whole"}, "finish_reason": "stop"}], "base_resp": {"status_code": 0}}
+    reply = {
+        "choices": [{"message": {"content": "whole"}, "finish_reason": "stop"}],
+        "base_resp": {"status_code": 0},
+    }
     up = client(lambda r: httpx.Response(200, json=reply))
     stream = await up.stream(NATIVE_PATH, {**BODY, "stream": True})
     got = [p for batch in [b async for b in stream.batches()] for p in batch]
