@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from models import denoise, estimators
+from models import calibration, denoise, estimators
 from models.population import PACINGS, Population, repeat_probability
 
 MAX_CLOSED = 120
@@ -359,50 +359,85 @@ def estimate(recs: list[dict[str, Any]], pop: Population, msg: list[float] | Non
 
 
 PACE_COST = np.array([0.0, 0.45, 1.0])  # satisfaction cost of a pacing one and two steps off the preferred one
+# Repeat probability a pacing one and two steps off adds, as a cause of its own beside the length mismatch
+# and the user's base rate (either is enough to regenerate). Set a little under what the simulator uses
+# (0.3, 0.55): the label barely moves across 0.2..0.3 / 0.4..0.55 (bench/simulate.py --pace-effect).
+PACE_REPEAT = np.array([0.0, 0.25, 0.5])
 PACING_FOLLOWED = 0.8  # how often a reply reads as the pacing it was asked for
 PACING_PRIOR = np.array([0.35, 0.4, 0.25])
-# Evidence weight calibrated on the simulator (bench/simulate.py): at 1.0 the label was right more often than
-# its confidence said (noise repeats are independent of pacing, so non-repeats carry more than modelled).
-PACING_SHARPEN = 1.6
+# Pacing evidence per reply is weak (a repeat has many causes), so it is forgotten more slowly than length:
+# half-life about 70 replies instead of 23.
+PACING_FORGET = 0.99
+CHOICE_TEMPERATURE = 0.35  # how sharply a user keeps the more satisfying of two alternatives (log-satisfaction)
 
 
 def _pacing_label_posterior(recs: list[dict[str, Any]], ev: Mapping[str, Any], mu: float, base: float) -> np.ndarray:
-    """Posterior over which pacing the user prefers, from repeats of replies with a known pacing.
+    """Posterior over which pacing the user prefers, from replies with a known pacing.
 
-    Satisfaction falls with the distance between the reply's pacing and the preferred one (ordinal: a
-    neighbouring pacing hurts less than the opposite), and with the length mismatch, which explains
-    some repeats away; a reply reads as the pacing asked for only most of the time. Vectorised over
-    replies: satisfaction factors as exp(-length mismatch) * _PACE_MIX[asked pacing, preferred pacing].
+    A reply is repeated for its pacing (more likely the further it is from the preferred one: ordinal),
+    for its length (the length mismatch explains repeats away) or for no reason (the base rate): any one
+    is enough. A reply reads as the pacing asked for only most of the time. Between two alternatives,
+    the one kept says which pacing satisfies more; those pairs count as a choice, not as a repeat.
+    Confidence is calibrated afterwards (models/calibration.py).
     """
     ks, ms, ws = [], [], []
-    rep, suc, forget = ev["rep"], ev["suc"], ev["forget"]
+    rep, suc = ev["rep"], ev["suc"]
+    by_id: dict[str, dict[str, Any]] | None = None
+    choices = []
     for i, r in enumerate(recs):
         pacing = (r.get("ap") or {}).get("pacing")
         if pacing not in _PACE_INDEX:
             continue
+        if "passed_over" in r["o"]:
+            continue  # counted through the choice of the one kept
+        if "selected" in r["o"] and r.get("alts"):
+            choices.append(i)
         ks.append(_PACE_INDEX[pacing])
         ms.append(math.log(max(r["c"], 1)) if r.get("c") else math.nan)
         ws.append(i)
+    n = len(recs)
     logp = np.zeros(3)
     if ks:
         sel = np.array(ws, dtype=int)
         logc = np.array(ms)
         m_len = np.where(np.isnan(logc), 0.0, 0.5 * ((logc - mu) / 0.4) ** 2)
-        s_exp = np.exp(-m_len)[:, None] * _PACE_MIX[np.array(ks, dtype=int)]  # [reply, preferred P]
-        p_rep = np.clip(1 - (1 - base) * (1 - 0.5 * (1 - s_exp)), 1e-4, 1 - 1e-4)
-        w_rep = forget[sel] * rep[sel]
-        w_suc = np.where(w_rep > 0, 0.0, forget[sel] * suc[sel])
+        keep_len = 1 - 0.5 * (1 - np.exp(-m_len))
+        p_rep = 1 - (1 - base) * keep_len[:, None] * (1 - _PACE_REPEAT_MIX[np.array(ks, dtype=int)])
+        p_rep = np.clip(p_rep, 1e-4, 1 - 1e-4)  # [reply, preferred P]
+        forget = PACING_FORGET ** (n - 1 - sel).astype(float)
+        w_rep = forget * rep[sel]
+        w_suc = np.where(w_rep > 0, 0.0, forget * np.minimum(suc[sel], 1.0))
         logp = w_rep @ np.log(p_rep) + w_suc @ np.log1p(-p_rep)
-    logp = PACING_SHARPEN * logp + np.log(PACING_PRIOR)
+    for i in choices:
+        kept = recs[i]
+        by_id = by_id if by_id is not None else {r["id"]: r for r in recs}
+        for alt in kept["alts"]:
+            other = by_id.get(alt)
+            op = (other or {}).get("ap", {}) or {}
+            if other is None or op.get("pacing") not in _PACE_INDEX or op["pacing"] == kept["ap"]["pacing"]:
+                continue
+            m_k = 0.5 * ((math.log(max(kept["c"], 1)) - mu) / 0.4) ** 2 if kept.get("c") else 0.0
+            m_o = 0.5 * ((math.log(max(other["c"], 1)) - mu) / 0.4) ** 2 if other.get("c") else 0.0
+            z = (m_o + _PACE_COST_MIX[_PACE_INDEX[op["pacing"]]] - m_k
+                 - _PACE_COST_MIX[_PACE_INDEX[kept["ap"]["pacing"]]]) / CHOICE_TEMPERATURE
+            logp = logp - PACING_FORGET ** (n - 1 - i) * np.logaddexp(0.0, -z)
+    logp = logp + np.log(PACING_PRIOR)
     logp -= logp.max()
     post = np.exp(logp)
     return np.asarray(post / post.sum())
 
 
 _PACE_INDEX = {p: k for k, p in enumerate(PACINGS)}
-_PACE_C = np.exp(-PACE_COST[np.abs(np.arange(3)[:, None] - np.arange(3)[None, :])])  # [perceived, preferred]
-# Expected exp(-pace cost) given the pacing asked for: followed with PACING_FOLLOWED, else one of the others.
-_PACE_MIX = PACING_FOLLOWED * _PACE_C + (1 - PACING_FOLLOWED) * (_PACE_C.sum(axis=0)[None, :] - _PACE_C) / 2
+_PACE_STEPS = np.abs(np.arange(3)[:, None] - np.arange(3)[None, :])
+
+
+def _followed(m: np.ndarray) -> np.ndarray:
+    """m[perceived, preferred] averaged over what is perceived given the pacing asked for (rows)."""
+    return PACING_FOLLOWED * m + (1 - PACING_FOLLOWED) * (m.sum(axis=0)[None, :] - m) / 2
+
+
+_PACE_REPEAT_MIX = _followed(PACE_REPEAT[_PACE_STEPS])  # [asked, preferred]
+_PACE_COST_MIX = _followed(PACE_COST[_PACE_STEPS])
 
 
 def _pairs(recs: list[dict[str, Any]]) -> list[tuple[float, float, float]]:
@@ -466,9 +501,10 @@ def profile_document(app: str, user_id: str, character_id: str | None, version: 
                      "events_discounted": dict(sorted(state["disc"].items()))},
         "reply_length": {"target_chars": int(round(est["target"])),
                          "interval": [int(round(est["interval"][0])), int(round(est["interval"][1]))],
-                         "confidence": r3(est["len_conf"])},
+                         "confidence": r3(calibration.apply(calibration.LENGTH, est["len_conf"], replies))},
         "pacing": {"label": label, "scores": {k: r3(v) for k, v in est["pacing_scores"].items()},
-                   "confidence": r3(est["pacing_scores"][label]), "posterior": est["pacing_posterior"]},
+                   "confidence": r3(calibration.apply(calibration.PACING, est["pacing_scores"][label], replies)),
+                   "posterior": est["pacing_posterior"]},
         "style": {"dialogue_share": {"value": r3(est["ds"]), "confidence": r3(est["ds_conf"])},
                   "hooks": {"value": r3(est["hook"]), "confidence": r3(max(est["hook"], 1 - est["hook"]))}},
         "engagement": {"repeat_rate": r3(est["repeat_rate"]),
