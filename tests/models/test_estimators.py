@@ -36,3 +36,23 @@ def test_prob_best_ranks_arms_and_sums_to_one() -> None:
 def test_beta_interval_contains_the_mean() -> None:
     lo, hi = estimators.beta_interval(3, 27)
     assert lo < 0.1 < hi and 0 < lo and hi < 1
+
+
+def test_float32_grid_matches_a_float64_reference() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.normal(6.0, 0.6, 80)
+    rep = (rng.random(80) < 0.3).astype(float)
+    direction = rng.choice([0.0, 0.0, 1.0, -1.0], 80)
+    w = 0.97 ** np.arange(80)
+    post = estimators.length_posterior(x, rep, 1 - rep, direction, w, 0.07, 5.9, 0.6, [(6.0, 5.2, 0.9)])
+    # The same posterior in plain float64, written out.
+    mu, tol = estimators.MU_GRID[:, None, None], estimators.W_GRID[None, :, None]
+    d = (x[None, None, :] - mu) / tol
+    p = 0.07 + 0.93 * estimators.REPEAT_SPAN * (1 - np.exp(-0.5 * d * d))
+    ll = (w * rep * np.log(p) + w * (1 - rep) * np.log1p(-p)).sum(axis=2)
+    ll += (np.abs(w * direction) * -np.logaddexp(0, -np.sign(direction) * estimators.DIRECTION_SLOPE * d)).sum(axis=2)
+    dk, do = (6.0 - mu[:, :, 0]) / tol[:, :, 0], (5.2 - mu[:, :, 0]) / tol[:, :, 0]
+    ll += 0.9 * -np.logaddexp(0, -1.5 * (do * do - dk * dk) / 2)
+    total = ll - 0.5 * ((estimators.MU_GRID[:, None] - 5.9) / 0.6) ** 2
+    ref = np.exp(total - total.max()).sum(axis=1)
+    assert np.abs(post - ref / ref.sum()).max() < 1e-5
