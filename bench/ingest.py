@@ -7,9 +7,11 @@ runs it) that this script starts and stops:
 - a bare endpoint (bench/bare_xadd.py: one XADD per request, no auth/validation/dedup) served the
   same way, fed the same single events.
 Goals (issue 2): batches of 100 reach >= 40% of the ceiling; single-event requests >= 50% of the
-bare endpoint's request rate. The machine is shared: compare ratios within one run, not across runs.
+bare endpoint's request rate. The machine is shared: the cases take turns in 1 s slices (each goal's
+two cases back to back) so background load hits them alike; compare ratios within one run only.
+The CPU columns (microseconds per event, from /proc) show where the time goes whatever the load.
 
-Run: .venv/bin/python bench/ingest.py [--duration 6] [--slice 2] [--rounds 1]
+Run: .venv/bin/python bench/ingest.py [--duration 8] [--slice 1] [--rounds 1]  (about 90 s)
 Needs wrk (Debian/Ubuntu: `sudo apt-get install -y wrk`; macOS: `brew install wrk`).
 """
 
