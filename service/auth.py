@@ -38,7 +38,7 @@ class Principal:
 
 
 def check_app_name(app: str) -> str:
-    if not APP_NAME.match(app):
+    if not APP_NAME.fullmatch(app):
         raise BadRequest(
             f"app name {app[:80]!r} is invalid: use 1 to 64 lower-case letters, digits or '-', starting with a letter or digit",
             code="invalid_app",
@@ -95,7 +95,7 @@ def app_key(request: Request) -> AppKey | None:
     admin = settings.admin_key.get_secret_value() if settings.admin_key else None
     if admin and hmac.compare_digest(token.encode(), admin.encode()):
         return None
-    m = _KEY.match(token)
+    m = _KEY.fullmatch(token)
     if not m:
         raise Unauthorized("unknown API key; create one with POST /v1/admin/apps/{app}/keys", code="invalid_key")
     app, key_id, secret = m.groups()
@@ -154,7 +154,7 @@ async def admin_only(request: Request) -> Principal:
     admin = settings.admin_key.get_secret_value() if settings.admin_key else None
     if admin and hmac.compare_digest(token.encode(), admin.encode()):
         return Principal(app=None, scopes=SCOPES, admin=True)
-    if _KEY.match(token):
+    if _KEY.fullmatch(token):
         raise Forbidden("this route needs the admin key (ATTUNE_ADMIN_KEY); app keys cannot use it", code="admin_only")
     raise Unauthorized("unknown key; admin routes take the admin key (ATTUNE_ADMIN_KEY)", code="invalid_key")
 

@@ -40,7 +40,7 @@ class Window:
 def parse_window(text: str | None) -> Window:
     """'15m', '1h', '6h', '24h', '7d' (any N followed by m, h or d, from 5 minutes to 7 days)."""
     label = (text or "1h").strip().lower()
-    m = _WINDOW.match(label)
+    m = _WINDOW.fullmatch(label)
     if not m:
         raise BadRequest(f"window {label[:20]!r} is not understood; use a number and a unit, one of "
                          f"{', '.join(WINDOWS)}", code="invalid_window")

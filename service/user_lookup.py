@@ -18,7 +18,7 @@ RECENT = 50
 
 
 def check_user_id(user_id: str) -> str:
-    if not USER_ID.match(user_id):
+    if not USER_ID.fullmatch(user_id):
         raise BadRequest(f"user id {user_id[:40]!r} is invalid: 1 to 128 letters, digits or . _ : @ -",
                          code="invalid_user_id")
     return user_id

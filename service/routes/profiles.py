@@ -15,7 +15,7 @@ router = APIRouter(tags=["profiles"])
 
 
 def _user(user_id: str) -> str:
-    if not _ID.match(user_id):
+    if not _ID.fullmatch(user_id):
         raise BadRequest(f"user_id {user_id[:60]!r} must be 1 to 128 letters, digits or . _ : @ -", code="invalid_user_id")
     return user_id
 
@@ -30,7 +30,7 @@ async def get_profile(request: Request, principal: Reader, user_id: str,
                       character_id: str | None = Query(default=None)) -> dict[str, Any]:
     app = require_app(principal)
     _user(user_id)
-    if character_id is not None and not _ID.match(character_id):
+    if character_id is not None and not _ID.fullmatch(character_id):
         raise BadRequest("character_id must be 1 to 128 letters, digits or . _ : @ -", code="invalid_character_id")
     doc = await read_profile(request.app.state.store, app, user_id, character_id)
     if doc is None:

@@ -282,3 +282,11 @@ def test_openapi_documents_every_event_type(api: ApiServer) -> None:
                  "Rating", "SessionStart", "SessionEnd", "IngestResult"):
         assert name in schemas, name
     assert "202" in op["responses"] and "413" in op["responses"]
+
+
+def test_an_id_with_a_trailing_newline_is_rejected(api: ApiServer) -> None:
+    r = post(api, {"events": [ev(), ev(user="u1\n")]})
+    assert r.status_code == 202
+    assert [x["code"] for x in r.json()["rejected"]] == ["invalid_field"]
+    with api.admin() as c:
+        assert c.post("/v1/admin/apps/demo%0A/keys", json={"scopes": ["read"]}).status_code == 400
