@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test install test-deps bench-ingest clean
+.PHONY: run test install test-deps bench-ingest bench-worker bench-gateway simulate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,18 @@ test-deps:
 
 test: $(STAMP) test-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench-ingest: $(STAMP)
+	$(PY) bench/ingest.py
+
+bench-worker: $(STAMP)
+	$(PY) bench/worker.py
+
+bench-gateway: $(STAMP)
+	$(PY) bench/gateway.py
+
+simulate: $(STAMP)
+	$(PY) bench/simulate.py
 
 clean:
 	rm -rf $(VENV) var test-artifacts
