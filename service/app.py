@@ -59,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in ROUTE_MODULES:
         app.include_router(module.router)
     app.add_middleware(LatencyMiddleware)
+    app.add_middleware(gateway.FastPath)  # outermost: the chat routes skip routing and dependency injection
 
     def openapi() -> dict[str, object]:
         if app.openapi_schema is None:

@@ -23,6 +23,7 @@ import orjson
 
 from models.conditioning import Decision, decide
 from models.features import reply_features
+from service import keys
 from service.errors import BadRequest
 from service.metrics import ATTRIBUTION_LOST
 from service.profiles import read_profile
@@ -186,6 +187,26 @@ async def load_decision(
         async with asyncio.timeout(PROFILE_TIMEOUT_S):  # no extra task, unlike wait_for
             profile = await read_profile(store, app, user, character)
         return decide(profile, rng), True
+    except Exception as exc:  # noqa: BLE001 - fail open on anything: the chat matters more than the note
+        log.warning("conditioning skipped (fail open) for app %s: %s: %s", app, type(exc).__name__, exc)
+        return None, False
+
+
+def profile_keys(app: str, user: str, character: str | None) -> list[str]:
+    """The profile documents to read, most specific first (as service/profiles.read_profile reads them)."""
+    if character:
+        return [keys.profile(app, user, character), keys.profile(app, user)]
+    return [keys.profile(app, user)]
+
+
+def decide_from(docs: list[bytes | None] | None, app: str, rng: random.Random) -> tuple[Decision | None, bool]:
+    """load_decision for documents already read (Store.condition_checked): None means they could not be."""
+    if docs is None:
+        log.warning("conditioning skipped (fail open) for app %s: the profile could not be read", app)
+        return None, False
+    try:
+        raw = next((d for d in docs if d), None)
+        return decide(orjson.loads(raw) if raw is not None else None, rng), True
     except Exception as exc:  # noqa: BLE001 - fail open on anything: the chat matters more than the note
         log.warning("conditioning skipped (fail open) for app %s: %s: %s", app, type(exc).__name__, exc)
         return None, False

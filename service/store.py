@@ -83,6 +83,32 @@ return out
 """
 
 
+# The key check of AUTH and the user's profile documents in one call: one round trip before a chat goes
+# to M2-her. KEYS[1] key record, KEYS[2] rate counter, KEYS[3..] profile keys (most specific first);
+# ARGV[1] secret hash, ARGV[2] cost, ARGV[3] scope, ARGV[4] rate limit. Returns {0} for an unknown key,
+# else {1, scopes, used, read, doc per profile key (nil where absent)}: read is 0 and no document comes
+# back when the scope is missing or the rate limit exceeded (auth.admit refuses the call), when no
+# profile key was given, or when reading failed (pcall: the chat then goes out unconditioned, never
+# fails). Revocation stays immediate: the key record is read on every call. The profile keys live under
+# the user's hash tag, not the app's, so like AUTH_INGEST this needs one Redis node (connect() gives one);
+# on Redis Cluster, check the key with AUTH and read the profile with MGET as service/profiles.py does.
+AUTH_PROFILE_LUA = """
+local rec = redis.call('HMGET', KEYS[1], 'hash', 'scopes')
+if not rec[1] or rec[1] ~= ARGV[1] then return {0} end
+local n = redis.call('INCRBY', KEYS[2], ARGV[2])
+if n == tonumber(ARGV[2]) then redis.call('EXPIRE', KEYS[2], 3) end
+if #KEYS < 3 or n > tonumber(ARGV[4])
+   or not string.find(',' .. (rec[2] or '') .. ',', ',' .. ARGV[3] .. ',', 1, true) then
+  return {1, rec[2], n, 0}
+end
+local docs = redis.pcall('MGET', unpack(KEYS, 3))
+if type(docs) ~= 'table' or docs.err then return {1, rec[2], n, 0} end
+local out = {1, rec[2], n, 1}
+for i = 1, #KEYS - 2 do out[i + 4] = docs[i] end
+return out
+"""
+
+
 class Script:
     """EVALSHA with a fallback to loading the script (after a Redis restart or on a new node)."""
 
@@ -105,6 +131,7 @@ class Script:
 INGEST = Script(INGEST_LUA)
 AUTH = Script(AUTH_LUA)
 AUTH_INGEST = Script(AUTH_INGEST_LUA)
+AUTH_PROFILE = Script(AUTH_PROFILE_LUA)
 
 
 async def _guard(awaitable: Awaitable[T]) -> T:
@@ -271,6 +298,22 @@ class Store:
             return KeyCheck(False), []
         scopes = res[1].decode() if isinstance(res[1], bytes) else (res[1] or "")
         return KeyCheck(True, tuple(s for s in scopes.split(",") if s), int(res[2])), [bool(f) for f in res[3:]]
+
+    async def condition_checked(self, app: str, key_id: str, secret_hash: str, scope: str, rate_limit: int,
+                                profile_keys: list[str]) -> tuple[KeyCheck, list[bytes | None] | None]:
+        """check_key and the profile read in one atomic script call: (verdict, the documents in the order
+        of profile_keys, None where absent), or (verdict, None) when they were not read (see the script)."""
+        ks = [keys.api_key(app, key_id), keys.rate(app, int(time.time())), *profile_keys]
+        res = await _guard(AUTH_PROFILE(self.redis, ks, [secret_hash, 1, scope, rate_limit]))
+        if not res or int(res[0]) != 1:
+            return KeyCheck(False), None
+        scopes = res[1].decode() if isinstance(res[1], bytes) else (res[1] or "")
+        check = KeyCheck(True, tuple(s for s in scopes.split(",") if s), int(res[2]))
+        if int(res[3]) != 1:
+            return check, None
+        docs = list(res[4:])
+        docs += [None] * (len(profile_keys) - len(docs))  # trailing nils may be dropped from a Lua array
+        return check, docs
 
     async def _run_scripts(self, queue: Any, script: Script) -> list[Any]:
         pipe = self.redis.pipeline(transaction=False)

@@ -533,3 +533,66 @@ def test_standin_header_says_where_chats_go(api: ApiServer, si: StandIn) -> None
     with httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {api.app_key()}"}) as c:
         r = c.post("/v1/condition", headers=headers(), json={"model": "M2-her", "messages": MESSAGES})
     assert r.headers["x-attune-upstream"] == "standin"
+
+
+def _checked(redis_url: str, app: str, key_id: str, secret_hash: str, names: list[str], rate: int = 100) -> Any:
+    import asyncio  # noqa: PLC0415
+
+    from service.store import Store, connect  # noqa: PLC0415
+
+    async def run() -> Any:
+        client = connect(redis_url)
+        try:
+            return await Store(client, 4, 60).condition_checked(app, key_id, secret_hash, "condition", rate, names)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(run())
+
+
+def test_one_round_trip_checks_the_key_and_reads_the_profiles_in_order(
+    redis_url: str, redis_sync: redis.Redis
+) -> None:
+    redis_sync.hset(keys.api_key("demo", "k1"), mapping={"hash": "h", "scopes": "read,condition"})
+    redis_sync.set(keys.profile("demo", "u1"), b'{"version": 3}')
+    names = [keys.profile("demo", "u1", "c9"), keys.profile("demo", "u1")]
+    check, docs = _checked(redis_url, "demo", "k1", "h", names)
+    assert check.valid and check.scopes == ("read", "condition") and check.used == 1
+    assert docs == [None, b'{"version": 3}']  # the character's profile is absent, the user's read
+    check, docs = _checked(redis_url, "demo", "k1", "wrong", names)
+    assert not check.valid and docs is None
+    check, docs = _checked(redis_url, "demo", "k1", "h", [])  # conditioning off: no profile asked
+    assert check.valid and docs is None
+
+
+def test_one_round_trip_reads_no_profile_without_the_scope_or_over_the_rate(
+    redis_url: str, redis_sync: redis.Redis
+) -> None:
+    redis_sync.hset(keys.api_key("demo", "k2"), mapping={"hash": "h", "scopes": "read"})
+    redis_sync.hset(keys.api_key("demo", "k3"), mapping={"hash": "h", "scopes": "condition"})
+    redis_sync.set(keys.profile("demo", "u1"), b"{}")
+    check, docs = _checked(redis_url, "demo", "k2", "h", [keys.profile("demo", "u1")])
+    assert check.valid and check.scopes == ("read",) and docs is None
+    check, docs = _checked(redis_url, "demo", "k3", "h", [keys.profile("demo", "u1")], rate=0)
+    assert check.valid and check.used >= 1 and docs is None  # over the limit: auth.admit answers 429
+
+
+def test_a_revoked_key_is_refused_on_the_next_chat(api: ApiServer, si: StandIn) -> None:
+    key = api.app_key(("condition",), app="revoked")
+    body = {"model": "M2-her", "messages": MESSAGES}
+    with httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {key}"}) as c:
+        assert c.post("/v1/condition", headers=headers(), json=body).status_code == 200
+        key_id = key.split("_")[2]
+        with api.admin() as admin:
+            assert admin.delete(f"/v1/admin/keys/{key_id}").status_code in (200, 204)
+        r = c.post("/v1/chat/completions", headers=headers(), json=body)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_key" and not si.log
+
+
+def test_a_bad_body_with_a_bad_key_is_a_401_first(api: ApiServer, si: StandIn) -> None:
+    bad = "atk_demo_0123456789ab_" + "0" * 64
+    with httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {bad}"}) as c:
+        r = c.post("/v1/chat/completions", content=b"{not json")
+    assert r.status_code == 401 and r.json() == {
+        "error": {"code": "invalid_key", "message": "unknown or revoked API key"}
+    }
