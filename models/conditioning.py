@@ -3,10 +3,18 @@ reader-preference note, a max_completion_tokens with headroom, and the propensit
 
 Pacing is always sampled (that is how the bandit learns: a flat posterior spreads the choices, a
 peaked one exploits), mixed with a small uniform share so every arm keeps a propensity of at least
-EPSILON / 3 and inverse-propensity estimates stay bounded. The length is applied only when the
-profile's length confidence reaches MIN_LENGTH_CONFIDENCE: a wrong length target is costly, and the
-length estimate also learns from the natural spread of unconditioned lengths. With no profile the
-population prior (Beta(1, 1) per arm) is used, so a new user is explored from the first turn.
+EPSILON / 3 and inverse-propensity estimates stay bounded. The pacing is sampled from the profile's
+`pacing.scores`, the workers' posterior probability that each label is the user's preferred pacing
+(models/profile.py: repeats as independent causes, ordinal, choices between alternatives): picking an
+arm with the probability that it is the best one is Thompson sampling over that hypothesis, and it
+shares evidence between arms (many repeats on slow_burn also say something about fast), which the
+per-arm Betas of `pacing.posterior` cannot. Profiles without scores fall back to Thompson sampling on
+those Betas. With no profile (or an untrusted one) the population prior over labels is used, so a new
+user gets the most common pacing most often and every arm is still explored from the first turn.
+
+The length is applied only when the profile's length confidence reaches MIN_LENGTH_CONFIDENCE: a wrong
+length target is costly, and the length estimate also learns from the natural spread of unconditioned
+lengths.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from __future__ import annotations
 import math
 import random
 import re
+from statistics import NormalDist
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -23,7 +32,16 @@ from scipy.special import betainc
 
 PACING = ("slow_burn", "balanced", "fast")
 EPSILON = 0.05  # uniform share mixed into Thompson sampling: propensities >= EPSILON / 3
+# What a profile with no pacing evidence says (models/profile.py PACING_PRIOR): the population's shares.
+PRIOR_SCORES = (0.35, 0.4, 0.25)
 MIN_LENGTH_CONFIDENCE = 0.3
+# The sd (log space) of the length draw: the posterior's, but at most MAX_SIGMA. The model adds its own spread
+# around any target (the stand-in about 0.2), so replies explore lengths anyway; wider draws only added
+# repeats in the simulator (an sd up to 0.6 lowered the reduction by about 0.07). The band a profile
+# serves is target/1.25..target/0.75.
+MIN_SIGMA, MAX_SIGMA = 0.05, 0.15
+DEFAULT_BAND = (math.log(1.25), math.log(1 / 0.75))
+_NORMAL = NormalDist()
 CHARS_PER_TOKEN = 4.0  # role-play English on M2-her; headroom covers the spread
 HEADROOM = 1.5  # max_completion_tokens leaves room above the target: cut replies read badly
 MIN_TARGET, MAX_TARGET = 40, 6000
@@ -112,8 +130,61 @@ def sample_pacing(posterior: tuple[tuple[float, float], ...], rng: random.Random
     return arm, explored, round(arm_probabilities(posterior)[arm], 6)
 
 
+def scores_of(profile: dict[str, Any] | None) -> tuple[float, ...] | None:
+    """The profile's `pacing.scores` in PACING order, normalised; None when absent or malformed."""
+    raw = ((profile or {}).get("pacing") or {}).get("scores")
+    if not isinstance(raw, dict):
+        return None
+    try:
+        vals = [float(raw[arm]) for arm in PACING]
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not all(math.isfinite(v) and v >= 0 for v in vals) or sum(vals) <= 0:
+        return None
+    total = sum(vals)
+    return tuple(v / total for v in vals)
+
+
+def label_probabilities(scores: tuple[float, ...]) -> dict[str, float]:
+    """The probability that the policy picks each arm: probability matching on the label posterior, mixed
+    with EPSILON uniform (Thompson sampling when the preferred label decides which arm does best)."""
+    return {arm: (1 - EPSILON) * p + EPSILON / len(PACING) for arm, p in zip(PACING, scores, strict=True)}
+
+
+def sample_from(probs: dict[str, float], greedy: str | None, rng: random.Random) -> tuple[str, bool, float]:
+    """(arm, explored, propensity) drawn from exact arm probabilities; explored: not the greedy arm."""
+    u = rng.random()
+    acc = 0.0
+    arm = PACING[-1]
+    for a in PACING:
+        acc += probs[a]
+        if u < acc:
+            arm = a
+            break
+    return arm, arm != greedy, round(probs[arm], 6)
+
+
+def _unique_best(values: tuple[float, ...]) -> str | None:
+    best = max(values)
+    winners = [PACING[i] for i, v in enumerate(values) if v == best]
+    return winners[0] if len(winners) == 1 else None
+
+
+def pacing_choice(profile: dict[str, Any] | None, rng: random.Random) -> tuple[str, bool, float]:
+    """(arm, explored, propensity) for one reply: from the label scores, else the per-arm Betas, else the prior."""
+    scores = scores_of(profile) if profile is not None else PRIOR_SCORES
+    if scores is None and ((profile or {}).get("pacing") or {}).get("posterior"):
+        return sample_pacing(posterior_of(profile), rng)
+    scores = scores or PRIOR_SCORES
+    return sample_from(label_probabilities(scores), _unique_best(scores), rng)
+
+
 def sample_target(reply_length: dict[str, Any] | None, rng: random.Random) -> int | None:
-    """A draw from the length posterior (log-normal from the ~90% interval), to 10 chars; None if unsure."""
+    """A draw from the length posterior, to 10 chars; None if unsure.
+
+    The profile serves a band (`interval`) and the probability that the preferred length lies in it
+    (`confidence`, calibrated): the log-normal posterior with that much mass in the band is the one drawn
+    from, so an unsure profile spreads its targets (exploration) and a sure one stays close."""
     if not reply_length:
         return None
     try:
@@ -121,19 +192,39 @@ def sample_target(reply_length: dict[str, Any] | None, rng: random.Random) -> in
         confidence = float(reply_length.get("confidence") or 0.0)
     except (KeyError, TypeError, ValueError):
         return None
-    if not math.isfinite(target) or target <= 0 or confidence < MIN_LENGTH_CONFIDENCE:
+    if not math.isfinite(target) or target <= 0 or not confidence >= MIN_LENGTH_CONFIDENCE:
         return None
-    sigma = 0.05
+    below, above = DEFAULT_BAND
     interval = reply_length.get("interval")
     if isinstance(interval, list | tuple) and len(interval) == 2:
         try:
             lo, hi = float(interval[0]), float(interval[1])
-            if 0 < lo < hi:
-                sigma = max(sigma, (math.log(hi) - math.log(lo)) / (2 * 1.645))
+            if 0 < lo <= target <= hi:
+                below, above = math.log(target / lo), math.log(hi / target)
         except (TypeError, ValueError):
             pass
-    draw = math.exp(rng.gauss(math.log(target), min(sigma, 1.0)))
+    sigma = _band_sigma(round(below, 3), round(above, 3), round(min(confidence, 0.999), 3))
+    draw = math.exp(rng.gauss(math.log(target), sigma))
     return int(min(MAX_TARGET, max(MIN_TARGET, round(draw / 10) * 10)))
+
+
+@lru_cache(maxsize=4096)
+def _band_sigma(below: float, above: float, confidence: float) -> float:
+    """The sd s of N(0, s) that puts `confidence` of its mass in [-below, above] (bisection), clamped."""
+    lo, hi = MIN_SIGMA, MAX_SIGMA
+    if _mass(below, above, hi) >= confidence:
+        return hi
+    if _mass(below, above, lo) <= confidence:
+        return lo
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _mass(below, above, mid) > confidence else (lo, mid)
+    return (lo + hi) / 2
+
+
+def _mass(below: float, above: float, sigma: float) -> float:
+    cdf = _NORMAL.cdf
+    return cdf(above / sigma) - cdf(-below / sigma)
 
 
 def max_tokens_for(target_chars: int) -> int:
@@ -154,7 +245,7 @@ def decide(profile: dict[str, Any] | None, rng: random.Random) -> Decision:
     version = (profile or {}).get("version")
     if profile is not None and profile.get("trust", "normal") != "normal":
         profile = None
-    arm, explored, propensity = sample_pacing(posterior_of(profile), rng)
+    arm, explored, propensity = pacing_choice(profile, rng)
     target = sample_target((profile or {}).get("reply_length"), rng)
     return Decision(
         pacing=arm,

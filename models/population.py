@@ -81,15 +81,19 @@ def refresh(current: Population, summaries: Iterable[Mapping[str, Any]], min_rep
 
 
 # --- Population repeat model ------------------------------------------------------------------
-# Features of a reply that make anyone regenerate it, whoever the user: a truncated reply, an explored
-# (off-profile) instruction, the first reply of a session, no dialogue at all. Length is deliberately
-# left out: how long a reply should be is the per-user preference being learned.
+# Features of a reply that make anyone regenerate it, whoever the user: a truncated reply, the first reply
+# of a session, no dialogue at all. Length is deliberately left out: how long a reply should be is the
+# per-user preference being learned. So is whether the gateway explored: an explored pacing is repeated
+# more because it is usually the wrong pacing for this user, which is the very evidence the pacing
+# posterior learns from; as a "confounder" it discounted the repeats that showed an arm was wrong and
+# inflated those of the arm being exploited, and the closed loop applied the user's pacing about half the time.
+REPEAT_FEATURES = 4
+
+
 def reply_features(reply: Mapping[str, Any]) -> list[float]:
     ds = reply.get("ds")
-    applied = reply.get("ap") or {}
     return [
         1.0 if reply.get("fr") == "length" else 0.0,
-        1.0 if applied.get("explored") else 0.0,
         1.0 if reply.get("first") else 0.0,
         float(ds) if ds is not None else 0.45,
         1.0 if reply.get("hk") else 0.0,
@@ -97,8 +101,9 @@ def reply_features(reply: Mapping[str, Any]) -> list[float]:
 
 
 def repeat_probability(model: Mapping[str, Any] | None, reply: Mapping[str, Any]) -> tuple[float, float] | None:
-    """(p this reply is repeated by anyone, mean p) from the published coefficients, or None before any."""
-    if not model or model.get("n", 0) < 500:
+    """(p this reply is repeated by anyone, mean p) from the published coefficients, or None before any
+    (or when the published model has another feature set: it is ignored until retrained)."""
+    if not model or model.get("n", 0) < 500 or len(model.get("coef") or ()) != REPEAT_FEATURES:
         return None
     z = float(np.dot(model["coef"], reply_features(reply)) + model["intercept"])
     return 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z)))), float(model["mean"])
@@ -138,8 +143,8 @@ class RepeatModelTrainer:
         mine = {"coef": self.clf.coef_[0].tolist(), "intercept": float(self.clf.intercept_[0]),
                 "mean": self.positives / self.n, "n": self.n}
         self.n = self.positives = 0  # what was exported is now part of the published model
-        if not previous or not previous.get("n"):
-            return mine
+        if not previous or not previous.get("n") or len(previous.get("coef") or ()) != REPEAT_FEATURES:
+            return mine  # nothing published yet, or a model of another feature set: replaced
         w_prev = previous["n"] / (previous["n"] + self.n)
         return {
             "coef": [w_prev * a + (1 - w_prev) * b for a, b in zip(previous["coef"], mine["coef"], strict=True)],

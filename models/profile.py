@@ -26,6 +26,8 @@ CHARACTER_MIN_REPLIES = 12
 DECISIVE = {"repeat", "selected", "passed_over", "answered", "continue", "stop", "edit_shorter", "edit_longer",
             "rating"}
 CHARS_PER_TOKEN = 3.6
+REPEAT_RATE_PSEUDO = 10.0
+IMPLAUSIBLE_PSEUDO = 4.0  # pseudo-judgements (all plausible) in the implausible share  # pseudo-replies at a typical repeat rate in the bot score's repeat-rate feature
 TOKEN_HEADROOM = 1.5
 
 
@@ -162,7 +164,9 @@ class Applier:
                 m[0] = m[0] * 0.95 + math.log(chars)
                 m[1] = m[1] * 0.95 + 1.0
         if rec.get("t") is not None:
-            verdict = denoise.read_verdict(rec.get("c"), rec["t"], ev["t"], compose)
+            # A reply stopped while it streamed was read only as far as it was shown.
+            read_chars = rec.get("shown") if "stop" in rec["o"] and rec.get("shown") else rec.get("c")
+            verdict = denoise.read_verdict(read_chars, rec["t"], ev["t"], compose)
             if verdict:
                 rec["bad"] = verdict
                 self.discount(verdict)
@@ -457,13 +461,19 @@ def _pairs(recs: list[dict[str, Any]]) -> list[tuple[float, float, float]]:
 def behaviour_features(state: Mapping[str, Any]) -> dict[str, float]:
     beh = state["beh"]
     gaps = beh["gaps"]
-    out: dict[str, float] = {"repeat_rate": beh["presses"] / max(1, state["replies"])}
+    # Shrunk toward a typical human's rate by REPEAT_RATE_PSEUDO replies: over the first few replies a human
+    # who regenerates a run of misfits (a short preference, a curator at a turning point) looks like a repeat
+    # storm, and a bot mark is never lifted; a storm bot presses several times per reply and stays far out.
+    typical = denoise.HUMAN_NORMS["repeat_rate"][0]
+    out: dict[str, float] = {"repeat_rate": (beh["presses"] + REPEAT_RATE_PSEUDO * typical)
+                             / (state["replies"] + REPEAT_RATE_PSEUDO)}
     if gaps:
         out["log_min_gap"] = math.log(float(statistics.median(gaps)) + 1.0)  # numpy's costs 50x more here
         span_min = max(sum(g for g in gaps if g < 600_000) / 60_000, 0.5)
         out["log_rate"] = math.log(len(gaps) / span_min)
     if beh["judged"] >= 5:
-        out["implausible_share"] = beh["impl"] / beh["judged"]
+        # Shrunk toward none by a few pseudo-judgements: three quick answers out of six are chance, not a bot.
+        out["implausible_share"] = beh["impl"] / (beh["judged"] + IMPLAUSIBLE_PSEUDO)
     return out
 
 

@@ -10,15 +10,19 @@ import pytest
 
 from models.conditioning import (
     EPSILON,
+    MAX_SIGMA,
     MIN_LENGTH_CONFIDENCE,
     PACING,
+    PRIOR_SCORES,
     approx_tokens,
     arm_probabilities,
     decide,
+    label_probabilities,
     max_tokens_for,
     posterior_of,
     render_note,
 )
+from models.profile import PACING_PRIOR
 
 
 def profile(
@@ -36,16 +40,52 @@ SURE = {"slow_burn": [60, 6], "balanced": [10, 20], "fast": [4, 30]}
 UNSURE = {"slow_burn": [3, 2], "balanced": [2, 2], "fast": [2, 3]}
 
 
-def test_no_profile_explores_all_arms_with_equal_propensity() -> None:
+def test_no_profile_follows_the_population_prior_and_explores_every_arm() -> None:
     rng = random.Random(1)
-    decisions = [decide(None, rng) for _ in range(3000)]
+    decisions = [decide(None, rng) for _ in range(4000)]
     counts = Counter(d.pacing for d in decisions)
-    assert all(900 < counts[a] < 1100 for a in PACING)
-    assert all(d.propensity == pytest.approx(1 / 3, abs=1e-6) and d.explored for d in decisions)
+    probs = label_probabilities(PRIOR_SCORES)
+    assert PRIOR_SCORES == pytest.approx(tuple(PACING_PRIOR))  # what a profile without evidence says
+    for arm in PACING:
+        assert counts[arm] / len(decisions) == pytest.approx(probs[arm], abs=0.025)
+        assert all(d.propensity == pytest.approx(probs[arm], abs=1e-6) for d in decisions if d.pacing == arm)
+    assert all(d.explored == (d.pacing != "balanced") for d in decisions)  # balanced is the prior's best
     assert all(
         d.target_chars is None and d.max_completion_tokens is None and d.profile_version is None
         for d in decisions
     )
+
+
+def scored(scores: dict[str, float], posterior: dict[str, list[float]] | None = None) -> dict[str, Any]:
+    doc = profile(posterior)
+    doc["pacing"]["scores"] = scores
+    return doc
+
+
+@pytest.mark.parametrize(
+    "scores", [{"slow_burn": 0.9, "balanced": 0.08, "fast": 0.02}, {"slow_burn": 0.3, "balanced": 0.3, "fast": 0.4}]
+)
+def test_label_scores_are_probability_matched_with_exact_propensities(scores: dict[str, float]) -> None:
+    rng = random.Random(8)
+    n = 20000
+    # The label scores win over the per-arm Betas (which here point the other way).
+    decisions = [decide(scored(scores, {"slow_burn": [1, 50], "balanced": [1, 50], "fast": [50, 1]}), rng)
+                 for _ in range(n)]
+    counts = Counter(d.pacing for d in decisions)
+    best = max(scores, key=lambda a: scores[a])
+    for arm in PACING:
+        want = (1 - EPSILON) * scores[arm] + EPSILON / 3
+        assert counts[arm] / n == pytest.approx(want, abs=0.015)
+        assert all(d.propensity == pytest.approx(want, abs=1e-6) for d in decisions if d.pacing == arm)
+        assert all(d.explored == (arm != best) for d in decisions if d.pacing == arm)
+    assert min(label_probabilities(tuple(scores.values())).values()) >= EPSILON / 3
+
+
+def test_malformed_scores_fall_back_to_the_per_arm_posterior() -> None:
+    for bad in ({"slow_burn": "x", "balanced": 1, "fast": 1}, {"slow_burn": -1, "balanced": 1, "fast": 1},
+                {"slow_burn": 0, "balanced": 0, "fast": 0}, {"balanced": 1.0}, [0.3, 0.3, 0.4]):
+        d = decide(scored(bad, SURE), random.Random(9))  # type: ignore[arg-type]
+        assert d.propensity == pytest.approx(arm_probabilities(posterior_of(profile(SURE)))[d.pacing], abs=1e-6)
 
 
 @pytest.mark.parametrize("posterior", [SURE, UNSURE])
@@ -80,13 +120,16 @@ def test_length_is_applied_only_when_confident_and_sampled_around_the_target() -
     rng = random.Random(4)
     unsure = {"target_chars": 380, "interval": [300, 470], "confidence": MIN_LENGTH_CONFIDENCE - 0.01}
     assert decide(profile(SURE, unsure), rng).target_chars is None
-    sure = {**unsure, "confidence": 0.8}
-    targets = [decide(profile(SURE, sure), rng).target_chars for _ in range(2000)]
-    assert all(t is not None and t % 10 == 0 for t in targets)
-    inside = sum(300 <= t <= 470 for t in targets if t is not None) / len(targets)
-    assert 0.85 < inside < 0.95  # the interval is ~90%: Thompson sampling explores within it
+    for confidence, inside_lo, inside_hi in ((0.95, 0.93, 0.99), (0.5, 0.83, 0.9)):
+        sure = {**unsure, "confidence": confidence}
+        targets = [decide(profile(SURE, sure), rng).target_chars for _ in range(3000)]
+        assert all(t is not None and t % 10 == 0 for t in targets)
+        inside = sum(300 <= t <= 470 for t in targets if t is not None) / len(targets)
+        # A sure profile puts its confidence in the band; an unsure one is capped at MAX_SIGMA.
+        assert inside_lo < inside < inside_hi, (confidence, inside)
     d = decide(profile(SURE, sure), rng)
     assert d.max_completion_tokens == max_tokens_for(d.target_chars or 0)
+    assert MAX_SIGMA <= 0.2
 
 
 @pytest.mark.parametrize("target", [1, 40, 380, 5000, 10**9])
@@ -128,6 +171,6 @@ def test_an_untrusted_profile_conditions_like_the_population_prior() -> None:
         "trust": "bot_suspect",
     }
     d = decide(doc, random.Random(7))
-    assert (
-        d.propensity == pytest.approx(1 / 3, abs=1e-6) and d.target_chars is None and d.profile_version == 4
-    )
+    prior = label_probabilities(PRIOR_SCORES)
+    assert d.propensity == pytest.approx(prior[d.pacing], abs=1e-6)
+    assert d.target_chars is None and d.profile_version == 4

@@ -1,0 +1,35 @@
+"""The population repeat model: what counts as a confounder, and models of another feature set."""
+
+from __future__ import annotations
+
+from models.population import REPEAT_FEATURES, RepeatModelTrainer, reply_features, repeat_probability
+
+
+def reply(explored: bool, first: bool = False) -> dict:
+    return {"fr": "stop", "first": first, "ds": 0.4, "hk": False,
+            "ap": {"pacing": "fast", "explored": explored, "propensity": 0.1}}
+
+
+def test_whether_the_gateway_explored_is_not_a_confounder() -> None:
+    # Explored replies are repeated more because their pacing is usually wrong for the user: the evidence the
+    # pacing posterior learns from must not be discounted as "anyone would repeat this".
+    assert reply_features(reply(True)) == reply_features(reply(False))
+    assert reply_features(reply(False, first=True)) != reply_features(reply(False))
+    trainer = RepeatModelTrainer()
+    for i in range(600):
+        trainer.add(reply(i % 2 == 0, first=i % 3 == 0), repeated=i % 3 == 0)
+    model = trainer.export(None)
+    assert model is not None and len(model["coef"]) == REPEAT_FEATURES
+    p_first, _ = repeat_probability(model, reply(False, first=True)) or (0.0, 0.0)
+    p_later, _ = repeat_probability(model, reply(True)) or (1.0, 1.0)
+    assert p_first > p_later  # it still learns what does make everyone regenerate
+
+
+def test_a_published_model_of_another_feature_set_is_ignored_and_replaced() -> None:
+    old = {"coef": [0.1] * (REPEAT_FEATURES + 1), "intercept": -2.0, "mean": 0.1, "n": 5000}
+    assert repeat_probability(old, reply(False)) is None
+    trainer = RepeatModelTrainer()
+    for i in range(300):
+        trainer.add(reply(False, first=i % 2 == 0), repeated=i % 2 == 0)
+    merged = trainer.export(old)
+    assert merged is not None and len(merged["coef"]) == REPEAT_FEATURES and merged["n"] == 300

@@ -1,0 +1,72 @@
+"""A user's learning state: the bot marks robust to honest patterns, reading judged on what was shown."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from models.population import Population
+from models.profile import Applier, behaviour_features, new_state, update_trust
+
+
+def feed(events: list[dict[str, Any]]) -> tuple[dict[str, Any], Applier]:
+    state = new_state()
+    applier = Applier(state, Population(), 60_000)
+    for i, ev in enumerate(events):
+        applier.apply({"event_id": f"e{i}", **ev})
+    return state, applier
+
+
+def human_with_early_misfits(replies: int = 8) -> list[dict[str, Any]]:
+    """A short-preference reader who regenerates almost every early reply, often with a double tap."""
+    out: list[dict[str, Any]] = []
+    t = 1_000_000
+    for n in range(replies):
+        rid = f"r{n}"
+        out.append({"type": "reply_shown", "reply_id": rid, "t": t, "reply": {"chars": 900}})
+        if n % 4 != 3:
+            out.append({"type": "repeat", "reply_id": rid, "t": t + 9_000})
+            if n % 2 == 0:
+                out.append({"type": "repeat", "reply_id": rid, "t": t + 9_300})  # a double tap
+        else:
+            out.append({"type": "user_message", "reply_id": rid, "t": t + 60_000, "chars": 40, "compose_ms": 12_000})
+        t += 70_000
+    return out
+
+
+def storm_bot(replies: int = 6) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    t = 1_000_000
+    for n in range(replies):
+        rid = f"b{n}"
+        out.append({"type": "reply_shown", "reply_id": rid, "t": t, "reply": {"chars": 400}})
+        for k in range(5):
+            out.append({"type": "repeat", "reply_id": rid, "t": t + 150 + 60 * k})
+        t += 600
+    return out
+
+
+def test_a_run_of_early_regenerations_does_not_mark_a_human_as_a_bot() -> None:
+    state, _ = feed(human_with_early_misfits())
+    assert state["n"] >= 20  # past the minimum evidence: the bot rule is judging this user
+    raw_rate = state["beh"]["presses"] / state["replies"]
+    assert raw_rate > 1.0  # unshrunk, this would read as a repeat storm (z > 8 against the human norm)
+    update_trust(state, Population())
+    assert state["trust"] == "normal"
+    assert behaviour_features(state)["repeat_rate"] < raw_rate
+
+
+def test_a_repeat_storm_is_still_marked() -> None:
+    state, _ = feed(storm_bot())
+    update_trust(state, Population())
+    assert state["trust"] == "suspect_bot"
+
+
+def test_a_stopped_reply_is_judged_on_the_characters_shown() -> None:
+    # 2000 characters need 25 s at the fastest skim; the user stopped after 300 and answered 8 s later.
+    shown = {"type": "reply_shown", "reply_id": "r1", "t": 1_000_000, "reply": {"chars": 2000}}
+    stop = {"type": "stop", "reply_id": "r1", "t": 1_004_000, "shown_chars": 300}
+    answer = {"type": "user_message", "reply_id": "r1", "t": 1_008_000, "chars": 10, "compose_ms": 3_000}
+    _, applier = feed([shown, stop, answer])
+    assert "implausible_read" not in applier.discounted
+    _, unstopped = feed([shown, answer])
+    assert unstopped.discounted.get("implausible_read") == 1
