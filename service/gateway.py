@@ -28,7 +28,7 @@ from service.errors import BadRequest
 from service.metrics import ATTRIBUTION_LOST
 from service.profiles import read_profile
 from service.store import Store
-from service.upstream import UpstreamError, base_resp_error
+from service.upstream import Stream, UpstreamError, base_resp_error
 
 log = logging.getLogger("attune.gateway")
 
@@ -277,19 +277,22 @@ def sse(payload: bytes) -> bytes:
     return b"data: " + payload + b"\n\n"
 
 
-async def relay(batches: AsyncIterator[list[bytes]], capture: Capture, route: str) -> AsyncIterator[bytes]:
-    """SSE bytes for the app as they arrive; an error chunk ends the stream in the route's error shape."""
+async def relay(
+    batches: AsyncIterator[list[bytes]], capture: Capture, route: str, stream: Stream | None = None
+) -> AsyncIterator[bytes]:
+    """SSE bytes for the app as they arrive; an error chunk ends the stream in the route's error shape.
+    With the stream, a batch it received as canonical SSE (stream.raw) is passed on as the same bytes."""
+    take = capture.take
     try:
         async for batch in batches:
-            out = []
-            for payload in batch:
-                capture.take(payload)
+            raw = stream.raw if stream is not None else None
+            for i, payload in enumerate(batch):
+                take(payload)
                 if capture.error is not None:
-                    out.append(sse(orjson.dumps(error_chunk(capture.error, route))))
-                    yield b"".join(out)
+                    head = b"".join(sse(p) for p in batch[:i])
+                    yield head + sse(orjson.dumps(error_chunk(capture.error, route)))
                     return
-                out.append(sse(payload))
-            yield b"".join(out)
+            yield raw if raw is not None else b"".join([sse(p) for p in batch])
     except UpstreamError as exc:
         capture.error = exc
         yield sse(orjson.dumps(error_chunk(exc, route)))

@@ -204,10 +204,12 @@ class Stream:
     attempts: int = 1
     folded: bool = False
     closed: bool = field(default=False)
+    raw: bytes | None = None  # the last batch's SSE bytes as received, when they can be relayed verbatim
 
     async def batches(self) -> AsyncIterator[list[bytes]]:
         """Lists of SSE data payloads as they arrive (the first events included), until the body ends."""
         if self.first:
+            self.raw = None
             yield self.first
             self.first = []
         try:
@@ -241,15 +243,23 @@ class Stream:
             yield tail
 
     def _feed(self, chunk: bytes) -> list[bytes]:
+        """The data payloads of the events completed by chunk; self.raw is set to those events' bytes
+        when each reads exactly `data: <payload>` (so relaying them needs no re-framing), else None."""
         data = self.buffer + chunk
-        if b"\r" in data:
+        verbatim = b"\r" not in data
+        if not verbatim:
             data = data.replace(b"\r\n", b"\n")
         *blocks, self.buffer = data.split(b"\n\n")
         out = []
         for block in blocks:
             payload = _data_of(block)
-            if payload is not None:
-                out.append(payload)
+            if payload is None:
+                verbatim = False  # a comment or an empty event: relayed events drop it
+                continue
+            out.append(payload)
+            if verbatim and (len(block) != len(payload) + 6 or block[5:6] != b" " or b"\n" in block):
+                verbatim = False
+        self.raw = data[: len(data) - len(self.buffer)] if verbatim and out else None
         return out
 
     async def aclose(self) -> None:

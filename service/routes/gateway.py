@@ -279,7 +279,7 @@ async def _chat(request: Request, route: str) -> Response:
             runtime.recorder.record(call.app, event)
 
     headers = {**call.headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return SSEResponse(stream, gw.relay(stream.batches(), capture, route), headers, finished)
+    return SSEResponse(stream, gw.relay(stream.batches(), capture, route, stream), headers, finished)
 
 
 def _observe(stats: StatsBuffer, app: str, route: str, seconds: float, err: UpstreamError | None) -> None:

@@ -14,6 +14,7 @@ from service.settings import UpstreamRetry, UpstreamTimeout
 from service.upstream import (
     NATIVE_PATH,
     OPENAI_PATH,
+    Stream,
     Upstream,
     UpstreamError,
     base_resp_error,
@@ -264,3 +265,14 @@ async def test_a_json_answer_to_a_stream_request_is_relayed_as_one_event() -> No
     await stream.aclose()
     await up.aclose()
     assert [orjson.loads(p) for p in got] == [reply]
+
+
+def test_canonical_sse_is_kept_verbatim_for_the_relay_and_anything_else_is_reframed() -> None:
+    s = Stream(None, None, [])  # type: ignore[arg-type]
+    assert s._feed(b'data: {"a":1}\n\ndata: {"b"') == [b'{"a":1}'] and s.raw == b'data: {"a":1}\n\n'
+    assert s._feed(b":2}\n\ndata: [DONE]\n\n") == [b'{"b":2}', b"[DONE]"]
+    assert s.raw == b'data: {"b":2}\n\ndata: [DONE]\n\n' and s.buffer == b""
+    for odd in (b"data:{}\n\n", b"data: {}\r\n\r\n", b": ping\n\ndata: {}\n\n", b"data: {}\ndata: {}\n\n"):
+        s._feed(odd)
+        assert s.raw is None, odd
+    assert s._feed(b"data: {") == [] and s.raw is None
