@@ -40,11 +40,11 @@ SHARPEN = 1.0
 # What a profile with no pacing evidence says (models/profile.py PACING_PRIOR): the population's shares.
 PRIOR_SCORES = (0.35, 0.4, 0.25)
 MIN_LENGTH_CONFIDENCE = 0.3
-# The sd (log space) of the length draw: the posterior's, but at most MAX_SIGMA. The model adds its own spread
-# around any target (the stand-in about 0.2), so replies explore lengths anyway; wider draws only added
-# repeats (an sd up to 0.6 lowered the reduction by about 0.07 in an offline replay of the closed loop), and a narrower one (0.1,
-# with SHARPEN 2) learned the length worse. The band a profile
-# serves is target/1.25..target/0.75.
+# The sd (log space) of the length draw: the posterior's, but at most MAX_SIGMA. The model adds its own
+# spread around any target (the stand-in about 0.2), so replies explore lengths anyway. Wider draws only
+# added repeats (an sd up to 0.6 lowered the reduction by about 0.07 in an offline replay of the closed
+# loop); a narrower one (0.1, with SHARPEN 2) learned the length worse. A profile's band is
+# target/1.25..target/0.75.
 MIN_SIGMA, MAX_SIGMA = 0.05, 0.15
 DEFAULT_BAND = (math.log(1.25), math.log(1 / 0.75))
 _NORMAL = NormalDist()
@@ -156,7 +156,8 @@ def label_probabilities(scores: tuple[float, ...]) -> dict[str, float]:
     SHARPEN (renormalised), mixed with EPSILON uniform."""
     powered = [p**SHARPEN for p in scores]
     total = sum(powered) or 1.0
-    return {arm: (1 - EPSILON) * p / total + EPSILON / len(PACING) for arm, p in zip(PACING, powered, strict=True)}
+    mix = EPSILON / len(PACING)
+    return {arm: (1 - EPSILON) * p / total + mix for arm, p in zip(PACING, powered, strict=True)}
 
 
 def sample_from(probs: dict[str, float], greedy: str | None, rng: random.Random) -> tuple[str, bool, float]:
@@ -179,7 +180,7 @@ def _unique_best(values: tuple[float, ...]) -> str | None:
 
 
 def pacing_choice(profile: dict[str, Any] | None, rng: random.Random) -> tuple[str, bool, float]:
-    """(arm, explored, propensity) for one reply: from the label scores, else the per-arm Betas, else the prior."""
+    """(arm, explored, propensity) for one reply: the label scores, else the per-arm Betas, else the prior."""
     scores = scores_of(profile) if profile is not None else PRIOR_SCORES
     if scores is None and ((profile or {}).get("pacing") or {}).get("posterior"):
         return sample_pacing(posterior_of(profile), rng)
