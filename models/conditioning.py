@@ -9,8 +9,8 @@ EPSILON / 3 and inverse-propensity estimates stay bounded. The pacing is sampled
 arm with the probability that it is the best one is Thompson sampling over that hypothesis, and it
 shares evidence between arms (many repeats on slow_burn also say something about fast), which the
 per-arm Betas of `pacing.posterior` cannot. Profiles without scores fall back to Thompson sampling on
-those Betas. With no profile (or an untrusted one) the population prior over labels is used, so a new
-user gets the most common pacing most often and every arm is still explored from the first turn.
+those Betas. With no profile (or an untrusted one) the arms are equally likely, so a new user is
+explored from the first turn.
 
 The length is applied only when the profile's length confidence reaches MIN_LENGTH_CONFIDENCE: a wrong
 length target is costly, and the length estimate also learns from the natural spread of unconditioned
@@ -37,8 +37,10 @@ EPSILON = 0.05  # uniform share mixed into Thompson sampling: propensities >= EP
 # loop applied the user's pacing less often late (0.46 against 0.62) as wrong early beliefs confirmed
 # themselves, and the repeat reduction fell from 0.30 to 0.22 (bench/simulate.py --loop closed, seed 1).
 SHARPEN = 1.0
-# What a profile with no pacing evidence says (models/profile.py PACING_PRIOR): the population's shares.
-PRIOR_SCORES = (0.35, 0.4, 0.25)
+# With no profile (or an untrusted one) every arm is equally likely: nothing is known of the user yet, and a
+# profile written after the first reply already carries the population's shares (models/profile.py
+# PACING_PRIOR) in its scores.
+PRIOR_SCORES = (1 / 3, 1 / 3, 1 / 3)
 MIN_LENGTH_CONFIDENCE = 0.3
 # The sd (log space) of the length draw: the posterior's, but at most MAX_SIGMA. The model adds its own
 # spread around any target (the stand-in about 0.2), so replies explore lengths anyway. Wider draws only

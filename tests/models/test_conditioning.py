@@ -15,7 +15,6 @@ from models.conditioning import (
     MAX_SIGMA,
     MIN_LENGTH_CONFIDENCE,
     PACING,
-    PRIOR_SCORES,
     SHARPEN,
     approx_tokens,
     arm_probabilities,
@@ -25,7 +24,6 @@ from models.conditioning import (
     posterior_of,
     render_note,
 )
-from models.profile import PACING_PRIOR
 
 
 def profile(
@@ -43,16 +41,12 @@ SURE = {"slow_burn": [60, 6], "balanced": [10, 20], "fast": [4, 30]}
 UNSURE = {"slow_burn": [3, 2], "balanced": [2, 2], "fast": [2, 3]}
 
 
-def test_no_profile_follows_the_population_prior_and_explores_every_arm() -> None:
+def test_no_profile_explores_all_arms_with_equal_propensity() -> None:
     rng = random.Random(1)
-    decisions = [decide(None, rng) for _ in range(4000)]
+    decisions = [decide(None, rng) for _ in range(3000)]
     counts = Counter(d.pacing for d in decisions)
-    probs = label_probabilities(PRIOR_SCORES)
-    assert PRIOR_SCORES == pytest.approx(tuple(PACING_PRIOR))  # what a profile without evidence says
-    for arm in PACING:
-        assert counts[arm] / len(decisions) == pytest.approx(probs[arm], abs=0.025)
-        assert all(d.propensity == pytest.approx(probs[arm], abs=1e-6) for d in decisions if d.pacing == arm)
-    assert all(d.explored == (d.pacing != "balanced") for d in decisions)  # balanced is the prior's best
+    assert all(900 < counts[a] < 1100 for a in PACING)
+    assert all(d.propensity == pytest.approx(1 / 3, abs=1e-6) and d.explored for d in decisions)
     assert all(
         d.target_chars is None and d.max_completion_tokens is None and d.profile_version is None
         for d in decisions
@@ -179,6 +173,5 @@ def test_an_untrusted_profile_conditions_like_the_population_prior() -> None:
         "trust": "bot_suspect",
     }
     d = decide(doc, random.Random(7))
-    prior = label_probabilities(PRIOR_SCORES)
-    assert d.propensity == pytest.approx(prior[d.pacing], abs=1e-6)
+    assert d.propensity == pytest.approx(1 / 3, abs=1e-6) and d.explored
     assert d.target_chars is None and d.profile_version == 4
