@@ -1,0 +1,86 @@
+"""Interleaved A/B of two Attune checkouts: the same wrk load (16 connections, 4 s slices) alternating
+between them, one API process each, one Redis, one stand-in; CPU µs per request from /proc.
+
+    .venv/bin/python bench/gateway_ab.py BEFORE_DIR AFTER_DIR [ROUNDS]
+
+Under a shared machine's shifting load, slices that alternate give fairer before/after ratios than
+bench/gateway.py's sequential targets (use `git worktree add /tmp/before <commit>` for a checkout).
+"""
+import os, re, subprocess, sys, time
+from pathlib import Path
+
+import httpx
+
+PY = sys.executable
+trees = {"before": str(Path(sys.argv[1]).resolve()), "after": str(Path(sys.argv[2]).resolve())}
+TMP = Path(__import__("tempfile").mkdtemp(prefix="attune-ab-"))
+procs = []
+
+
+def free_port():
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+RP, SP, PORTS = free_port(), free_port(), [free_port(), free_port()]
+def spawn(args, cwd="/tmp", env=None):
+    p = subprocess.Popen(args, cwd=cwd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    procs.append(p); return p
+def cpu(pid):
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+def children(pid):
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(x) for x in out]
+try:
+    spawn(["redis-server", "--port", str(RP), "--save", "", "--appendonly", "no"])
+    spawn([PY, "-m", "service.standin", "--port", str(SP), "--first-byte-ms", "0", "--chunk-ms", "0", "--lenient"], cwd=trees["after"])
+    servers = {}
+    for i, (name, tree) in enumerate(trees.items()):
+        port = PORTS[i]
+        p = spawn([PY, "-m", "service.cli", "serve", "--workers", "1", "--port", str(port)], cwd=tree,
+                  env={"ATTUNE_REDIS_URL": f"redis://127.0.0.1:{RP}/0", "ATTUNE_ADMIN_KEY": "bench-admin-key-0123456789",
+                       "MINIMAX_BASE_URL": f"http://127.0.0.1:{SP}", "ATTUNE_DATA_DIR": str(TMP / f"var-{name}")})
+        servers[name] = (port, p)
+    time.sleep(6)
+    key = httpx.post(f"http://127.0.0.1:{PORTS[0]}/v1/admin/apps/bench/keys", json={"scopes": ["condition"]},
+                     headers={"Authorization": "Bearer bench-admin-key-0123456789"}).json()["key"]
+    res = {}
+    for stream in ("false", "true"):
+        open(str(TMP / "ab.lua"), "w").write(f'''wrk.method = "POST"
+wrk.body = [[{{"model":"M2-her","messages":[{{"role":"system","content":"You are Mira."}},{{"role":"user","content":"Where does the map lead?"}}],"stream":{stream}}}]]
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {key}"
+local n = 0
+request = function()
+  n = n + 1
+  wrk.headers["X-Attune-User"] = "u" .. (n % 1000)
+  return wrk.format()
+end
+''')
+        for rnd in range(int(sys.argv[3]) if len(sys.argv) > 3 else 4):
+            for name, (port, p) in (servers.items() if rnd % 2 == 0 else reversed(servers.items())):
+                pids = [p.pid] + children(p.pid)
+                c0 = sum(cpu(x) for x in pids)
+                out = subprocess.run(["wrk", "-t1", "-c16", "-d4s", "-s", str(TMP / "ab.lua"), f"http://127.0.0.1:{port}/v1/chat/completions"], capture_output=True, text=True).stdout
+                c1 = sum(cpu(x) for x in pids)
+                n = int(re.search(r"(\d+) requests in", out).group(1)); rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+                non2 = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+                r = res.setdefault((stream, name), {"n": 0, "cpu": 0.0, "rps": []})
+                r["n"] += n; r["cpu"] += c1 - c0; r["rps"].append(rps)
+                if non2: print("NON2XX", name, non2.group(1))
+    for (stream, name), r in res.items():
+        print(f"stream={stream:5s} {name:6s} rps per slice {r['rps']}  CPU us/request {r['cpu']/r['n']*1e6:.0f}")
+    for stream in ("false", "true"):
+        b, a = res[(stream, "before")], res[(stream, "after")]
+        print(f"stream={stream}: after/before CPU per request {a['cpu']/a['n'] / (b['cpu']/b['n']):.2f}, rps {sum(a['rps'])/sum(b['rps']):.2f}")
+finally:
+    for p in procs:
+        try: os.killpg(p.pid, 15)
+        except ProcessLookupError: pass
+    for p in procs:
+        p.wait()
+    __import__("shutil").rmtree(TMP, ignore_errors=True)
