@@ -62,7 +62,7 @@ def identify(headers: Mapping[str, str], raw: dict[str, Any]) -> tuple[str, str 
         ("X-Attune-Character", headers.get("x-attune-character")),
         ("X-Attune-Session", headers.get("x-attune-session")),
     ):
-        if value is not None and (not isinstance(value, str) or not _ID.match(value)):
+        if value is not None and (not isinstance(value, str) or not _ID.fullmatch(value)):
             raise BadRequest(
                 f"{what} {str(value)[:60]!r} must be 1 to 128 letters, digits or . _ : @ -", code="invalid_id"
             )
