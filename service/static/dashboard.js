@@ -254,7 +254,14 @@
     }
   }
 
-  function outcomeText(o) {
+  // What the gateway applied to a reply, as an operator reads it: "fast, 400 chars, explored, p=0.33".
+function appliedText(a) {
+  const length = a.target_chars ? `${a.target_chars} chars` : "no length target";
+  const p = a.propensity == null ? "?" : +Number(a.propensity).toPrecision(2);
+  return `${a.pacing || "no pacing"}, ${length}${a.explored ? ", explored" : ""}, p=${p}`;
+}
+
+function outcomeText(o) {
     if (typeof o === "string") return o;
     if (!o || typeof o !== "object") return String(o);
     const parts = [o.type || o.kind || "event"];
@@ -284,8 +291,7 @@
     table("user-recent", ["when", "reply", "chars", "applied", "what followed"],
       u.recent.map((r) => {
         const a = r.applied;
-        const applied = a ? `${a.pacing || "–"}, ${a.target_chars || "–"} chars${a.explored ? ", explored" : ""}, p=${a.propensity}`
-                          : "not conditioned";
+        const applied = a ? appliedText(a) : "not conditioned";
         const outs = (r.outcomes || []).map(outcomeText).join(", ") || "no signal";
         return [ago(r.t), r.reply_id || "–", C.fmt(r.chars), applied, outs];
       }));

@@ -229,6 +229,8 @@ def test_real_worker_and_gateway_feed_the_dashboard(page: Page, api: ApiServer, 
         page.locator("#search-results button", has_text="e2e-011").click()
         expect(page.locator("#user-title")).to_contain_text("e2e-011")
         expect(page.locator("#user-recent")).to_contain_text("p=0.7")  # what the app applied, as the worker kept it
+        # The gateway's own reply to this user (no profile yet: pacing explored uniformly, no length target).
+        expect(page.locator("#user-recent")).to_contain_text("no length target, explored, p=0.33")
         page.locator("#user").screenshot(path=str(screenshots / "user-profile-live-worker.png"))
         assert console_errors == []
     finally:
