@@ -3,4 +3,4 @@
 from service.cli import main
 
 if __name__ == "__main__":
-    main(["serve"])
+    raise SystemExit(main(["serve"]))

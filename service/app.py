@@ -40,6 +40,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             url = embedded.start()
             log.warning("ATTUNE_REDIS_URL is unset: using the embedded Redis at %s", url)
         client = store_mod.connect(url)
+        try:
+            await store_mod.check_server(client)
+        except store_mod.UnsupportedRedis as exc:
+            log.error("%s", exc)
+            await client.aclose()
+            raise
         app.state.store = store_mod.Store(client, settings.partitions, settings.dedup_ttl_seconds)
         app.state.stats = store_mod.StatsBuffer()
         try:

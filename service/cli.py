@@ -20,6 +20,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     embedded = None
+    if settings.redis_url and (problem := _unsupported_redis(settings.redis_url)):
+        print(f"[attune] {problem}", file=sys.stderr)
+        return 2
     if not settings.redis_url:
         # Start it here, once, so every API process of this command shares it.
         embedded = EmbeddedRedis(settings.data_dir)
@@ -41,6 +44,23 @@ def _serve(args: argparse.Namespace) -> int:
         if prom_dir:
             shutil.rmtree(prom_dir, ignore_errors=True)
     return 0
+
+
+def _unsupported_redis(url: str) -> str | None:
+    """Why the server at `url` cannot hold Attune's data (said once, before any API process starts)."""
+    from service import store as store_mod  # noqa: PLC0415
+
+    async def go() -> str | None:
+        client = store_mod.connect(url)
+        try:
+            await store_mod.check_server(client)
+        except store_mod.UnsupportedRedis as exc:
+            return str(exc)
+        finally:
+            await client.aclose()
+        return None
+
+    return asyncio.run(go())
 
 
 def _exec_module(module: str, extra: Sequence[str]) -> int:

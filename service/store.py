@@ -157,6 +157,35 @@ def connect(url: str, **kw: Any) -> aioredis.Redis:
     return client
 
 
+MIN_REDIS = (6, 2)  # XAUTOCLAIM, GETDEL, SET ... EXAT
+
+
+class UnsupportedRedis(RuntimeError):
+    """The server at ATTUNE_REDIS_URL answers but cannot hold Attune's data as designed."""
+
+
+async def check_server(client: aioredis.Redis) -> None:
+    """Refuse, with what to do instead, a server Attune cannot run on: older than 6.2, or a Redis Cluster.
+
+    Cluster: every user's keys share a hash tag, but the one-round-trip scripts (key check + rate +
+    append, key check + profile read) and the workers' multi-stream reads span slots, and this client
+    speaks to one node. Best effort: an unreachable server is left to /readyz and the 503s, not refused.
+    """
+    try:
+        info = await asyncio.wait_for(client.info(), 3)
+    except (RedisError, OSError, TimeoutError):
+        return
+    version = str(info.get("redis_version", "0"))
+    parts = tuple(int(x) if x.isdigit() else 0 for x in version.split(".")[:2])
+    if parts < MIN_REDIS:
+        raise UnsupportedRedis(f"ATTUNE_REDIS_URL points at Redis {version}; Attune needs Redis 6.2 or newer "
+                               "(or Valkey). Upgrade it, or unset ATTUNE_REDIS_URL to use the embedded Redis.")
+    if str(info.get("cluster_enabled", "0")) == "1":
+        raise UnsupportedRedis("ATTUNE_REDIS_URL points at a Redis Cluster node; this version of Attune needs a "
+                               "standalone Redis or Valkey primary (with replicas or Sentinel for failover). "
+                               "Point it at one, or unset ATTUNE_REDIS_URL to use the embedded Redis.")
+
+
 def _pack_command(self: Any, *args: Any) -> list[bytes]:
     """redis-py's sync HiredisRespSerializer.pack, for the asyncio client (which packs in Python, copying
     a growing buffer per argument: 10 us per ingested event, the C packer 2 us); same bytes out."""

@@ -25,6 +25,12 @@ async def main() -> int:
     settings = get_settings()
     url = settings.redis_url or url_for(settings.data_dir)
     client = store_mod.connect(url, socket_timeout=settings.worker_block_ms / 1000 + 10)
+    try:
+        await store_mod.check_server(client)
+    except store_mod.UnsupportedRedis as exc:
+        log.error("%s", exc)
+        await client.aclose()
+        return 2
     worker = Worker(settings, client)
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
