@@ -111,10 +111,11 @@ def admit(key: AppKey, check: KeyCheck, scope: str, settings: Settings) -> Princ
             f"this key lacks the '{scope}' scope (it has: {', '.join(check.scopes)}); create a key with it",
             code="missing_scope",
         )
-    if check.used > settings.rate_limit_per_second:
+    limit = check.limit or settings.rate_limit_per_second
+    if check.used > limit:
         raise RateLimited(
-            f"app {key.app!r} exceeded its rate limit of {settings.rate_limit_per_second} events per second; slow down",
-            retry_after=1,
+            f"app {key.app!r} exceeded its rate limit of {limit} events per second (chat requests count one "
+            "each); slow down, or ask the operator for a higher limit", retry_after=1,
         )
     return Principal(app=key.app, scopes=check.scopes, key_id=key.key_id)
 
@@ -125,7 +126,8 @@ async def authenticate(request: Request, scope: str, cost: int = 1) -> Principal
     if key is None:
         return _bind_admin(request)
     store: Store = request.app.state.store
-    check = await store.check_key(key.app, key.key_id, key.secret_hash, max(1, cost))
+    check = await store.check_key(key.app, key.key_id, key.secret_hash, max(1, cost),
+                                  request.app.state.settings.rate_limit_per_second)
     return admit(key, check, scope, request.app.state.settings)
 
 

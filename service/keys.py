@@ -56,6 +56,11 @@ def app_keys(app: str) -> str:
     return f"{PREFIX}:{{a:{app}}}:keys"
 
 
+def app_config(app: str) -> str:
+    """Hash of an app's settings an operator changed (its own rate limit)."""
+    return f"{PREFIX}:{{a:{app}}}:config"
+
+
 def rate(app: str, second: int) -> str:
     return f"{PREFIX}:{{a:{app}}}:rate:{second}"
 

@@ -42,33 +42,37 @@ end
 return out
 """
 
-# KEYS[1] key record, KEYS[2] this second's rate counter; ARGV: secret hash, cost.
-# The stored and given values are SHA-256 digests of a 256-bit secret: comparing digests leaks
-# nothing an attacker could use (a timing difference would reveal digest bytes, not the secret).
-AUTH_LUA = """
-local rec = redis.call('HMGET', KEYS[1], 'hash', 'scopes')
+# The key check every authenticated call starts with. KEYS[1] key record, KEYS[2] this second's rate
+# counter; ARGV[1] secret hash, ARGV[2] cost, ARGV[4] the default rate limit. Sets `rec` (hash, scopes,
+# the app's own limit if it has one), `n` (this second's use after this call) and `limit` (the app's
+# limit, else the default). The stored and given values are SHA-256 digests of a 256-bit secret:
+# comparing digests leaks nothing an attacker could use (a timing difference would reveal digest
+# bytes, not the secret).
+KEY_CHECK_LUA = """
+local rec = redis.call('HMGET', KEYS[1], 'hash', 'scopes', 'rate_limit')
 if not rec[1] or rec[1] ~= ARGV[1] then return {0} end
 local n = redis.call('INCRBY', KEYS[2], ARGV[2])
 if n == tonumber(ARGV[2]) then redis.call('EXPIRE', KEYS[2], 3) end
-return {1, rec[2], n}
+local limit = tonumber(rec[3]) or tonumber(ARGV[4])
+local refused = n > limit or not string.find(',' .. (rec[2] or '') .. ',', ',' .. ARGV[3] .. ',', 1, true)
+"""
+
+# The key check alone (ARGV[3] the scope, '' when the caller checks it). Returns {0} for an unknown key,
+# else {1, scopes, used, limit}.
+AUTH_LUA = KEY_CHECK_LUA + """
+return {1, rec[2], n, limit}
 """
 
 # The key check of AUTH and the appends of INGEST in one call: one round trip for a request with an
 # app key. KEYS[1] key record, KEYS[2] rate counter, then each event's stream and dedup key;
 # ARGV[1] secret hash, ARGV[2] cost, ARGV[3] scope, ARGV[4] rate limit, ARGV[5] dedup ttl, ARGV[6..]
-# payloads. Returns {0} for an unknown key, else {1, scopes, used, flag per event}: no flags (nothing
-# written) when the scope is missing or the rate limit exceeded, the same verdicts auth.admit gives.
+# payloads. Returns {0} for an unknown key, else {1, scopes, used, limit, flag per event}: no flags
+# (nothing written) when the scope is missing or the rate limit exceeded, the same verdicts auth.admit gives.
 # Its keys span hash tags, so it needs one Redis node (connect() gives one); on Redis Cluster, check
 # the key with AUTH and append with INGEST as Store.ingest does.
-AUTH_INGEST_LUA = """
-local rec = redis.call('HMGET', KEYS[1], 'hash', 'scopes')
-if not rec[1] or rec[1] ~= ARGV[1] then return {0} end
-local n = redis.call('INCRBY', KEYS[2], ARGV[2])
-if n == tonumber(ARGV[2]) then redis.call('EXPIRE', KEYS[2], 3) end
-local out = {1, rec[2], n}
-if not string.find(',' .. (rec[2] or '') .. ',', ',' .. ARGV[3] .. ',', 1, true) or n > tonumber(ARGV[4]) then
-  return out
-end
+AUTH_INGEST_LUA = KEY_CHECK_LUA + """
+local out = {1, rec[2], n, limit}
+if refused then return out end
 local k = 3
 for i = 6, #ARGV do
   if redis.call('SET', KEYS[k + 1], '1', 'NX', 'EX', ARGV[5]) then
@@ -86,26 +90,46 @@ return out
 # The key check of AUTH and the user's profile documents in one call: one round trip before a chat goes
 # to M2-her. KEYS[1] key record, KEYS[2] rate counter, KEYS[3..] profile keys (most specific first);
 # ARGV[1] secret hash, ARGV[2] cost, ARGV[3] scope, ARGV[4] rate limit. Returns {0} for an unknown key,
-# else {1, scopes, used, read, doc per profile key (nil where absent)}: read is 0 and no document comes
+# else {1, scopes, used, limit, read, doc per profile key (nil where absent)}: read is 0 and no document comes
 # back when the scope is missing or the rate limit exceeded (auth.admit refuses the call), when no
 # profile key was given, or when reading failed (pcall: the chat then goes out unconditioned, never
 # fails). Revocation stays immediate: the key record is read on every call. The profile keys live under
 # the user's hash tag, not the app's, so like AUTH_INGEST this needs one Redis node (connect() gives one);
 # on Redis Cluster, check the key with AUTH and read the profile with MGET as service/profiles.py does.
-AUTH_PROFILE_LUA = """
-local rec = redis.call('HMGET', KEYS[1], 'hash', 'scopes')
-if not rec[1] or rec[1] ~= ARGV[1] then return {0} end
-local n = redis.call('INCRBY', KEYS[2], ARGV[2])
-if n == tonumber(ARGV[2]) then redis.call('EXPIRE', KEYS[2], 3) end
-if #KEYS < 3 or n > tonumber(ARGV[4])
-   or not string.find(',' .. (rec[2] or '') .. ',', ',' .. ARGV[3] .. ',', 1, true) then
-  return {1, rec[2], n, 0}
-end
+AUTH_PROFILE_LUA = KEY_CHECK_LUA + """
+if #KEYS < 3 or refused then return {1, rec[2], n, limit, 0} end
 local docs = redis.pcall('MGET', unpack(KEYS, 3))
-if type(docs) ~= 'table' or docs.err then return {1, rec[2], n, 0} end
-local out = {1, rec[2], n, 1}
-for i = 1, #KEYS - 2 do out[i + 4] = docs[i] end
+if type(docs) ~= 'table' or docs.err then return {1, rec[2], n, limit, 0} end
+local out = {1, rec[2], n, limit, 1}
+for i = 1, #KEYS - 2 do out[i + 5] = docs[i] end
 return out
+"""
+
+# An app's own rate limit, set or cleared (ARGV[1] '' for the default) on the app's config and on every
+# key record it has, atomically (all under the app's hash tag). KEYS[1] config, KEYS[2] the app's key
+# set; ARGV[2] the key record prefix. Returns the number of keys changed.
+SET_LIMIT_LUA = """
+local ids = redis.call('SMEMBERS', KEYS[2])
+if ARGV[1] == '' then redis.call('HDEL', KEYS[1], 'rate_limit') else redis.call('HSET', KEYS[1], 'rate_limit', ARGV[1]) end
+local changed = 0
+for _, id in ipairs(ids) do
+  local rec = ARGV[2] .. id
+  if redis.call('EXISTS', rec) == 1 then
+    if ARGV[1] == '' then redis.call('HDEL', rec, 'rate_limit') else redis.call('HSET', rec, 'rate_limit', ARGV[1]) end
+    changed = changed + 1
+  end
+end
+return changed
+"""
+
+# A new key record, with the app's own rate limit if it has one. KEYS[1] record, KEYS[2] the app's key
+# set, KEYS[3] the app's config; ARGV[1] key id, ARGV[2..] field, value pairs.
+SAVE_KEY_LUA = """
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+local limit = redis.call('HGET', KEYS[3], 'rate_limit')
+if limit then redis.call('HSET', KEYS[1], 'rate_limit', limit) end
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1
 """
 
 
@@ -132,6 +156,8 @@ INGEST = Script(INGEST_LUA)
 AUTH = Script(AUTH_LUA)
 AUTH_INGEST = Script(AUTH_INGEST_LUA)
 AUTH_PROFILE = Script(AUTH_PROFILE_LUA)
+SET_LIMIT = Script(SET_LIMIT_LUA)
+SAVE_KEY = Script(SAVE_KEY_LUA)
 
 
 async def _guard(awaitable: Awaitable[T]) -> T:
@@ -146,6 +172,13 @@ class KeyCheck:
     valid: bool
     scopes: tuple[str, ...] = ()
     used: int = 0
+    limit: int = 0  # the app's rate limit per second: its own if an operator set one, else the default
+
+
+def _key_check(res: list[Any]) -> KeyCheck:
+    """The verdict of a key-check script's reply {1, scopes, used, limit, ...}."""
+    scopes = res[1].decode() if isinstance(res[1], bytes) else (res[1] or "")
+    return KeyCheck(True, tuple(s for s in scopes.split(",") if s), int(res[2]), int(res[3]))
 
 
 def connect(url: str, **kw: Any) -> aioredis.Redis:
@@ -325,8 +358,7 @@ class Store:
         res = await _guard(AUTH_INGEST(self.redis, ks, args))
         if not res or int(res[0]) != 1:
             return KeyCheck(False), []
-        scopes = res[1].decode() if isinstance(res[1], bytes) else (res[1] or "")
-        return KeyCheck(True, tuple(s for s in scopes.split(",") if s), int(res[2])), [bool(f) for f in res[3:]]
+        return _key_check(res), [bool(f) for f in res[4:]]
 
     async def condition_checked(self, app: str, key_id: str, secret_hash: str, scope: str, rate_limit: int,
                                 profile_keys: list[str]) -> tuple[KeyCheck, list[bytes | None] | None]:
@@ -336,11 +368,10 @@ class Store:
         res = await _guard(AUTH_PROFILE(self.redis, ks, [secret_hash, 1, scope, rate_limit]))
         if not res or int(res[0]) != 1:
             return KeyCheck(False), None
-        scopes = res[1].decode() if isinstance(res[1], bytes) else (res[1] or "")
-        check = KeyCheck(True, tuple(s for s in scopes.split(",") if s), int(res[2]))
-        if int(res[3]) != 1:
+        check = _key_check(res)
+        if int(res[4]) != 1:
             return check, None
-        docs = list(res[4:])
+        docs = list(res[5:])
         docs += [None] * (len(profile_keys) - len(docs))  # trailing nils may be dropped from a Lua array
         return check, docs
 
@@ -355,13 +386,13 @@ class Store:
             queue(pipe)
             return await pipe.execute()
 
-    async def check_key(self, app: str, key_id: str, secret_hash: str, cost: int) -> KeyCheck:
+    async def check_key(self, app: str, key_id: str, secret_hash: str, cost: int, rate_limit: int) -> KeyCheck:
         now = int(time.time())
-        res = await _guard(AUTH(self.redis, [keys.api_key(app, key_id), keys.rate(app, now)], [secret_hash, cost]))
+        res = await _guard(AUTH(self.redis, [keys.api_key(app, key_id), keys.rate(app, now)],
+                                [secret_hash, cost, "", rate_limit]))
         if not res or int(res[0]) != 1:
             return KeyCheck(False)
-        scopes = res[1].decode() if isinstance(res[1], bytes) else (res[1] or "")
-        return KeyCheck(True, tuple(s for s in scopes.split(",") if s), int(res[2]))
+        return _key_check(res)
 
     async def charge(self, app: str, cost: int) -> int:
         """Count cost against the app's budget for this second (the admin key's calls on an app)."""
@@ -373,12 +404,23 @@ class Store:
         return int(res[0])
 
     async def save_key(self, app: str, key_id: str, record: dict[str, str]) -> None:
+        await _guard(SAVE_KEY(self.redis, [keys.api_key(app, key_id), keys.app_keys(app), keys.app_config(app)],
+                              [key_id, *(x for kv in record.items() for x in kv)]))
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(keys.api_key(app, key_id), mapping=record)
-        pipe.sadd(keys.app_keys(app), key_id)
         pipe.hset(keys.KEY_INDEX, key_id, app)
         pipe.sadd(keys.APPS, app)
         await _guard(pipe.execute())
+
+    async def set_rate_limit(self, app: str, limit: int | None) -> int:
+        """Set (None: clear) the app's own rate limit on the app and all its keys; the keys changed."""
+        changed = await _guard(SET_LIMIT(self.redis, [keys.app_config(app), keys.app_keys(app)],
+                                         ["" if limit is None else limit, keys.api_key(app, "")]))
+        return int(changed)
+
+    async def rate_limit(self, app: str) -> int | None:
+        """The app's own rate limit, or None when it uses the default."""
+        raw = await _guard(self.redis.hget(keys.app_config(app), "rate_limit"))
+        return int(raw) if raw is not None else None
 
     async def delete_key(self, key_id: str) -> str | None:
         app = await _guard(self.redis.hget(keys.KEY_INDEX, key_id))

@@ -40,3 +40,42 @@ async def list_apps(request: Request, _: Admin) -> dict[str, object]:
 async def list_app_keys(app: str, request: Request, _: Admin) -> dict[str, object]:
     """The app's keys, without secrets."""
     return {"app": app, "keys": await request.app.state.store.list_keys(check_app_name(app))}
+
+
+MAX_RATE_LIMIT = 10_000_000
+
+
+def _limits(request: Request, app: str, own: int | None) -> dict[str, object]:
+    default = request.app.state.settings.rate_limit_per_second
+    return {"app": app, "rate_limit_per_second": own if own is not None else default,
+            "default_rate_limit_per_second": default, "custom": own is not None}
+
+
+@router.get("/apps/{app}/limits")
+async def get_app_limits(app: str, request: Request, _: Admin) -> dict[str, object]:
+    """The app's rate limit: events per second, each chat request counting one; its own or the default
+    (ATTUNE_RATE_LIMIT_PER_SECOND)."""
+    app = check_app_name(app)
+    return _limits(request, app, await request.app.state.store.rate_limit(app))
+
+
+@router.put("/apps/{app}/limits")
+async def set_app_limits(app: str, request: Request, _: Admin) -> dict[str, object]:
+    """Give the app its own rate limit, `{"rate_limit_per_second": 2000}`, effective at once for all its
+    keys (and keys made later); `null` returns it to the default."""
+    app = check_app_name(app)
+    body = await read_json(request, 4096)
+    limit = body.get("rate_limit_per_second", ...) if isinstance(body, dict) else ...
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_RATE_LIMIT):
+        raise BadRequest(f'send {{"rate_limit_per_second": N}} with N a whole number from 1 to {MAX_RATE_LIMIT}, '
+                         'or null for the default', code="invalid_limit")
+    await request.app.state.store.set_rate_limit(app, limit)
+    return _limits(request, app, limit)
+
+
+@router.delete("/apps/{app}/limits")
+async def reset_app_limits(app: str, request: Request, _: Admin) -> dict[str, object]:
+    """Return the app to the default rate limit."""
+    app = check_app_name(app)
+    await request.app.state.store.set_rate_limit(app, None)
+    return _limits(request, app, None)

@@ -99,7 +99,8 @@ async def post_events(request: Request) -> Response:
         admit(key, check, "ingest", settings)
     else:
         if key is not None:  # nothing to append: check the key (401/403/429 come before a 422)
-            admit(key, await store.check_key(key.app, key.key_id, key.secret_hash, cost), "ingest", settings)
+            check = await store.check_key(key.app, key.key_id, key.secret_hash, cost, settings.rate_limit_per_second)
+            admit(key, check, "ingest", settings)
         flags = await store.ingest(app, valid) if valid else []
     accepted = sum(flags)
     duplicates = duplicates_in_batch + len(flags) - accepted

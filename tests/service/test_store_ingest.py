@@ -47,7 +47,7 @@ async def _ingest(redis_url: str, events: list[dict[str, object]], *, secret: st
 async def test_valid_key_appends_new_events_and_flags_duplicates(redis_url: str, redis_sync: redis.Redis) -> None:
     _save_key(redis_sync, "ingest,read")
     check, flags = await _ingest(redis_url, [_event(1), _event(2, "u2")])
-    assert check == KeyCheck(True, ("ingest", "read"), 2) and flags == [True, True]
+    assert check == KeyCheck(True, ("ingest", "read"), 2, 1000) and flags == [True, True]
     check, flags = await _ingest(redis_url, [_event(2, "u2"), _event(3)])
     assert flags == [False, True] and check.used == 4
     stored = _stored(redis_sync)
