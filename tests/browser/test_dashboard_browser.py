@@ -1,4 +1,4 @@
-"""The dashboard in headless chromium: log in, every panel drawn from real data, user search, app isolation, load time."""
+"""The dashboard in headless chromium: log in, every panel drawn from real data, user search, app isolation, 10,000 users."""
 
 from __future__ import annotations
 
@@ -135,27 +135,20 @@ def test_choosing_an_app_never_shows_another_apps_data(page: Page, api: ApiServe
     assert console_errors == []
 
 
-def test_loads_in_under_a_second_with_10000_users(page: Page, api: ApiServer, redis_sync: redis.Redis,
-                                                  console_errors: ConsoleErrors, screenshots: Path) -> None:
+def test_every_window_renders_with_10000_users(page: Page, api: ApiServer, redis_sync: redis.Redis,
+                                               console_errors: ConsoleErrors, screenshots: Path) -> None:
+    # Its load time is a benchmark, not a test: bench/dashboard.py (goal: under a second).
     seed(api, redis_sync, "demo", 10_000)
     fill_counters(redis_sync, "demo", minutes=360, scale=20)
     fill_hours(redis_sync, "demo", hours=168, per_minute_scale=20)
     log_in(page, api)
-    figures = {}
-    for window in ("static file", "1h", "6h", "7d"):
-        best = float("inf")
-        for _ in range(5):  # best of 5: the machine is shared, the best run is the page's own cost
-            start = time.perf_counter()
-            if window == "static file":  # the baseline: the static page with no data, in the same run
-                page.goto(f"{api.url}/dashboard/static/dashboard.css")  # no favicon on this page: filtered
-            else:
-                page.goto(f"{api.url}/dashboard?app=demo&window={window}")
-                expect(page.locator("body")).to_have_attribute("data-loaded-window", window)
-            best = min(best, time.perf_counter() - start)
-        figures[window] = best
-    print("dashboard load times (best of 5, s):", {k: round(v, 3) for k, v in figures.items()})
+    for window in ("15m", "1h", "6h", "24h", "7d"):
+        page.goto(f"{api.url}/dashboard?app=demo&window={window}")
+        expect(page.locator("body")).to_have_attribute("data-loaded-window", window)
+        expect(page.locator("#profile-tiles")).to_contain_text("10k")  # the user count, as the panel rounds it
+        for panel in ("traffic-types", "profile-length", "profile-conf", "loop-repeat"):
+            assert page.locator(f"#{panel} svg").count() == 1, (window, page.locator(f"#{panel}").inner_text())
     page.screenshot(path=str(screenshots / "dashboard-10k-users-7d.png"), full_page=True)
-    assert max(figures["1h"], figures["6h"], figures["7d"]) < 1.0, figures
     assert console_errors == []
 
 
