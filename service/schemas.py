@@ -139,6 +139,22 @@ class KeyRequest(BaseModel):
     scopes: list[Literal["ingest", "read", "condition", "manage"]] = Field(min_length=1)
 
 
+MAX_RATE_LIMIT = 10_000_000
+
+
+class LimitsRequest(BaseModel):
+    rate_limit_per_second: int | None = Field(
+        ge=1, le=MAX_RATE_LIMIT, description="events per second for the app (a chat request counts one); "
+        "null: back to the default, ATTUNE_RATE_LIMIT_PER_SECOND")
+
+
+class Limits(BaseModel):
+    app: str
+    rate_limit_per_second: int = Field(description="the limit in force")
+    default_rate_limit_per_second: int
+    custom: bool = Field(description="true when the app has its own limit")
+
+
 class KeyCreated(BaseModel):
     key: str = Field(description="shown once; stored only as a hash")
     key_id: str

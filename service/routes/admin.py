@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request
 from service.auth import Admin, check_app_name, create_key
 from service.body import read_json
 from service.errors import BadRequest, NotFound
-from service.schemas import KeyCreated, KeyRequest
+from service.schemas import MAX_RATE_LIMIT, KeyCreated, KeyRequest, Limits, LimitsRequest
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
@@ -42,16 +42,13 @@ async def list_app_keys(app: str, request: Request, _: Admin) -> dict[str, objec
     return {"app": app, "keys": await request.app.state.store.list_keys(check_app_name(app))}
 
 
-MAX_RATE_LIMIT = 10_000_000
-
-
 def _limits(request: Request, app: str, own: int | None) -> dict[str, object]:
     default = request.app.state.settings.rate_limit_per_second
     return {"app": app, "rate_limit_per_second": own if own is not None else default,
             "default_rate_limit_per_second": default, "custom": own is not None}
 
 
-@router.get("/apps/{app}/limits")
+@router.get("/apps/{app}/limits", response_model=Limits)
 async def get_app_limits(app: str, request: Request, _: Admin) -> dict[str, object]:
     """The app's rate limit: events per second, each chat request counting one; its own or the default
     (ATTUNE_RATE_LIMIT_PER_SECOND)."""
@@ -59,7 +56,8 @@ async def get_app_limits(app: str, request: Request, _: Admin) -> dict[str, obje
     return _limits(request, app, await request.app.state.store.rate_limit(app))
 
 
-@router.put("/apps/{app}/limits")
+@router.put("/apps/{app}/limits", response_model=Limits, openapi_extra={
+    "requestBody": {"content": {"application/json": {"schema": LimitsRequest.model_json_schema()}}}})
 async def set_app_limits(app: str, request: Request, _: Admin) -> dict[str, object]:
     """Give the app its own rate limit, `{"rate_limit_per_second": 2000}`, effective at once for all its
     keys (and keys made later); `null` returns it to the default."""
@@ -73,7 +71,7 @@ async def set_app_limits(app: str, request: Request, _: Admin) -> dict[str, obje
     return _limits(request, app, limit)
 
 
-@router.delete("/apps/{app}/limits")
+@router.delete("/apps/{app}/limits", response_model=Limits)
 async def reset_app_limits(app: str, request: Request, _: Admin) -> dict[str, object]:
     """Return the app to the default rate limit."""
     app = check_app_name(app)

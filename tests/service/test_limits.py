@@ -67,3 +67,12 @@ def test_limits_refuse_bad_values_and_app_keys(api: ApiServer) -> None:
     with api.client(api.app_key()) as c:
         assert c.put("/v1/admin/apps/demo/limits", json={"rate_limit_per_second": 10**6}).status_code == 403
         assert c.get("/v1/admin/apps/demo/limits").status_code == 403
+
+
+def test_limits_are_described_in_the_openapi_document(api: ApiServer) -> None:
+    with api.client() as c:
+        doc = c.get("/openapi.json").json()
+    put = doc["paths"]["/v1/admin/apps/{app}/limits"]["put"]
+    schema = put["requestBody"]["content"]["application/json"]["schema"]
+    assert "rate_limit_per_second" in schema["properties"] and "null" in str(schema["properties"])
+    assert set(doc["paths"]["/v1/admin/apps/{app}/limits"]) == {"get", "put", "delete"}
