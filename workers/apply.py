@@ -8,6 +8,7 @@ watermark and changes nothing; a commit that lost a race (a delete, a stale work
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict, defaultdict
@@ -64,6 +65,7 @@ end
 return 1
 """
 COMMIT = Script(COMMIT_LUA)
+YIELD_SECONDS = 0.05
 
 
 @dataclass
@@ -213,7 +215,11 @@ class Applier:
                 loaded[id(w)] = (raw, tomb)
         now_ms = int(time.time() * 1000)
         commits = []
+        tick = time.perf_counter()
         for w in work:
+            if time.perf_counter() - tick > YIELD_SECONDS:
+                await asyncio.sleep(0)  # a large batch must not hold up the heartbeat that renews the leases
+                tick = time.perf_counter()
             hit = hits[id(w)]
             if hit is not None:
                 c = self._compute_isolating(w, hit.body, hit.tomb, now_ms, sweep, hit.state)
