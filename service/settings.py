@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     # Worker loop (workers/): entries per read, how long a read blocks, and the shutdown grace.
     worker_name: str | None = None  # consumer name; default host:pid. Stable names drain their own pending first
     worker_batch_size: int = Field(default=500, ge=1, le=10_000)
+    # Under a backlog a read asks for about this many seconds of work (at the measured apply rate) instead,
+    # so a user's queued events share one commit; 0 keeps every read at worker_batch_size.
+    worker_batch_seconds: float = Field(default=5.0, ge=0)
     worker_block_ms: int = Field(default=100, ge=0)
     worker_grace_seconds: float = 10.0
     # A partition is read by one worker at a time (a lease renewed every heartbeat) so each user's events

@@ -16,7 +16,7 @@ import sys
 from service import store as store_mod
 from service.embedded import url_for
 from service.settings import get_settings
-from workers.consumer import Worker
+from workers.consumer import Worker, tune_gc
 
 log = logging.getLogger("attune.worker")
 
@@ -71,4 +71,5 @@ async def main() -> int:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tune_gc()
     sys.exit(asyncio.run(main()))

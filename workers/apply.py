@@ -8,6 +8,8 @@ watermark and changes nothing; a commit that lost a race (a delete, a stale work
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import time
 from collections import OrderedDict, defaultdict
@@ -64,6 +66,7 @@ end
 return 1
 """
 COMMIT = Script(COMMIT_LUA)
+YIELD_SECONDS = 0.05
 
 
 @dataclass
@@ -97,9 +100,12 @@ def parse(partition: int, entry_id: Any, fields: Any) -> Entry:
         return Entry(partition, eid, None, f"field 'e' is not JSON: {exc}")
     if not isinstance(ev, dict):
         return Entry(partition, eid, None, "field 'e' is not a JSON object")
-    for name, kind in (("app", str), ("user_id", str), ("type", str), ("t", int), ("rt", int)):
-        if not isinstance(ev.get(name), kind):
-            return Entry(partition, eid, None, f"event lacks a valid {name!r}")
+    get = ev.get
+    if not (isinstance(get("app"), str) and isinstance(get("user_id"), str) and isinstance(get("type"), str)
+            and isinstance(get("t"), int) and isinstance(get("rt"), int)):
+        for name, kind in (("app", str), ("user_id", str), ("type", str), ("t", int), ("rt", int)):
+            if not isinstance(get(name), kind):
+                return Entry(partition, eid, None, f"event lacks a valid {name!r}")
     if ev["type"] not in ("session_start", "session_end", "user_message") and not isinstance(ev.get("reply_id"), str):
         return Entry(partition, eid, None, f"event of type {ev['type']!r} lacks reply_id")
     return Entry(partition, eid, ev)
@@ -146,6 +152,7 @@ class Applier:
         self.applied_total = 0
         self.cache: OrderedDict[tuple[str, str], Cached] = OrderedDict()
         self._cache_bytes = 0
+        self._script_loaded = False
 
     def population(self, app: str) -> Population:
         pop = self.populations.get(app)
@@ -213,7 +220,11 @@ class Applier:
                 loaded[id(w)] = (raw, tomb)
         now_ms = int(time.time() * 1000)
         commits = []
+        tick = time.perf_counter()
         for w in work:
+            if time.perf_counter() - tick > YIELD_SECONDS:
+                await asyncio.sleep(0)  # a large batch must not hold up the heartbeat that renews the leases
+                tick = time.perf_counter()
             hit = hits[id(w)]
             if hit is not None:
                 c = self._compute_isolating(w, hit.body, hit.tomb, now_ms, sweep, hit.state)
@@ -231,6 +242,9 @@ class Applier:
             commits.append(c)
         if not commits:
             return []
+        if not self._script_loaded:  # else a fresh Redis answers a whole batch with NOSCRIPT, sent twice
+            await self.redis.script_load(COMMIT.source)
+            self._script_loaded = True
         pipe = self.redis.pipeline(transaction=False)
         for c in commits:
             COMMIT.queue(pipe, c["keys"], _commit_args(c))
@@ -293,7 +307,7 @@ class Applier:
         if est is None or ap.amended_repeats or (ap.closed_now and self._due(state)):
             est = self._estimate(state, pop)
         version += 1
-        updated = format_time(now_ms)
+        updated = _format_time(now_ms)
         doc = pm.profile_document(w.app, w.user_id, None, version, updated, state, est, state["replies"], state["n"])
         char_keys, char_docs = [], []
         for cid, recs in pm.characters_ready(state).items():
@@ -444,6 +458,11 @@ def _recent_ops(old_ids: list[str], old: list[bytes], new_ids: list[str], new: l
             keep = len(new) if len(old) + k > len(new) else -1
             return 0, list(reversed(new[:k])), pairs, keep
     return 1, new, [], -1
+
+
+@functools.lru_cache(maxsize=4)
+def _format_time(ms: int) -> str:
+    return format_time(ms)  # every user of a round is stamped with the same time: format it once
 
 
 def _default(obj: Any) -> Any:

@@ -38,7 +38,8 @@ def test_recent_ops_push_new_replies_and_replace_amended_ones() -> None:
 
 
 def test_incremental_recent_list_equals_a_full_rewrite(redis_url: str, tmp_path: Any, redis_sync: redis.Redis) -> None:
-    s = make_settings(redis_url, tmp_path, worker_block_ms=0, population_refresh_seconds=0, worker_batch_size=3)
+    s = make_settings(redis_url, tmp_path, worker_block_ms=0, population_refresh_seconds=0, worker_batch_size=3,
+                      worker_batch_seconds=0)
     run(ingest(s, "demo", session("u", 70, seed=4)))
 
     async def go() -> int:

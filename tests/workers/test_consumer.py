@@ -14,7 +14,8 @@ from service.profiles import delete_user
 from service.settings import Settings
 from tests.conftest import make_settings
 from tests.workers.helpers import drain, ingest, run, session
-from workers.consumer import Worker
+from workers import apply as apply_mod
+from workers.consumer import BATCH_MAX, INITIAL_RATE, Worker
 
 
 def _settings(redis_url: str, tmp_path: Any, **kw: Any) -> Settings:
@@ -204,3 +205,68 @@ def test_fair_share_of_partitions_between_workers(redis_url: str, tmp_path: Any,
 
     oa, ob = run(two())
     assert not oa & ob and len(oa | ob) == s.partitions and len(oa) == len(ob) == s.partitions // 2
+
+
+def test_reads_ask_for_about_batch_seconds_of_work_never_less_than_the_batch_size(redis_url: str,
+                                                                                  tmp_path: Any) -> None:
+    s = _settings(redis_url, tmp_path, worker_batch_size=50, worker_batch_seconds=2.0)
+    w = Worker(s, store_mod.connect(redis_url), "w")
+    assert w.read_count(4) == int(INITIAL_RATE * 2.0 / 4)  # before any full read: the assumed rate
+    for _ in range(30):
+        w.measured(40, 1.0)  # a slow worker: 40 entries per second
+    assert w.read_count(4) == 50
+    for _ in range(30):
+        w.measured(1_000_000, 1.0)
+    assert w.read_count(1) == BATCH_MAX
+    fixed = Worker(_settings(redis_url, tmp_path, worker_batch_size=50, worker_batch_seconds=0),
+                   store_mod.connect(redis_url), "f")
+    assert fixed.read_count(4) == 50
+
+
+def test_a_backlog_is_one_commit_per_user_and_the_same_profile_as_small_batches(redis_url: str, tmp_path: Any,
+                                                                                redis_sync: redis.Redis) -> None:
+    events = session("a", 25, pref=300) + session("b", 25, pref=900, seed=2)
+    events.sort(key=lambda e: e["t"])  # interleaved, as users arrive
+    docs = {}
+    for seconds in (0.0, 5.0):
+        redis_sync.flushall()
+        s = _settings(redis_url, tmp_path, worker_batch_size=4, worker_batch_seconds=seconds)
+        run(ingest(s, "demo", events))
+        assert run(drain(s)) == 100
+        docs[seconds] = {u: _profile(redis_sync, u) for u in ("a", "b")}
+    for u in ("a", "b"):
+        small, large = docs[0.0][u], docs[5.0][u]
+        assert small and large
+        assert small["version"] > 10 and large["version"] == 1
+        assert _strip(small) == _strip(large)
+
+
+def test_a_long_batch_lets_other_tasks_run(redis_url: str, tmp_path: Any, monkeypatch: Any) -> None:
+    monkeypatch.setattr(apply_mod, "YIELD_SECONDS", 0.0)  # yield between every two users
+    s = _settings(redis_url, tmp_path)
+    run(ingest(s, "demo", [e for i in range(20) for e in session(f"u{i}", 3, seed=i)]))
+    ticks = 0
+    seen: list[int] = []  # the other task's progress at each user's update
+    compute = apply_mod.Applier._compute_isolating
+
+    def spy(self: Any, *a: Any) -> Any:
+        seen.append(ticks)
+        return compute(self, *a)
+
+    monkeypatch.setattr(apply_mod.Applier, "_compute_isolating", spy)
+
+    async def go() -> None:
+        async def other() -> None:  # stands for the heartbeat that renews the leases
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0)
+                ticks += 1
+
+        task = asyncio.create_task(other())
+        await drain(s)
+        task.cancel()
+
+    run(go())
+    assert len(seen) == 20
+    # Users are updated one after another without awaiting Redis in between: only the yield lets it run.
+    assert all(b > a for a, b in zip(seen, seen[1:], strict=False))

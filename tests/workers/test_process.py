@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 def _env(redis_url: str, **kw: str) -> dict[str, str]:
     env = {"ATTUNE_REDIS_URL": redis_url, "ATTUNE_PARTITIONS": "4", "ATTUNE_WORKER_BATCH_SIZE": "10",
            "ATTUNE_WORKER_LEASE_SECONDS": "1", "ATTUNE_POPULATION_REFRESH_SECONDS": "0", "ATTUNE_CLOSE_AFTER": "3600",
-           "ATTUNE_WORKER_BLOCK_MS": "50"}
+           "ATTUNE_WORKER_BLOCK_MS": "50", "ATTUNE_WORKER_BATCH_SECONDS": "0"}  # small batches: kill one midway
     env.update(kw)
     return env
 
