@@ -28,7 +28,7 @@ from service.errors import BadRequest
 from service.metrics import ATTRIBUTION_LOST
 from service.profiles import read_profile
 from service.store import Store
-from service.upstream import Stream, UpstreamError, base_resp_error
+from service.upstream import UpstreamError, base_resp_error
 
 log = logging.getLogger("attune.gateway")
 
@@ -277,28 +277,38 @@ def sse(payload: bytes) -> bytes:
     return b"data: " + payload + b"\n\n"
 
 
-async def relay(
-    batches: AsyncIterator[list[bytes]], capture: Capture, route: str, stream: Stream | None = None
-) -> AsyncIterator[bytes]:
-    """SSE bytes for the app as they arrive; an error chunk ends the stream in the route's error shape.
-    With the stream, a batch it received as canonical SSE (stream.raw) is passed on as the same bytes."""
-    take = capture.take
-    try:
-        async for batch in batches:
-            raw = stream.raw if stream is not None else None
-            for i, payload in enumerate(batch):
-                take(payload)
-                if capture.error is not None:
-                    head = b"".join(sse(p) for p in batch[:i])
-                    yield head + sse(orjson.dumps(error_chunk(capture.error, route)))
-                    return
-            yield raw if raw is not None else b"".join([sse(p) for p in batch])
-    except UpstreamError as exc:
-        capture.error = exc
-        yield sse(orjson.dumps(error_chunk(exc, route)))
-        return
-    if route == "openai" and not capture.saw_done:
-        yield b"data: [DONE]\n\n"  # OpenAI clients may wait for it; M2-her sends it only sometimes
+class Relay:
+    """SSE bytes for the app, one block per batch of upstream events, as they arrive; an error chunk ends
+    the stream in the route's error shape. A batch the stream received as canonical SSE (its `raw`) is
+    passed on as the same bytes. A plain object driven by the response loop: an async generator here
+    would add a layer of suspension per chunk."""
+
+    __slots__ = ("capture", "route")
+
+    def __init__(self, capture: Capture, route: str) -> None:
+        self.capture, self.route = capture, route
+
+    def feed(self, batch: list[bytes], raw: bytes | None) -> tuple[bytes, bool]:
+        """(bytes to send, whether the stream ends here: an error chunk came)."""
+        capture = self.capture
+        take = capture.take
+        for i, payload in enumerate(batch):
+            take(payload)
+            if capture.error is not None:
+                head = b"".join(sse(p) for p in batch[:i])
+                return head + sse(orjson.dumps(error_chunk(capture.error, self.route))), True
+        return (raw if raw is not None else b"".join([sse(p) for p in batch])), False
+
+    def fail(self, exc: UpstreamError) -> bytes:
+        """The stream broke off or went silent: the error chunk that ends it."""
+        self.capture.error = exc
+        return sse(orjson.dumps(error_chunk(exc, self.route)))
+
+    def end(self) -> bytes:
+        """What follows the last upstream event."""
+        if self.route == "openai" and not self.capture.saw_done:
+            return b"data: [DONE]\n\n"  # OpenAI clients may wait for it; M2-her sends it only sometimes
+        return b""
 
 
 def error_chunk(err: UpstreamError, route: str) -> dict[str, Any]:
@@ -312,10 +322,12 @@ def reply_shown(
     capture: Capture,
     decision: Decision | None,
     finish_override: str | None = None,
+    now: int | None = None,
 ) -> dict[str, Any]:
+    """The event; `now` (ms) is when the reply ended, if it was measured later."""
     user, character, session = app_user
     text = capture.text()
-    now = int(time.time() * 1000)
+    now = now if now is not None else int(time.time() * 1000)
     reply: dict[str, Any] = {"chars": len(text), **reply_features(text)}
     finish = finish_override or capture.finish_reason or ("error" if capture.error else None)
     if finish:
@@ -338,25 +350,44 @@ def reply_shown(
 
 
 class Recorder:
-    """Appends gateway reply_shown events off the response path, batched, retried; losses are logged
-    and counted (attune_attribution_lost_total), never silent."""
+    """Appends gateway reply_shown events off the response path: a reply is only queued while the
+    answer goes out, measured (reply_features) and written later, batched (LINGER gathers the replies
+    of a quiet moment into one Redis call), retried; losses are logged and counted
+    (attune_attribution_lost_total), never silent."""
 
     RETRIES = 5
     MAX_QUEUE = 100_000
+    LINGER = 0.05  # seconds a first queued reply waits for others before the write
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.queue: list[tuple[str, dict[str, Any]]] = []
+        # (app, event) or (app, the reply_shown arguments, to measure at the flush)
+        self.queue: list[tuple[str, Any]] = []
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.recorded = 0
         self.lost = 0
 
     def record(self, app: str, event: dict[str, Any]) -> None:
+        self._queue(app, event)
+
+    def shown(
+        self,
+        app: str,
+        who: tuple[str, str | None, str | None],
+        reply_id: str,
+        capture: Capture,
+        decision: Decision | None,
+        finish_override: str | None = None,
+    ) -> None:
+        """Queue the reply_shown of a reply that just ended; it is built at the flush."""
+        self._queue(app, (who, reply_id, capture, decision, finish_override, int(time.time() * 1000)))
+
+    def _queue(self, app: str, item: Any) -> None:
         if len(self.queue) >= self.MAX_QUEUE:
             self._lose(1, "the attribution queue is full (Redis too slow or down)")
             return
-        self.queue.append((app, event))
+        self.queue.append((app, item))
         self.wake.set()
 
     def _lose(self, n: int, why: str) -> None:
@@ -367,8 +398,8 @@ class Recorder:
     async def _flush(self) -> None:
         batch, self.queue = self.queue, []
         by_app: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for app, ev in batch:
-            by_app[app].append(ev)
+        for app, item in batch:
+            by_app[app].append(item if isinstance(item, dict) else reply_shown(*item[:5], now=item[5]))
         for app, events in by_app.items():
             for attempt in range(self.RETRIES):
                 try:
@@ -384,6 +415,7 @@ class Recorder:
     async def _loop(self) -> None:
         while True:
             await self.wake.wait()
+            await asyncio.sleep(self.LINGER)
             self.wake.clear()
             await self._flush()
 
