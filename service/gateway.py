@@ -199,7 +199,9 @@ def profile_keys(app: str, user: str, character: str | None) -> list[str]:
     return [keys.profile(app, user)]
 
 
-def decide_from(docs: list[bytes | None] | None, app: str, rng: random.Random) -> tuple[Decision | None, bool]:
+def decide_from(
+    docs: list[bytes | None] | None, app: str, rng: random.Random
+) -> tuple[Decision | None, bool]:
     """load_decision for documents already read (Store.condition_checked): None means they could not be."""
     if docs is None:
         log.warning("conditioning skipped (fail open) for app %s: the profile could not be read", app)

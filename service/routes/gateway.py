@@ -130,7 +130,9 @@ class Reply(Response):
     """A JSON answer whose ASGI header list is built directly: Response.__init__ costs ~2% of a chat's CPU.
     `headers` are raw (lower-case name, value) byte pairs."""
 
-    def __init__(self, body: bytes, status: int = 200, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    def __init__(
+        self, body: bytes, status: int = 200, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
         self.body, self.status_code, self.background = body, status, None
         self.raw_headers = [
             (b"content-length", str(len(body)).encode()),
@@ -161,7 +163,8 @@ async def _prepare(request: Request) -> Call:
         raw = await read_json(request, settings.max_body_bytes)
         if not isinstance(raw, dict):
             raise BadRequest(
-                'the body must be a JSON object like M2-her\'s: {"model", "messages", ...}', code="invalid_body"
+                'the body must be a JSON object like M2-her\'s: {"model", "messages", ...}',
+                code="invalid_body",
             )
         who = gw.identify(request.headers, raw)
         prep = gw.prepare(raw)
@@ -256,7 +259,8 @@ class FastPath:
         self.app, self.inner = app, inner
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        route = self.ROUTES.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        http_post = scope["type"] == "http" and scope["method"] == "POST"
+        route = self.ROUTES.get(scope["path"]) if http_post else None
         if route is None:
             await self.inner(scope, receive, send)
             return
