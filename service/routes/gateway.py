@@ -23,7 +23,7 @@ from service.errors import AttuneError, BadRequest
 from service.metrics import UPSTREAM, UPSTREAM_ERRORS
 from service.metrics import _requests as request_histogram
 from service.settings import Settings
-from service.store import StatsBuffer
+from service.store import StatsBuffer, Store
 from service.upstream import NATIVE_PATH, OPENAI_PATH, Stream, Upstream, UpstreamError
 
 log = logging.getLogger("attune.gateway")
@@ -53,6 +53,11 @@ class Runtime:
             settings.upstream_connections,
         )
         self.recorder = gw.Recorder(app.state.store)
+        # The key check and profile read of every chat go through a bare RESP connection (gw.LeanRedis).
+        store: Store = app.state.store
+        self.lean = gw.LeanRedis.like(store.redis)
+        lean: Any = self.lean
+        self.checks = Store(lean, store.partitions, store.dedup_ttl) if lean is not None else store
         self.rng = random.Random()
         self.upstream_header = b"standin" if self.standin else b"minimax"
 
@@ -84,6 +89,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             yield
     finally:
         await runtime.upstream.aclose()
+        if runtime.lean is not None:
+            await runtime.lean.aclose()
 
 
 class Call:
@@ -182,7 +189,7 @@ async def _prepare(request: Request) -> Call:
             decision, conditioned = await gw.load_decision(state.store, app, who[0], who[1], runtime.rng)
         return Call(app, who, prep, decision, conditioned, runtime)
     names = gw.profile_keys(key.app, who[0], who[1]) if wanted else []
-    check, docs = await state.store.condition_checked(
+    check, docs = await runtime.checks.condition_checked(
         key.app, key.key_id, key.secret_hash, "condition", settings.rate_limit_per_second, names
     )
     admit(key, check, "condition", settings)
