@@ -420,6 +420,16 @@ def test_unsupported_params_are_dropped_and_out_of_range_clamped(api: ApiServer,
     assert r.headers["x-attune-dropped"] == "logprobs,n,presence_penalty,response_format,tools"
 
 
+def test_dropped_field_names_that_cannot_go_in_a_header_are_masked_not_a_500(
+    api: ApiServer, si: StandIn
+) -> None:
+    body = {"model": "M2-her", "messages": MESSAGES, "bad\r\nSet-Cookie: x": 1, "ключ": 2}
+    with api.client(api.app_key()) as c:
+        r = c.post("/v1/chat/completions", json=body, headers=headers(**{"X-Attune-Conditioning": "off"}))
+    assert r.status_code == 200, r.text
+    assert r.headers["x-attune-dropped"] == "bad??Set-Cookie: x,????" and "set-cookie" not in r.headers
+
+
 @pytest.mark.parametrize(
     "patch, where",
     [

@@ -193,6 +193,28 @@ async def test_stream_events_split_across_reads_and_crlf_are_reassembled_without
     assert len(got) == 3
 
 
+async def test_a_compressed_stream_and_reply_are_decoded() -> None:
+    import gzip  # noqa: PLC0415
+
+    events = sse(CHUNK, {"choices": [{"index": 0, "delta": {"content": "there."}, "finish_reason": "stop"}]})
+    reply = {"choices": [{"index": 0, "message": {"content": "Hi."}}], "base_resp": {"status_code": 0}}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        streamed = orjson.loads(request.content).get("stream")
+        ctype = "text/event-stream" if streamed else "application/json"
+        data = gzip.compress(events if streamed else orjson.dumps(reply))
+        return httpx.Response(200, headers={"content-type": ctype, "content-encoding": "gzip"}, content=data)
+
+    up = client(handler)
+    stream = await up.stream(OPENAI_PATH, {**BODY, "stream": True})
+    got = [orjson.loads(p) for batch in [b async for b in stream.batches()] for p in batch]
+    await stream.aclose()
+    raw, parsed = await up.complete(OPENAI_PATH, BODY)
+    await up.aclose()
+    assert "".join(c["choices"][0]["delta"]["content"] for c in got) == "Hello there."
+    assert parsed == reply and orjson.loads(raw) == reply
+
+
 async def test_an_error_as_the_first_stream_event_is_retried_before_the_first_byte() -> None:
     calls = []
 

@@ -1,0 +1,142 @@
+"""The gateway's bare RESP client (service/gateway.LeanRedis) against real Redis servers: the same verdicts
+and documents as redis-py for Store.condition_checked, the script reloaded after a flush, a dropped
+connection replaced, password and database honoured, an outage reported as StoreUnavailable."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from service import keys
+from service.embedded import redis_executable
+from service.errors import StoreUnavailable
+from service.gateway import LeanRedis
+from service.store import Store, connect
+from tests.conftest import free_port
+
+
+async def _both(url: str, names: list[str], secret: str = "h", rate: int = 100) -> tuple[Any, Any]:
+    """(redis-py's answer, LeanRedis's answer) to the same condition_checked call."""
+    client = connect(url)
+    lean = LeanRedis.like(client)
+    assert lean is not None
+    try:
+        via_py = await Store(client, 4, 60).condition_checked("demo", "k1", secret, "condition", rate, names)
+        via_lean = await Store(lean, 4, 60).condition_checked(  # type: ignore[arg-type]
+            "demo", "k1", secret, "condition", rate, names
+        )
+        return via_py, via_lean
+    finally:
+        await lean.aclose()
+        await client.aclose()
+
+
+def test_lean_client_answers_as_redis_py_does(redis_url: str, redis_sync: redis.Redis) -> None:
+    redis_sync.hset(keys.api_key("demo", "k1"), mapping={"hash": "h", "scopes": "read,condition"})
+    redis_sync.set(keys.profile("demo", "u1"), b'{"version": 3}')
+    names = [keys.profile("demo", "u1", "c9"), keys.profile("demo", "u1")]
+    (py_check, py_docs), (check, docs) = asyncio.run(_both(redis_url, names))
+    assert docs == py_docs == [None, b'{"version": 3}']
+    assert check.valid and check.scopes == py_check.scopes == ("read", "condition")
+    assert check.used == py_check.used + 1  # both calls counted against the same second's rate
+    (_, py_docs), (check, docs) = asyncio.run(_both(redis_url, names, secret="wrong"))
+    assert not check.valid and docs is None and py_docs is None
+
+
+def test_lean_client_reloads_the_script_after_a_flush_and_replaces_a_dropped_connection(
+    redis_url: str, redis_sync: redis.Redis
+) -> None:
+    redis_sync.hset(keys.api_key("demo", "k1"), mapping={"hash": "h", "scopes": "condition"})
+    redis_sync.set(keys.profile("demo", "u1"), b"{}")
+
+    async def run() -> list[Any]:
+        client = connect(redis_url)
+        lean = LeanRedis.like(client)
+        store = Store(lean, 4, 60)  # type: ignore[arg-type]
+
+        def check(names: list[str]) -> Any:
+            return store.condition_checked("demo", "k1", "h", "condition", 100, names)
+
+        out = []
+        try:
+            out.append(await check([keys.profile("demo", "u1")]))
+            redis_sync.script_flush()  # as after a Redis restart: EVALSHA answers NOSCRIPT
+            out.append(await check([keys.profile("demo", "u1")]))
+            redis_sync.client_kill_filter(_type="normal", skipme=True)  # every other client, the lean one too
+            await asyncio.sleep(0.05)
+            out.append(await check([keys.profile("demo", "u1")]))
+            # Concurrent calls share the one connection; each gets its own reply.
+            many = await asyncio.gather(*(check([f"nope{i}"]) for i in range(20)))
+            out.append(sorted(c.used for c, _ in many))
+        finally:
+            await lean.aclose()  # type: ignore[union-attr]
+            await client.aclose()
+        return out
+
+    first, flushed, reconnected, used = asyncio.run(run())
+    for check, docs in (first, flushed, reconnected):
+        assert check.valid and docs == [b"{}"]
+    assert len(set(used)) == 20  # twenty distinct counts: no reply went to the wrong call
+
+
+@pytest.fixture
+def password_redis(tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [redis_executable(), "--port", str(port), "--bind", "127.0.0.1", "--requirepass", "s3cret",
+         "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://:s3cret@127.0.0.1:{port}/2"
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            redis.Redis.from_url(url).ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def test_lean_client_over_tcp_sends_the_password_and_selects_the_database(password_redis: str) -> None:
+    sync = redis.Redis.from_url(password_redis)
+    sync.hset(keys.api_key("demo", "k1"), mapping={"hash": "h", "scopes": "condition"})
+    sync.set(keys.profile("demo", "u1"), b'{"version": 9}')
+    (_, py_docs), (check, docs) = asyncio.run(_both(password_redis, [keys.profile("demo", "u1")]))
+    assert check.valid and docs == py_docs == [b'{"version": 9}']
+
+    async def lean_only(url: str) -> None:
+        client = connect(url)
+        lean = LeanRedis.like(client)
+        try:
+            store = Store(lean, 4, 60)  # type: ignore[arg-type]
+            await store.condition_checked("demo", "k1", "h", "condition", 100, [])
+        finally:
+            await lean.aclose()  # type: ignore[union-attr]
+            await client.aclose()
+
+    with pytest.raises(StoreUnavailable):
+        asyncio.run(lean_only(password_redis.replace(":s3cret@", ":nope@")))
+
+
+def test_lean_client_reports_an_outage_as_store_unavailable() -> None:
+    async def run() -> None:
+        store = Store(LeanRedis("127.0.0.1", free_port()), 4, 60)  # type: ignore[arg-type]
+        await store.condition_checked("demo", "k1", "h", "condition", 100, [])
+
+    with pytest.raises(StoreUnavailable):
+        asyncio.run(run())
