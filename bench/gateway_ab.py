@@ -93,10 +93,13 @@ end
             url, hdrs = targets[name]
             lat = asyncio.run(open_loop(url, hdrs, body(False), rate, 3))
             slices[name].append((lat["p50"], lat["p99"]))
-    med = {n: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v)) for n, v in slices.items()}
+    med = {n: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v))
+           for n, v in slices.items()}
+    d50, d99 = med["direct"]
     for name, (p50, p99) in med.items():
-        added = "" if name == "direct" else f"  added p50/p99 {p50 - med['direct'][0]:.2f}/{p99 - med['direct'][1]:.2f} ms"
-        print(f"latency @ {rate:g}/s {name:6s} median of {len(slices[name])} slices p50 {p50:.2f} p99 {p99:.2f} ms{added}")
+        added = "" if name == "direct" else f"  added p50/p99 {p50 - d50:.2f}/{p99 - d99:.2f} ms"
+        print(f"latency @ {rate:g}/s {name:6s} median of {len(slices[name])} slices p50 {p50:.2f} "
+              f"p99 {p99:.2f} ms{added}")
 finally:
     for p in procs:
         try: os.killpg(p.pid, 15)
