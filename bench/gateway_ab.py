@@ -1,7 +1,9 @@
 """Interleaved A/B of two Attune checkouts: the same wrk load (16 connections, 4 s slices) alternating
-between them, one API process each, one Redis, one stand-in; CPU µs per request from /proc.
+between them, one API process each, one Redis, one stand-in; CPU µs per request from /proc. Then the
+added latency at a fixed open-loop rate (non-streamed), in 3 s slices shuffled between the stand-in
+directly and the two checkouts: medians over the slices of each one's p50 and p99, minus the direct ones.
 
-    .venv/bin/python bench/gateway_ab.py BEFORE_DIR AFTER_DIR [ROUNDS]
+    .venv/bin/python bench/gateway_ab.py BEFORE_DIR AFTER_DIR [ROUNDS] [RATE]
 
 Under a shared machine's shifting load, slices that alternate give fairer before/after ratios than
 bench/gateway.py's sequential targets (use `git worktree add /tmp/before <commit>` for a checkout).
@@ -77,6 +79,27 @@ end
     for stream in ("false", "true"):
         b, a = res[(stream, "before")], res[(stream, "after")]
         print(f"stream={stream}: after/before CPU per request {a['cpu']/a['n'] / (b['cpu']/b['n']):.2f}, rps {sum(a['rps'])/sum(b['rps']):.2f}")
+    # Latency: a shared machine's load shifts within seconds, so short shuffled slices and medians.
+    import asyncio, random, statistics  # noqa: E401
+    from gateway import body, open_loop  # bench/gateway.py, beside this file
+
+    rate = float(sys.argv[4]) if len(sys.argv) > 4 else 100.0
+    targets = {"direct": (f"http://127.0.0.1:{SP}/v1/chat/completions", {"Authorization": "Bearer x"})}
+    for name, (port, _) in servers.items():
+        targets[name] = (f"http://127.0.0.1:{port}/v1/chat/completions", {"Authorization": f"Bearer {key}"})
+    slices: dict[str, list[tuple[float, float]]] = {n: [] for n in targets}
+    for rnd in range(2 * (int(sys.argv[3]) if len(sys.argv) > 3 else 4) + 1):
+        for name in random.sample(list(targets), len(targets)):
+            url, hdrs = targets[name]
+            lat = asyncio.run(open_loop(url, hdrs, body(False), rate, 3))
+            slices[name].append((lat["p50"], lat["p99"]))
+    med = {n: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v))
+           for n, v in slices.items()}
+    d50, d99 = med["direct"]
+    for name, (p50, p99) in med.items():
+        added = "" if name == "direct" else f"  added p50/p99 {p50 - d50:.2f}/{p99 - d99:.2f} ms"
+        print(f"latency @ {rate:g}/s {name:6s} median of {len(slices[name])} slices p50 {p50:.2f} "
+              f"p99 {p99:.2f} ms{added}")
 finally:
     for p in procs:
         try: os.killpg(p.pid, 15)
