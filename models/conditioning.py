@@ -43,11 +43,11 @@ SHARPEN = 1.0
 PRIOR_SCORES = (1 / 3, 1 / 3, 1 / 3)
 MIN_LENGTH_CONFIDENCE = 0.3
 # The sd (log space) of the length draw: the posterior's, but at most MAX_SIGMA. The model adds its own
-# spread around any target (the stand-in about 0.2), so replies explore lengths anyway. Wider draws only
-# added repeats (an sd up to 0.6 lowered the reduction by about 0.07 in an offline replay of the closed
-# loop); a narrower one (0.1, with SHARPEN 2) learned the length worse. A profile's band is
-# target/1.25..target/0.75.
-MIN_SIGMA, MAX_SIGMA = 0.05, 0.15
+# spread around any target (the stand-in about 0.2), so replies explore lengths anyway, and every bit of
+# spread the draw adds is a miss the user pays for: at most 0.15 served targets 0.16 off the preferred length
+# (median) against 0.13 for the profile's own target, and 0.05 lowered the conditioned arm's late repeat
+# rate by about 0.01 (bench/sim/replay.py, seeds 1 and 2). A profile's band is target/1.25..target/0.75.
+MIN_SIGMA, MAX_SIGMA = 0.03, 0.05
 DEFAULT_BAND = (math.log(1.25), math.log(1 / 0.75))
 _NORMAL = NormalDist()
 CHARS_PER_TOKEN = 4.0  # role-play English on M2-her; headroom covers the spread

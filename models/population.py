@@ -56,7 +56,11 @@ def refresh(current: Population, summaries: Iterable[Mapping[str, Any]], min_rep
     rich = [s for s in rows if s.get("n", 0) >= min_replies]
     if len(rich) >= 20:
         mus = np.array([s["mu"] for s in rich])
-        var = float(np.var(mus) - np.mean([s.get("mu_var", 0.0) for s in rich]))
+        # The summaries hold posterior means, already shrunk toward the prior: the prior's variance is their
+        # spread plus their average posterior variance (law of total variance), not minus it. Subtracting
+        # drove the spread to its floor within a few refreshes, and every user's length was then pulled hard
+        # toward the median (short and long tastes served 25-30% off in the closed loop).
+        var = float(np.var(mus) + np.mean([s.get("mu_var", 0.0) for s in rich]))
         out.mu = float(np.median(mus))
         out.mu_sd = float(min(1.0, max(0.3, math.sqrt(max(var, 0.0)))))
         dss = np.array([s["ds"] for s in rich if s.get("ds") is not None])

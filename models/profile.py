@@ -326,7 +326,7 @@ def estimate(recs: list[dict[str, Any]], pop: Population, msg: list[float] | Non
             beta[k] += forget[i] * ev["rep"][i] * (1 - explained)
         else:
             alpha[k] += forget[i] * min(ev["suc"][i], 1.0)
-    scores = _pacing_label_posterior(recs, ev, mu_mean, min(base_rate, pop.base_rate))
+    scores = _pacing_label_posterior(recs, ev, mu_mean)
     label = PACINGS[int(np.argmax(scores))]
 
     # Style: dialogue share on a grid like length; hooks as "do hooked replies fare better".
@@ -372,16 +372,22 @@ PACING_PRIOR = np.array([0.35, 0.4, 0.25])
 # Pacing evidence per reply is weak (a repeat has many causes), so it is forgotten more slowly than length:
 # half-life about 70 replies instead of 23.
 PACING_FORGET = 0.99
+# The repeat rate from causes other than pacing and length is a nuisance parameter of the pacing posterior:
+# marginalised over this grid instead of taken from the user's overall repeat rate, which holds the very
+# repeats a wrong pacing caused (and so made every pacing look alike).
+BASE_GRID = np.array([0.04, 0.08, 0.12, 0.18, 0.25, 0.35, 0.5])
+BASE_PRIOR = np.full(len(BASE_GRID), 1 / len(BASE_GRID))
 CHOICE_TEMPERATURE = 0.35  # how sharply a user keeps the more satisfying of two alternatives (log-satisfaction)
 
 
-def _pacing_label_posterior(recs: list[dict[str, Any]], ev: Mapping[str, Any], mu: float, base: float) -> np.ndarray:
+def _pacing_label_posterior(recs: list[dict[str, Any]], ev: Mapping[str, Any], mu: float) -> np.ndarray:
     """Posterior over which pacing the user prefers, from replies with a known pacing.
 
     A reply is repeated for its pacing (more likely the further it is from the preferred one: ordinal),
-    for its length (the length mismatch explains repeats away) or for no reason (the base rate): any one
-    is enough. A reply reads as the pacing asked for only most of the time. Between two alternatives,
-    the one kept says which pacing satisfies more; those pairs count as a choice, not as a repeat.
+    for its length (the length mismatch explains repeats away) or for no reason (the base rate, not known:
+    marginalised over BASE_GRID): any one is enough. A reply reads as the pacing asked for only most of
+    the time. Between two alternatives, the one kept says which pacing satisfies more; those pairs count
+    as a choice, not as a repeat.
     Confidence is calibrated afterwards (models/calibration.py).
     """
     ks, ms, ws = [], [], []
@@ -406,12 +412,16 @@ def _pacing_label_posterior(recs: list[dict[str, Any]], ev: Mapping[str, Any], m
         logc = np.array(ms)
         m_len = np.where(np.isnan(logc), 0.0, 0.5 * ((logc - mu) / 0.4) ** 2)
         keep_len = 1 - 0.5 * (1 - np.exp(-m_len))
-        p_rep = 1 - (1 - base) * keep_len[:, None] * (1 - _PACE_REPEAT_MIX[np.array(ks, dtype=int)])
-        p_rep = np.clip(p_rep, 1e-4, 1 - 1e-4)  # [reply, preferred P]
         forget = PACING_FORGET ** (n - 1 - sel).astype(float)
         w_rep = forget * rep[sel]
         w_suc = np.where(w_rep > 0, 0.0, forget * np.minimum(suc[sel], 1.0))
-        logp = w_rep @ np.log(p_rep) + w_suc @ np.log1p(-p_rep)
+        keep = keep_len[:, None] * (1 - _PACE_REPEAT_MIX[np.array(ks, dtype=int)])  # [reply, preferred P]
+        p_rep = 1 - (1 - BASE_GRID)[:, None, None] * keep[None, :, :]  # [base, reply, preferred P]
+        p_rep = np.clip(p_rep, 1e-4, 1 - 1e-4)
+        ll = np.einsum("r,brp->bp", w_rep, np.log(p_rep)) + np.einsum("r,brp->bp", w_suc, np.log1p(-p_rep))
+        ll = ll + np.log(BASE_PRIOR)[:, None]
+        top = ll.max()
+        logp = np.log(np.exp(ll - top).sum(axis=0)) + top
     for i in choices:
         kept = recs[i]
         by_id = by_id if by_id is not None else {r["id"]: r for r in recs}

@@ -1,8 +1,11 @@
-"""The population repeat model: what counts as a confounder, and models of another feature set."""
+"""The population: the repeat model (what counts as a confounder, models of another feature set), priors."""
 
 from __future__ import annotations
 
-from models.population import REPEAT_FEATURES, RepeatModelTrainer, reply_features, repeat_probability
+import math
+
+from models.population import (REPEAT_FEATURES, Population, RepeatModelTrainer, refresh, reply_features,
+                               repeat_probability)
 
 
 def reply(explored: bool, first: bool = False) -> dict:
@@ -33,3 +36,14 @@ def test_a_published_model_of_another_feature_set_is_ignored_and_replaced() -> N
         trainer.add(reply(False, first=i % 2 == 0), repeated=i % 2 == 0)
     merged = trainer.export(old)
     assert merged is not None and len(merged["coef"]) == REPEAT_FEATURES and merged["n"] == 300
+
+
+def test_the_length_prior_spread_adds_the_posterior_variance_back() -> None:
+    # Posterior means are shrunk: their spread (sd 0.3) plus the average posterior variance (0.16) is the
+    # spread of the preferred lengths, sd 0.5; subtracting it would give the 0.3 floor.
+    rows = [{"mu": math.log(380.0) + 0.3 * z, "mu_var": 0.16, "ds": 0.45, "rr": 0.1, "n": 40,
+             "trust": "normal"} for z in (-1.0, 1.0) * 20]
+    pop = refresh(Population(), rows)
+    assert abs(pop.mu_sd - 0.5) < 0.01, pop.mu_sd
+    again = refresh(pop, rows)
+    assert abs(again.mu_sd - 0.5) < 0.01  # stable across refreshes: no drift to the floor

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from models.population import Population
-from models.profile import Applier, behaviour_features, new_state, update_trust
+from models.profile import Applier, behaviour_features, estimate, new_state, update_trust
 
 
 def feed(events: list[dict[str, Any]]) -> tuple[dict[str, Any], Applier]:
@@ -70,3 +70,21 @@ def test_a_stopped_reply_is_judged_on_the_characters_shown() -> None:
     assert "implausible_read" not in applier.discounted
     _, unstopped = feed([shown, answer])
     assert unstopped.discounted.get("implausible_read") == 1
+
+
+def test_pacing_is_learned_from_a_user_who_also_repeats_for_other_reasons() -> None:
+    # 45 replies, 15 per pacing, all of the preferred length: slow_burn replies repeated 3 times in 15,
+    # balanced 7, fast 10, in a population that repeats a lot (rate 0.4). Those overall rates hold the
+    # repeats wrong pacings caused; taken as the rate of repeats for no reason they made every pacing look
+    # alike (slow_burn 0.71 here). The rate of other causes is unknown and marginalised: slow_burn, clearly.
+    recs = []
+    for k, (pacing, repeats) in enumerate((("slow_burn", 3), ("balanced", 7), ("fast", 10))):
+        for j in range(15):
+            outcome = "repeat" if j < repeats else "answered"
+            recs.append({"id": f"r{k}-{j}", "t": 1000 * (3 * j + k), "c": 380, "o": [outcome],
+                         "ap": {"pacing": pacing}})
+    recs.sort(key=lambda r: r["t"])
+    est = estimate(recs, Population(repeat_a=4.0, repeat_b=6.0))
+    assert est["pacing_label"] == "slow_burn"
+    assert est["pacing_scores"]["slow_burn"] > 0.85, est["pacing_scores"]
+    assert est["pacing_scores"]["fast"] < 0.1, est["pacing_scores"]
