@@ -12,6 +12,7 @@ import logging
 import math
 import random
 import re
+import socket
 import time
 import uuid
 from collections import defaultdict, deque
@@ -355,6 +356,18 @@ def reply_shown(
     return event
 
 
+@dataclass(slots=True)
+class _Ended:
+    """What the Recorder keeps of a reply that ended: the joined text and how it ended (a Capture's shape)."""
+
+    joined: str
+    finish_reason: str | None
+    error: Any
+
+    def text(self) -> str:
+        return self.joined
+
+
 class Recorder:
     """Appends gateway reply_shown events off the response path: a reply is only queued while the
     answer goes out, measured (reply_features) and written later, batched (LINGER gathers the replies
@@ -364,6 +377,8 @@ class Recorder:
     RETRIES = 5
     MAX_QUEUE = 100_000
     LINGER = 0.05  # seconds a first queued reply waits for others before the write
+    BUILD_SLICE = 200  # replies measured between two turns of the event loop
+    DRAIN_SECONDS = 10.0  # at shutdown, how long the queued replies may take to be written
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -373,6 +388,7 @@ class Recorder:
         self.task: asyncio.Task[None] | None = None
         self.recorded = 0
         self.lost = 0
+        self.stopping = False
 
     def record(self, app: str, event: dict[str, Any]) -> None:
         self._queue(app, event)
@@ -386,8 +402,10 @@ class Recorder:
         decision: Decision | None,
         finish_override: str | None = None,
     ) -> None:
-        """Queue the reply_shown of a reply that just ended; it is built at the flush."""
-        self._queue(app, (who, reply_id, capture, decision, finish_override, int(time.time() * 1000)))
+        """Queue the reply_shown of a reply that just ended; it is built at the flush. Only the joined text
+        and the finish are kept (the capture holds one string per token: several times the memory)."""
+        ended = _Ended(capture.text(), capture.finish_reason, capture.error)
+        self._queue(app, (who, reply_id, ended, decision, finish_override, int(time.time() * 1000)))
 
     def _queue(self, app: str, item: Any) -> None:
         if len(self.queue) >= self.MAX_QUEUE:
@@ -404,26 +422,47 @@ class Recorder:
     async def _flush(self) -> None:
         batch, self.queue = self.queue, []
         by_app: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for app, item in batch:
-            by_app[app].append(item if isinstance(item, dict) else reply_shown(*item[:5], now=item[5]))
-        for app, events in by_app.items():
-            for attempt in range(self.RETRIES):
+        try:
+            for i, (app, item) in enumerate(batch):
+                if i and i % self.BUILD_SLICE == 0:
+                    await asyncio.sleep(0)  # a backlog after an outage is measured without stalling the streams
                 try:
-                    await self.store.ingest(app, events)
-                    self.recorded += len(events)
-                    break
-                except Exception as exc:  # noqa: BLE001 - retried, then counted as lost
-                    if attempt == self.RETRIES - 1:
-                        self._lose(len(events), f"{type(exc).__name__}: {exc}")
-                    else:
-                        await asyncio.sleep(0.1 * 2**attempt)
+                    by_app[app].append(item if isinstance(item, dict) else reply_shown(*item[:5], now=item[5]))
+                except Exception as exc:  # noqa: BLE001 - one bad item must not stop the recording
+                    self._lose(1, f"building it failed: {type(exc).__name__}: {exc}")
+        except asyncio.CancelledError:
+            self.queue[:0] = batch  # nothing of it was written: all of it goes back
+            raise
+        apps = list(by_app)
+        try:
+            for app in apps:
+                events = by_app[app]
+                for attempt in range(self.RETRIES):
+                    try:
+                        await self.store.ingest(app, events)  # dedup by event id: a retry never counts twice
+                        self.recorded += len(events)
+                        break
+                    except Exception as exc:  # noqa: BLE001 - retried, then counted as lost
+                        if attempt == self.RETRIES - 1:
+                            self._lose(len(events), f"{type(exc).__name__}: {exc}")
+                        else:
+                            await asyncio.sleep(0.1 * 2**attempt)
+                del by_app[app]
+        except asyncio.CancelledError:
+            # Stopped mid-write (shutdown): what was not written goes back for the final flush.
+            self.queue[:0] = [(app, ev) for app, events in by_app.items() for ev in events]
+            raise
 
     async def _loop(self) -> None:
-        while True:
+        while not (self.stopping and not self.queue):
             await self.wake.wait()
-            await asyncio.sleep(self.LINGER)
+            if not self.stopping:
+                await asyncio.sleep(self.LINGER)
             self.wake.clear()
-            await self._flush()
+            try:
+                await self._flush()
+            except Exception:  # noqa: BLE001 - the recorder must outlive any one bad flush
+                log.exception("recording gateway replies failed; going on")
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Recorder]:
@@ -431,9 +470,15 @@ class Recorder:
         try:
             yield self
         finally:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+            # Shutdown: drain what is queued (bounded by the retries), then stop; cancel only if it hangs.
+            self.stopping = True
+            self.wake.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(self.task), self.DRAIN_SECONDS)
+            except TimeoutError:
+                self.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self.task
             if self.queue:
                 await self._flush()
 
@@ -449,6 +494,8 @@ class LeanRedis:
 
     CONNECT_TIMEOUT = 2.0  # as store.connect's socket_connect_timeout
     TIMEOUT = 3.0  # as store.connect's socket_timeout
+    MAX_IDLE = 30.0  # a connection idle longer is replaced (a NAT or firewall may have dropped it silently)
+    FAIL_FAST = 1.0  # after a failed connect, calls within this many seconds fail at once (no queue of 2 s waits)
 
     def __init__(
         self,
@@ -463,6 +510,8 @@ class LeanRedis:
         self.username, self.password = username, password
         self._proto: _Resp | None = None
         self._lock = asyncio.Lock()
+        self._used = 0.0  # monotonic time of the last call
+        self._failed: tuple[float, str] | None = None  # when the last connect failed, and why
 
     @classmethod
     def like(cls, client: Redis) -> LeanRedis | None:
@@ -495,6 +544,10 @@ class LeanRedis:
         packed = hiredis.pack_command(args)
         for attempt in (1, 2):
             proto = self._proto
+            now = time.monotonic()
+            if proto is not None and not proto.closed and now - self._used > self.MAX_IDLE:
+                proto.close()
+            self._used = now
             fresh = proto is None or proto.closed
             if fresh:
                 proto = await self._connect()
@@ -502,6 +555,11 @@ class LeanRedis:
                 async with asyncio.timeout(self.TIMEOUT):
                     reply = await proto.call(packed)  # type: ignore[union-attr]
                 break
+            except TimeoutError:
+                # A stalled connection is never trusted again: the calls queued on it fail now, and the
+                # next call connects afresh instead of waiting out the same dead socket.
+                proto.close()  # type: ignore[union-attr]
+                raise
             except ConnectionError:
                 # A connection that broke while idle (a Redis restart) is retried once on a new one, as
                 # redis-py retries; a new one that breaks is an outage.
@@ -516,12 +574,29 @@ class LeanRedis:
         async with self._lock:
             if self._proto is not None and not self._proto.closed:
                 return self._proto
-            loop = asyncio.get_running_loop()
+            if self._failed is not None and time.monotonic() - self._failed[0] < self.FAIL_FAST:
+                raise ConnectionError(f"Redis unreachable a moment ago: {self._failed[1]}")
+            try:
+                proto = await self._open()
+            except (OSError, TimeoutError) as exc:
+                self._failed = (time.monotonic(), f"{type(exc).__name__}: {exc}")
+                raise
+            self._failed = None
+            self._proto = proto
+            return proto
+
+    async def _open(self) -> _Resp:
+        loop = asyncio.get_running_loop()
+        proto: _Resp | None = None
+        try:
             async with asyncio.timeout(self.CONNECT_TIMEOUT):
                 if self.path:
                     _, proto = await loop.create_unix_connection(_Resp, self.path)
                 else:
                     _, proto = await loop.create_connection(_Resp, self.host, self.port)
+                    sock = proto.transport.get_extra_info("socket") if proto.transport else None
+                    if sock is not None:
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
                 hello = []
                 if self.password:
                     who = (self.username,) if self.username else ()
@@ -531,10 +606,12 @@ class LeanRedis:
                     hello.append(proto.call(hiredis.pack_command((b"SELECT", self.db))))
                 for reply in [await f for f in hello]:
                     if isinstance(reply, hiredis.ReplyError):
-                        proto.transport.close()
                         raise AuthenticationError(str(reply))
-            self._proto = proto
-            return proto
+        except BaseException:
+            if proto is not None:
+                proto.close()  # never leak the socket of a half-made connection
+            raise
+        return proto
 
 
 class _Resp(asyncio.Protocol):
@@ -568,6 +645,11 @@ class _Resp(asyncio.Protocol):
             log.error("closing the gateway's Redis connection: %s", exc)
             if self.transport is not None:
                 self.transport.close()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        self.closed = True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

@@ -140,3 +140,59 @@ def test_lean_client_reports_an_outage_as_store_unavailable() -> None:
 
     with pytest.raises(StoreUnavailable):
         asyncio.run(run())
+
+
+def test_a_stalled_connection_is_replaced_and_a_failed_connect_fails_the_next_calls_fast() -> None:
+    # A peer that accepts and then says nothing (a connection a NAT or firewall dropped silently).
+    accepted: list[Any] = []
+
+    async def run() -> tuple[list[str], int, str]:
+        server = await asyncio.start_server(lambda r, w: accepted.append(w), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        lean = LeanRedis("127.0.0.1", port)
+        lean.TIMEOUT = 0.3
+        outcomes = []
+        for _ in range(2):
+            try:
+                await lean.evalsha("0" * 40, 0)
+                outcomes.append("answered")
+            except TimeoutError:
+                outcomes.append("timeout")
+        connections = len(accepted)
+        await lean.aclose()
+        server.close()
+        await server.wait_closed()
+        # Nothing listens any more: the first call fails connecting, the next ones at once without waiting.
+        refused = LeanRedis("127.0.0.1", port)
+        with pytest.raises(OSError):
+            await refused.evalsha("0" * 40, 0)
+        with pytest.raises(ConnectionError) as fast:
+            await refused.evalsha("0" * 40, 0)
+        return outcomes, connections, str(fast.value)
+
+    outcomes, connections, message = asyncio.run(run())
+    assert outcomes == ["timeout", "timeout"]
+    assert connections == 2, "the second call must not wait on the socket that stalled"
+    assert "unreachable a moment ago" in message
+
+
+def test_an_idle_connection_is_replaced_before_use(redis_url: str, redis_sync: redis.Redis) -> None:
+    redis_sync.hset(keys.api_key("demo", "k1"), mapping={"hash": "h", "scopes": "condition"})
+
+    async def run() -> tuple[bool, bool]:
+        client = connect(redis_url)
+        lean = LeanRedis.like(client)
+        assert lean is not None
+        store = Store(lean, 4, 60)  # type: ignore[arg-type]
+        try:
+            await store.condition_checked("demo", "k1", "h", "condition", 100, [keys.profile("demo", "u1")])
+            first = lean._proto
+            lean._used -= LeanRedis.MAX_IDLE + 1  # as if it sat idle past the limit
+            check, _ = await store.condition_checked("demo", "k1", "h", "condition", 100,
+                                                     [keys.profile("demo", "u1")])
+            return check.valid, lean._proto is not first and first is not None and first.closed
+        finally:
+            await lean.aclose()
+            await client.aclose()
+
+    assert asyncio.run(run()) == (True, True)

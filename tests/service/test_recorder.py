@@ -1,0 +1,85 @@
+"""The gateway's Recorder, which writes each reply's reply_shown after the answer went out: nothing queued is
+lost at shutdown even mid-write, only the joined text is kept while queued, and a bad item is counted as lost
+without stopping the recording."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import redis
+
+from service import keys
+from service.gateway import Capture, Recorder
+from service.store import Store, connect
+
+
+class SlowStore(Store):
+    """The real store, each write held up first: shutdown comes while writes are in flight."""
+
+    async def ingest(self, app: str, events: list[dict[str, Any]]) -> list[bool]:
+        await asyncio.sleep(0.3)
+        return await super().ingest(app, events)
+
+
+def stored(r: redis.Redis, partitions: int = 4) -> list[dict[str, Any]]:
+    return [orjson.loads(f[b"e"]) for p in range(partitions) for _, f in r.xrange(keys.stream(p))]
+
+
+def capture_of(text: str) -> Capture:
+    cap = Capture()
+    cap.parts.extend(text.split(" "))
+    cap.finish_reason = "stop"
+    return cap
+
+
+def test_shutdown_during_a_slow_write_loses_nothing(redis_url: str, redis_sync: redis.Redis) -> None:
+    async def run() -> Recorder:
+        client = connect(redis_url)
+        rec = Recorder(SlowStore(client, 4, 60))
+        try:
+            async with rec.running():
+                for i in range(10):
+                    rec.shown("demo", (f"u{i}", None, None), f"r{i}", capture_of("Hello there."), None)
+                await asyncio.sleep(0.1)  # the first flush has started and is waiting on the store
+        finally:
+            await client.aclose()
+        return rec
+
+    rec = asyncio.run(run())
+    events = stored(redis_sync)
+    assert sorted(e["reply_id"] for e in events) == sorted(f"r{i}" for i in range(10))
+    assert rec.recorded == 10 and rec.lost == 0 and rec.queue == []
+
+
+def test_a_queued_reply_keeps_its_text_not_the_capture(redis_url: str) -> None:
+    async def run() -> Any:
+        client = connect(redis_url)
+        try:
+            rec = Recorder(Store(client, 4, 60))
+            rec.shown("demo", ("u1", None, None), "r1", capture_of("one two three"), None)
+            return rec.queue[0][1][2]
+        finally:
+            await client.aclose()
+
+    ended = asyncio.run(run())
+    assert not isinstance(ended, Capture) and ended.text() == "onetwothree" and ended.finish_reason == "stop"
+
+
+def test_a_bad_item_is_counted_lost_and_the_rest_is_written(redis_url: str, redis_sync: redis.Redis) -> None:
+    async def run() -> Recorder:
+        client = connect(redis_url)
+        rec = Recorder(Store(client, 4, 60))
+        try:
+            async with rec.running():
+                rec.queue.append(("demo", ("not", "a", "reply")))  # cannot be built into an event
+                rec.shown("demo", ("u1", None, None), "good", capture_of("Fine."), None)
+                await asyncio.sleep(0.3)
+        finally:
+            await client.aclose()
+        return rec
+
+    rec = asyncio.run(run())
+    assert [e["reply_id"] for e in stored(redis_sync)] == ["good"]
+    assert rec.lost == 1 and rec.recorded == 1
