@@ -17,9 +17,12 @@ from tests.conftest import free_port, spawn_service
 @pytest.fixture
 def cluster_node(tmp_path: Path) -> Iterator[str]:
     port = free_port()
+    while port + 10000 > 65535:  # a cluster node also listens on port + 10000 (its bus): keep that valid
+        port = free_port()
+    log = (tmp_path / "node.log").open("wb")
     proc = subprocess.Popen([redis_executable(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                              "--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / "nodes.conf"),
-                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--dir", str(tmp_path)], stdout=log, stderr=subprocess.STDOUT)
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + 10
     while True:
@@ -27,13 +30,15 @@ def cluster_node(tmp_path: Path) -> Iterator[str]:
             if redis.Redis.from_url(url).info("cluster")["cluster_enabled"] == 1:
                 break
         except redis.ConnectionError:
-            assert time.monotonic() < deadline, "the cluster node did not start"
+            assert proc.poll() is None, (tmp_path / "node.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, (tmp_path / "node.log").read_text()[-2000:]
             time.sleep(0.05)
     try:
         yield url
     finally:
         proc.terminate()
         proc.wait(10)
+        log.close()
 
 
 @pytest.mark.parametrize("module", ["service", "workers"])
