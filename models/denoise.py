@@ -6,8 +6,7 @@ Every step has a name (the key in `evidence.events_discounted` and the `denoise:
 - `implausible_read`: a reply answered faster than anyone reads it;
 - `implausible_typing`: a message typed faster than anyone types (its length says nothing);
 - `away`: a reply answered after the user was gone for an hour (the silence before says nothing);
-- `curator`: repeats of a user who regenerates at least twice as often as the population, over 20+ replies,
-  count less (weight: population rate / user's rate, at least 0.25);
+- `curator`: repeats from users who regenerate a lot count less (normalised by their own base rate);
 - `confounded_repeat`: a repeat that almost any user would make counts less (population repeat model);
 - `bot_suspect`: events of a user whose behaviour is an outlier (robust z-scores); kept out of the population.
 """
@@ -21,7 +20,6 @@ DOUBLE_TAP_MS = 2_000
 READ_CPS_MAX = 80.0  # skimming tops out near 50 characters per second; beyond 80 nobody read it
 TYPE_CPS_MAX = 15.0  # the fastest typists sustain about 12 characters per second
 AWAY_MS = 3_600_000
-CURATOR_MIN_REPLIES = 20  # a repeat rate judged on fewer replies mistakes an unlucky start for a habit
 MIN_READ_MS = 300
 
 STEPS = ("duplicate", "double_tap", "implausible_read", "implausible_typing", "away", "curator",

@@ -249,8 +249,6 @@ def _evidence(recs: list[dict[str, Any]], pop: Population, base_rate: float) -> 
     confounded = 0
     curator = 0
     cur_w = denoise.curator_weight(base_rate, pop.base_rate)
-    # A curator: at least twice the population's repeat rate, over enough replies to know the rate.
-    curator_user = cur_w <= 0.5 and n >= denoise.CURATOR_MIN_REPLIES
     for i, r in enumerate(recs):
         o = r["o"]
         if "repeat" in o or (r.get("rating") is not None and r["rating"] < 0):
@@ -261,9 +259,8 @@ def _evidence(recs: list[dict[str, Any]], pop: Population, base_rate: float) -> 
                 if sw < 0.8:
                     confounded += 1
                 w *= sw
-            if curator_user:
+            if cur_w < 1.0:
                 curator += 1
-                w *= cur_w
             rep[i] = w
         elif "passed_over" in o:
             rep[i] = 0.5

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from models import denoise
-from models.population import Population
-from models.profile import estimate
 
 
 def test_double_tap_within_two_seconds_only() -> None:
@@ -27,28 +25,6 @@ def test_typing_speed_limit() -> None:
 def test_curators_repeats_count_less() -> None:
     assert denoise.curator_weight(0.05, 0.07) == 1.0
     assert denoise.curator_weight(0.28, 0.07) == 0.25
-
-
-def _history(curator: bool, last: str | None) -> list[dict[str, object]]:
-    """20 replies of 300 and 500 characters (a curator regenerates half of them, whatever their length),
-    then two of 1200 characters with the given outcome."""
-    recs: list[dict[str, object]] = [
-        {"id": f"r{j}", "t": 1000 * j, "c": 300 if j % 2 else 500,
-         "o": ["repeat" if curator and j % 4 < 2 else "answered"]} for j in range(20)]
-    if last:
-        recs += [{"id": f"x{k}", "t": 30_000 + k, "c": 1200, "o": [last]} for k in range(2)]
-    return recs
-
-
-def test_a_curators_repeats_move_the_length_estimate_less_and_are_counted() -> None:
-    pop = Population()
-    shift = {}
-    for curator in (False, True):
-        before = estimate(_history(curator, None), pop)
-        after = estimate(_history(curator, "repeat"), pop)
-        shift[curator] = before["target"] - after["target"]
-        assert after["curator"] == (12 if curator else 0)  # 10 + 2 repeats, counted only for the curator
-    assert shift[True] < 0.5 * shift[False], shift
 
 
 def test_bot_scores_flag_machines_not_people() -> None:
