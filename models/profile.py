@@ -259,7 +259,7 @@ def _evidence(recs: list[dict[str, Any]], pop: Population, base_rate: float) -> 
                 if sw < 0.8:
                     confounded += 1
                 w *= sw
-            if cur_w < 1.0:
+            if cur_w < 1.0:  # counted, not weighted: the likelihood's other-causes rate discounts it (denoise.py)
                 curator += 1
             rep[i] = w
         elif "passed_over" in o:
