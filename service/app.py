@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import store as store_mod
 from service.embedded import EmbeddedRedis
-from service.errors import AttuneError
+from service.errors import INTERNAL_ERROR_BODY, AttuneError
 from service.metrics import LatencyMiddleware
 from service.routes import admin, dashboard, events, gateway, health, profiles, stats
 from service.settings import Settings, get_settings
@@ -115,8 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error: %s", type(exc).__name__)
-        return JSONResponse({"error": {"code": "internal_error", "message": "an unexpected error occurred; it was logged"}},
-                            status_code=500)
+        return JSONResponse(INTERNAL_ERROR_BODY, status_code=500)
 
     return app
 

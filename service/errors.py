@@ -16,6 +16,10 @@ from __future__ import annotations
 from typing import Any
 
 
+# The body of a 500: what went wrong is in the log, never in the answer.
+INTERNAL_ERROR_BODY = {"error": {"code": "internal_error", "message": "an unexpected error occurred; it was logged"}}
+
+
 class AttuneError(Exception):
     status = 500
     code = "internal_error"

@@ -19,7 +19,7 @@ from models.conditioning import Decision
 from service import gateway as gw
 from service.auth import admit, app_key, authenticate, require_app
 from service.body import read_json
-from service.errors import AttuneError, BadRequest
+from service.errors import INTERNAL_ERROR_BODY, AttuneError, BadRequest
 from service.metrics import UPSTREAM, UPSTREAM_ERRORS
 from service.metrics import _requests as request_histogram
 from service.settings import Settings
@@ -258,9 +258,7 @@ class FastPath:
         NATIVE_PATH: (chat_native_body, "chat_native"),
         "/v1/condition": (condition_body, "condition"),
     }
-    INTERNAL = orjson.dumps(
-        {"error": {"code": "internal_error", "message": "an unexpected error occurred; it was logged"}}
-    )
+    INTERNAL = orjson.dumps(INTERNAL_ERROR_BODY)
 
     def __init__(self, app: FastAPI, inner: Callable[..., Any]) -> None:
         self.app, self.inner = app, inner
