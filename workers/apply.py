@@ -100,12 +100,9 @@ def parse(partition: int, entry_id: Any, fields: Any) -> Entry:
         return Entry(partition, eid, None, f"field 'e' is not JSON: {exc}")
     if not isinstance(ev, dict):
         return Entry(partition, eid, None, "field 'e' is not a JSON object")
-    get = ev.get
-    if not (isinstance(get("app"), str) and isinstance(get("user_id"), str) and isinstance(get("type"), str)
-            and isinstance(get("t"), int) and isinstance(get("rt"), int)):
-        for name, kind in (("app", str), ("user_id", str), ("type", str), ("t", int), ("rt", int)):
-            if not isinstance(get(name), kind):
-                return Entry(partition, eid, None, f"event lacks a valid {name!r}")
+    for name, kind in (("app", str), ("user_id", str), ("type", str), ("t", int), ("rt", int)):
+        if not isinstance(ev.get(name), kind):
+            return Entry(partition, eid, None, f"event lacks a valid {name!r}")
     if ev["type"] not in ("session_start", "session_end", "user_message") and not isinstance(ev.get("reply_id"), str):
         return Entry(partition, eid, None, f"event of type {ev['type']!r} lacks reply_id")
     return Entry(partition, eid, ev)
