@@ -430,20 +430,20 @@ class SSEResponse(Response):
         disconnected = False
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            last = b""  # what ends the stream goes out with its end: one write fewer
             try:
                 async for batch in batches:
                     block, end = relay.feed(batch, stream.raw)
-                    await send({"type": "http.response.body", "body": block, "more_body": True})
                     if end:
+                        last = block
                         break
+                    await send({"type": "http.response.body", "body": block, "more_body": True})
                 else:
-                    block = relay.end()
-                    if block:
-                        await send({"type": "http.response.body", "body": block, "more_body": True})
+                    last = relay.end()
             except UpstreamError as exc:
-                await send({"type": "http.response.body", "body": relay.fail(exc), "more_body": True})
+                last = relay.fail(exc)
             watch.close()
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await send({"type": "http.response.body", "body": last, "more_body": False})
         except asyncio.CancelledError:
             if not watch.gone():
                 raise
