@@ -14,7 +14,8 @@ after the other but in interleaved rounds (--rounds, the order rotating each rou
 latency run is split into slices spread over the whole run, and its percentiles are taken over all of
 its requests pooled (the p99 of all 1,000, not a median of slices); each saturation run is split the
 same way, its req/s is the total over its slices, and the ratios against the pass-through are also
-given as the median of the per-round ratios (each from runs seconds apart). Same rate, same
+given as the median of the per-round ratios (each from runs seconds apart). After each slice the run
+waits until that target's processes are quiet (a backlog must not weigh on the next). Same rate, same
 connections, same total requests per target as one sequential run: only the order changes. LiteLLM is installed for the benchmark only, in its own venv:
 `python3 -m venv /tmp/litellm-venv && /tmp/litellm-venv/bin/pip install 'litellm[proxy]'`.
 `bench/gateway.py passthrough --port P --upstream URL` is the reference pass-through server itself.
@@ -456,6 +457,17 @@ def main() -> int:  # noqa: PLR0915 - one straight script
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def settle(pids: list[int], most: float = 15.0) -> None:
+    """Wait until a target's processes are quiet again: one still working off a backlog (LiteLLM past
+    saturation answers for seconds after the load stopped) must not weigh on the next target's slice."""
+    deadline = time.monotonic() + most
+    while time.monotonic() < deadline:
+        cpu0 = tree_cpu(pids)
+        time.sleep(0.25)
+        if tree_cpu(pids) - cpu0 < 0.025:  # under a tenth of a core
+            return
+
+
 def measure(
     targets: dict[str, tuple[str, dict[str, str], list[int]]],
     args: argparse.Namespace,
@@ -479,10 +491,11 @@ def measure(
         slices: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
         for r in range(rounds):
             for name in order(r):
-                url, headers, _ = targets[name]
+                url, headers, pids = targets[name]
                 slices[name].append(
                     asyncio.run(open_loop(url, headers, body(stream), args.rate, args.seconds / rounds))
                 )
+                settle(pids)
         for name in names:
             res[name][mode] = pooled(slices[name])
             print(f"   {name:12s} {mode:6s} @ {args.rate:g}/s: {res[name][mode]}", flush=True)
@@ -497,6 +510,7 @@ def measure(
                 sat = wrk(url, headers, body(stream), sat_slice, tmp)
                 sat["cpu_s"] = tree_cpu(pids) - cpu0
                 per_round[name].append(sat)
+                settle(pids)
         for name in names:
             runs = per_round[name]
             requests = sum(x["requests"] for x in runs)
