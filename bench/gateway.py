@@ -15,8 +15,11 @@ latency run is split into slices spread over the whole run, and its percentiles 
 its requests pooled (the p99 of all 1,000, not a median of slices); each saturation run is split the
 same way, its req/s is the total over its slices, and the ratios against the pass-through are also
 given as the median of the per-round ratios (each from runs seconds apart). After each slice the run
-waits until that target's processes are quiet (a backlog must not weigh on the next). Same rate, same
-connections, same total requests per target as one sequential run: only the order changes. LiteLLM is installed for the benchmark only, in its own venv:
+waits until that target's processes are quiet (a backlog must not weigh on the next). The load is as
+in one sequential run (same rate, same requests per latency run, same wrk connections); only the order
+changes, and saturation runs for 12 s per target and mode in all (3 s slices) instead of 8.
+
+LiteLLM is installed for the benchmark only, in its own venv:
 `python3 -m venv /tmp/litellm-venv && /tmp/litellm-venv/bin/pip install 'litellm[proxy]'`.
 `bench/gateway.py passthrough --port P --upstream URL` is the reference pass-through server itself.
 """

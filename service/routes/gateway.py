@@ -243,6 +243,21 @@ async def chat_openai(request: Request) -> Response:
     return await chat_openai_body(request)
 
 
+class _Request(Request):
+    """Starlette's Request with its headers read into a dict once: Headers.get scans the whole list at
+    each call, and a chat reads seven headers (~6 us saved). The first of a repeated name wins, as in
+    Headers.get; only .get is used on the fast path."""
+
+    @property
+    def headers(self) -> Any:
+        try:
+            return self._fast_headers
+        except AttributeError:
+            raw = self.scope["headers"]
+            self._fast_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(raw)}
+            return self._fast_headers
+
+
 class FastPath:
     """Serves the three gateway routes ahead of FastAPI: no Starlette middleware, routing, dependency
     injection or request parsing (app.py's AttuneApp calls it first for every request); every other
@@ -273,7 +288,7 @@ class FastPath:
         scope["app"] = self.app  # what Starlette sets: Request.app reads it
         handler, name = route
         try:
-            response = await handler(Request(scope, receive))
+            response = await handler(_Request(scope, receive))
         except AttuneError as exc:
             response = _error_reply(exc)
         except Exception as exc:  # noqa: BLE001 - rendered as app.py's 500 handler renders it
@@ -405,8 +420,9 @@ def _count_error(stats: StatsBuffer, app: str, err: UpstreamError) -> None:
 
 class SSEResponse(Response):
     """Passes the stream through as it arrives; a client that disconnects cancels the upstream request
-    at once (the Watch armed when the chat went upstream), even while M2-her is silent. The batches of the upstream stream go
-    through the relay in this loop (no generator between them: one fewer async layer per chunk)."""
+    at once (the Watch armed when the chat went upstream), even while M2-her is silent. The batches of
+    the upstream stream go through the relay in this loop (no generator between them: one fewer async
+    layer per chunk)."""
 
     media_type = "text/event-stream"
 
