@@ -40,7 +40,8 @@ class _Coalescing:
         held = self._held
         if held is not None:
             self._held = None
-            self._transport.write(held)
+            if not self._transport.is_closing():  # the client left meanwhile: nothing to write to
+                self._transport.write(held)
 
     def writelines(self, data: Any) -> None:
         self._flush()

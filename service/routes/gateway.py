@@ -358,12 +358,12 @@ class Watch:
     first byte. One task awaits `receive` (after the body was read it returns only http.disconnect);
     a done callback, not a coroutine looping on it, so the watcher costs one task step per chat."""
 
-    __slots__ = ("task", "watcher", "receive", "disconnected", "armed")
+    __slots__ = ("task", "watcher", "disconnected", "armed")
 
     def __init__(self, receive: Callable[[], Any]) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self.task, self.receive = task, receive
+        self.task = task
         self.disconnected, self.armed = False, True
         self.watcher: asyncio.Future[Any] = asyncio.ensure_future(receive())
         self.watcher.add_done_callback(self._done)
@@ -374,9 +374,8 @@ class Watch:
         if watcher.result()["type"] == "http.disconnect":
             self.disconnected = True
             self.task.cancel()
-        else:  # not expected once the body was read; keep watching all the same
-            self.watcher = asyncio.ensure_future(self.receive())
-            self.watcher.add_done_callback(self._done)
+        # Anything else (a server or middleware that replays the body) ends the watch: asking again
+        # could spin on a receive that never waits.
 
     def gone(self) -> bool:
         """For a CancelledError caught in the watched task: True (and the cancel undone) if it came from

@@ -28,6 +28,9 @@ class FakeTransport:
     def close(self) -> None:
         self.closed = True
 
+    def is_closing(self) -> bool:
+        return self.closed
+
     def get_extra_info(self, name: str) -> str:
         return f"info:{name}"
 
@@ -54,6 +57,12 @@ async def test_a_head_alone_goes_out_at_the_end_of_the_turn_and_before_a_close()
     c.write(HEAD)
     c.close()
     assert t.sends[-1] == HEAD and t.closed
+    gone = FakeTransport()
+    c = _Coalescing(gone, asyncio.get_running_loop())  # type: ignore[arg-type]
+    c.write(HEAD)
+    gone.closed = True  # the client left before the turn ended: the head is dropped, not written
+    await asyncio.sleep(0)
+    assert gone.sends == []
 
 
 def test_answers_through_the_served_protocol_are_whole(api: ApiServer) -> None:
