@@ -1,13 +1,25 @@
 """Gateway overhead: the same load to the M2-her stand-in directly, through Attune, through a minimal
 aiohttp pass-through and through LiteLLM's proxy, in one run.
 
-    .venv/bin/python bench/gateway.py [--rate 100] [--seconds 10] [--sat-seconds 8] [--procs 2]
+    .venv/bin/python bench/gateway.py [--rate 100] [--seconds 10] [--sat-seconds 12] [--rounds 4] [--procs 2]
                                       [--litellm /tmp/litellm-venv/bin/litellm] [--json out.json]
 
 Figures: latency p50/p99 at a fixed open-loop rate (non-streamed: whole reply; streamed: first byte
 and whole reply), added latency against the direct run, CPU microseconds per request (the proxy's
 processes, Redis apart) and per streamed chunk, and requests per second at saturation (wrk, 64
-connections), streamed and not. LiteLLM is installed for the benchmark only, in its own venv:
+connections), streamed and not.
+
+Noise: this machine is shared and its load shifts within seconds, so the targets are not measured one
+after the other but in interleaved rounds (--rounds, the order rotating each round): each target's
+latency run is split into slices spread over the whole run, and its percentiles are taken over all of
+its requests pooled (the p99 of all 1,000, not a median of slices); each saturation run is split the
+same way, its req/s is the total over its slices, and the ratios against the pass-through are also
+given as the median of the per-round ratios (each from runs seconds apart). After each slice the run
+waits until that target's processes are quiet (a backlog must not weigh on the next). The load is as
+in one sequential run (same rate, same requests per latency run, same wrk connections); only the order
+changes, and saturation runs for 12 s per target and mode in all (3 s slices) instead of 8.
+
+LiteLLM is installed for the benchmark only, in its own venv:
 `python3 -m venv /tmp/litellm-venv && /tmp/litellm-venv/bin/pip install 'litellm[proxy]'`.
 `bench/gateway.py passthrough --port P --upstream URL` is the reference pass-through server itself.
 """
@@ -27,7 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from statistics import quantiles
+from statistics import median, quantiles
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -214,6 +226,23 @@ async def open_loop(
         "p99": pct(total, 99),
         "ttfb_p50": pct(first, 50),
         "ttfb_p99": pct(first, 99),
+        "_total": total,
+        "_first": first,
+    }
+
+
+def pooled(slices: list[dict[str, Any]]) -> dict[str, Any]:
+    """One latency figure from a target's slices: percentiles over all their requests together."""
+    total = [x for s in slices for x in s["_total"]]
+    first = [x for s in slices for x in s["_first"]]
+    return {
+        "n": sum(s["n"] for s in slices),
+        "errors": sum(s["errors"] for s in slices),
+        "slices": len(slices),
+        "p50": pct(total, 50),
+        "p99": pct(total, 99),
+        "ttfb_p50": pct(first, 50),
+        "ttfb_p99": pct(first, 99),
     }
 
 
@@ -274,7 +303,10 @@ def main() -> int:  # noqa: PLR0915 - one straight script
     parser.add_argument("--upstream")
     parser.add_argument("--rate", type=float, default=100)
     parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--sat-seconds", type=float, default=8)
+    parser.add_argument("--sat-seconds", type=float, default=12, help="per target and mode, all rounds")
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="interleaved rounds the runs of each target are split into"
+    )
     parser.add_argument("--procs", type=int, default=2)
     parser.add_argument("--litellm", default="/tmp/litellm-venv/bin/litellm")
     parser.add_argument(
@@ -415,31 +447,7 @@ def main() -> int:  # noqa: PLR0915 - one straight script
         if only:
             targets = {k: v for k, v in targets.items() if k in only or k in ("direct", "baseline")}
 
-        for name, (url, headers, pids) in targets.items():
-            print(f"== {name}", flush=True)
-            asyncio.run(open_loop(url, headers, body(False), args.rate, 2))  # warm up
-            res: dict[str, Any] = {}
-            for stream in (False, True):
-                lat = asyncio.run(open_loop(url, headers, body(stream), args.rate, args.seconds))
-                res["stream" if stream else "json"] = lat
-                print(f"   {'stream' if stream else 'json  '} @ {args.rate:g}/s: {lat}", flush=True)
-            for stream in (False, True):
-                cpu0 = tree_cpu(pids)
-                sat = wrk(url, headers, body(stream), args.sat_seconds, tmp)
-                sat["cpu_us_per_request"] = round((tree_cpu(pids) - cpu0) / max(1, sat["requests"]) * 1e6, 1)
-                res["sat_stream" if stream else "sat_json"] = sat
-                print(f"   saturation {'stream' if stream else 'json  '}: {sat}", flush=True)
-            # CPU per streamed chunk: short and long replies at the same fixed rate.
-            per = {}
-            for length in (100, 1500):
-                cpu0 = tree_cpu(pids)
-                lat = asyncio.run(
-                    open_loop(url, headers, body(True, length), min(args.rate, 50), args.seconds / 2)
-                )
-                per[length] = (tree_cpu(pids) - cpu0) / max(1, lat["n"])
-            res["cpu_us_per_request_short_stream"] = round(per[100] * 1e6, 1)
-            res["cpu_us_per_request_long_stream"] = round(per[1500] * 1e6, 1)
-            results["targets"][name] = res
+        measure(targets, args, tmp, results)
         chunks = chunk_counts(standin)
         results["chunks_short"], results["chunks_long"] = chunks
         summarize(results, args)
@@ -450,6 +458,94 @@ def main() -> int:  # noqa: PLR0915 - one straight script
         procs.stop()
         redis.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def settle(pids: list[int], most: float = 15.0) -> None:
+    """Wait until a target's processes are quiet again: one still working off a backlog (LiteLLM past
+    saturation answers for seconds after the load stopped) must not weigh on the next target's slice."""
+    deadline = time.monotonic() + most
+    while time.monotonic() < deadline:
+        cpu0 = tree_cpu(pids)
+        time.sleep(0.25)
+        if tree_cpu(pids) - cpu0 < 0.025:  # under a tenth of a core
+            return
+
+
+def measure(
+    targets: dict[str, tuple[str, dict[str, str], list[int]]],
+    args: argparse.Namespace,
+    tmp: Path,
+    results: dict[str, Any],
+) -> None:
+    """Every figure of every target, in interleaved rounds (see the module's doc)."""
+    names = list(targets)
+    rounds = max(1, args.rounds)
+    res: dict[str, dict[str, Any]] = {n: {} for n in names}
+    for name, (url, headers, _) in targets.items():
+        print(f"== warm-up {name}", flush=True)
+        asyncio.run(open_loop(url, headers, body(False), args.rate, 2))
+
+    def order(r: int) -> list[str]:
+        k = r % len(names)
+        return names[k:] + names[:k]
+
+    for stream in (False, True):
+        mode = "stream" if stream else "json"
+        slices: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+        for r in range(rounds):
+            for name in order(r):
+                url, headers, pids = targets[name]
+                slices[name].append(
+                    asyncio.run(open_loop(url, headers, body(stream), args.rate, args.seconds / rounds))
+                )
+                settle(pids)
+        for name in names:
+            res[name][mode] = pooled(slices[name])
+            print(f"   {name:12s} {mode:6s} @ {args.rate:g}/s: {res[name][mode]}", flush=True)
+    sat_slice = max(1, round(args.sat_seconds / rounds))
+    for stream in (False, True):
+        mode = "sat_stream" if stream else "sat_json"
+        per_round: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+        for r in range(rounds):
+            for name in order(r):
+                url, headers, pids = targets[name]
+                cpu0 = tree_cpu(pids)
+                sat = wrk(url, headers, body(stream), sat_slice, tmp)
+                sat["cpu_s"] = tree_cpu(pids) - cpu0
+                per_round[name].append(sat)
+                settle(pids)
+        for name in names:
+            runs = per_round[name]
+            requests = sum(x["requests"] for x in runs)
+            res[name][mode] = {
+                "rps": round(requests / (sat_slice * len(runs)), 2),
+                "rps_per_round": [x["rps"] for x in runs],
+                "requests": requests,
+                "non_2xx": sum(x["non_2xx"] for x in runs),
+                "socket_errors": "; ".join(x["socket_errors"] for x in runs if x["socket_errors"]),
+                "cpu_us_per_request": round(sum(x["cpu_s"] for x in runs) / max(1, requests) * 1e6, 1),
+            }
+            print(f"   {name:12s} saturation {mode[4:]:6s}: {res[name][mode]}", flush=True)
+        results.setdefault("rounds", {})[mode] = {n: [x["rps"] for x in per_round[n]] for n in names}
+    for name, (url, headers, pids) in targets.items():
+        # CPU per streamed chunk: short and long replies at the same fixed rate.
+        per = {}
+        for length in (100, 1500):
+            cpu0 = tree_cpu(pids)
+            lat = asyncio.run(
+                open_loop(url, headers, body(True, length), min(args.rate, 50), args.seconds / 2)
+            )
+            per[length] = (tree_cpu(pids) - cpu0) / max(1, lat["n"])
+        res[name]["cpu_us_per_request_short_stream"] = round(per[100] * 1e6, 1)
+        res[name]["cpu_us_per_request_long_stream"] = round(per[1500] * 1e6, 1)
+    results["targets"] = res
+
+
+def round_ratio(results: dict[str, Any], mode: str, a: str, b: str) -> float:
+    """The median over rounds of a's req/s over b's in the same round."""
+    rounds = results.get("rounds", {}).get(mode, {})
+    pairs = [x / y for x, y in zip(rounds.get(a, []), rounds.get(b, []), strict=False) if y]
+    return median(pairs) if pairs else float("nan")
 
 
 def chunk_counts(standin: str) -> tuple[float, float]:
@@ -502,7 +598,9 @@ def summarize(results: dict[str, Any], args: argparse.Namespace) -> None:
         print(
             f"attune/litellm rps json {a['sat_json']['rps'] / lt['sat_json']['rps']:.1f}x (goal >= 10x), "
             f"stream {a['sat_stream']['rps'] / lt['sat_stream']['rps']:.1f}x; added p99 json "
-            f"{a['summary']['added_p99_json']} vs {lt['summary']['added_p99_json']} ms (goal <= 1/5)"
+            f"{a['summary']['added_p99_json']} vs {lt['summary']['added_p99_json']} ms (goal <= 1/5); "
+            f"median of rounds: json {round_ratio(results, 'sat_json', 'attune', 'litellm'):.1f}x, "
+            f"stream {round_ratio(results, 'sat_stream', 'attune', 'litellm'):.1f}x"
         )
     b = t.get("baseline")
     if a and b:
@@ -515,12 +613,16 @@ def summarize(results: dict[str, Any], args: argparse.Namespace) -> None:
     if b and pt:
         print(
             f"baseline/passthrough rps json {b['sat_json']['rps'] / pt['sat_json']['rps']:.2f}, "
-            f"stream {b['sat_stream']['rps'] / pt['sat_stream']['rps']:.2f}"
+            f"stream {b['sat_stream']['rps'] / pt['sat_stream']['rps']:.2f}; median of rounds: json "
+            f"{round_ratio(results, 'sat_json', 'baseline', 'passthrough'):.2f}, "
+            f"stream {round_ratio(results, 'sat_stream', 'baseline', 'passthrough'):.2f}"
         )
     if a and pt:
         print(
             f"attune/passthrough rps json {a['sat_json']['rps'] / pt['sat_json']['rps']:.2f} (goal >= 0.5), "
-            f"stream {a['sat_stream']['rps'] / pt['sat_stream']['rps']:.2f}"
+            f"stream {a['sat_stream']['rps'] / pt['sat_stream']['rps']:.2f}; median of rounds: json "
+            f"{round_ratio(results, 'sat_json', 'attune', 'passthrough'):.2f}, "
+            f"stream {round_ratio(results, 'sat_stream', 'attune', 'passthrough'):.2f}"
         )
     print(
         f"chunks per streamed reply: short {results['chunks_short']:.1f}, long {results['chunks_long']:.1f}"

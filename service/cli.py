@@ -16,6 +16,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn  # noqa: PLC0415
 
     from service.embedded import EmbeddedRedis  # noqa: PLC0415
+    from service.http import CoalescingHttpTools  # noqa: PLC0415
     from service.settings import get_settings  # noqa: PLC0415
 
     settings = get_settings()
@@ -35,7 +36,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         uvicorn.run(
             "service.app:app_from_env", factory=True, host=args.host or settings.host, port=args.port or settings.port,
-            workers=args.workers, loop="uvloop", http="httptools", access_log=False, log_level="info",
+            workers=args.workers, loop="uvloop", http=CoalescingHttpTools, access_log=False, log_level="info",
             timeout_graceful_shutdown=10,
         )
     finally:

@@ -552,8 +552,13 @@ class LeanRedis:
             if fresh:
                 proto = await self._connect()
             try:
-                async with asyncio.timeout(self.TIMEOUT):
-                    reply = await proto.call(packed)  # type: ignore[union-attr]
+                future = proto.call(packed)  # type: ignore[union-attr]
+                # A timer on the reply's future: an asyncio.timeout context per call costs more.
+                timer = asyncio.get_running_loop().call_later(self.TIMEOUT, _expire, future)
+                try:
+                    reply = await future
+                finally:
+                    timer.cancel()
                 break
             except TimeoutError:
                 # A stalled connection is never trusted again: the calls queued on it fail now, and the
@@ -612,6 +617,11 @@ class LeanRedis:
                 proto.close()  # never leak the socket of a half-made connection
             raise
         return proto
+
+
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError("Redis sent no reply in time"))
 
 
 class _Resp(asyncio.Protocol):

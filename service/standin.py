@@ -302,7 +302,12 @@ class StandIn:
         }
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         if not body.get("stream"):
+            entry.update(disconnected=False, completed=False)
             await self._sleep(self.config["first_byte_ms"])
+            if request.transport is None or request.transport.is_closing():
+                entry["disconnected"] = True  # the caller hung up while the reply was being "generated"
+            else:
+                entry["completed"] = True
             return web.Response(
                 body=orjson.dumps(self._full(base, name, reply, usage)), content_type="application/json"
             )
@@ -351,10 +356,13 @@ class StandIn:
         entry: dict[str, Any],
     ) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        await self._sleep(self.config["first_byte_ms"])
-        await resp.prepare(request)
         pieces = _chunks(reply["text"], self.rng)
         entry.update(chunks_total=len(pieces), chunks_sent=0, disconnected=False, completed=False)
+        await self._sleep(self.config["first_byte_ms"])
+        if request.transport is None or request.transport.is_closing():
+            entry["disconnected"] = True  # the caller hung up before the first byte
+            return resp
+        await resp.prepare(request)
         error_after = fault.get("stream_error_after")
         drop_after = fault.get("drop_after")
         try:

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import orjson
 from httpx_aiohttp import AiohttpTransport
+from httpx_aiohttp.transport import map_aiohttp_exceptions
 
 from service.settings import UpstreamRetry, UpstreamTimeout
 
@@ -212,25 +213,29 @@ class Stream:
             self.raw = None
             yield self.first
             self.first = []
+        watchdog = _Watchdog(self.idle) if self.idle is not None else None
         try:
             while True:
-                if self.idle is None:
+                if watchdog is None:
                     chunk = await anext(self.chunks, None)
                 else:
-                    async with asyncio.timeout(self.idle):
-                        chunk = await anext(self.chunks, None)
+                    watchdog.since = watchdog.loop.time()
+                    chunk = await anext(self.chunks, None)
+                    watchdog.since = None
                 if chunk is None:
                     break
                 events = self._feed(chunk)
                 if events:
                     yield events
-        except TimeoutError as exc:
+        except asyncio.CancelledError:
+            if watchdog is None or not watchdog.expired():
+                raise
             raise UpstreamError(
                 1001,
                 f"M2-her went silent for over {self.idle:g} s mid-reply (1001)",
                 code="upstream_timeout",
                 retryable=False,
-            ) from exc
+            ) from None
         except httpx.HTTPError as exc:
             raise UpstreamError(
                 1000,
@@ -238,6 +243,9 @@ class Stream:
                 code="upstream_stream_broken",
                 retryable=False,
             ) from exc
+        finally:
+            if watchdog is not None:
+                watchdog.handle.cancel()
         tail = self._feed(b"\n\n") if self.buffer.strip() else []
         if tail:
             yield tail
@@ -354,43 +362,45 @@ class Upstream:
             "POST", url, headers=self._headers, content=orjson.dumps(body), extensions=self._extensions
         )
         response: httpx.Response | None = None
+        deadline = _Deadline(self.timeout.first_byte)
         try:
-            async with asyncio.timeout(self.timeout.first_byte):
-                response = await self._send(request)
-                if response.status_code != 200:
-                    raw = await _read_capped(response)
-                    raise http_error(response.status_code, raw, response.headers.get("retry-after"))
-                is_sse = response.headers.get("content-type", "").startswith("text/event-stream")
-                if not stream or not is_sse:
-                    raw = await _read_capped(response, limit=None)
-                    parsed = _json(raw)
-                    err = base_resp_error(parsed)
-                    if err is not None:
-                        raise err
-                    if stream:  # a JSON answer to a stream request: relay it as a one-event stream
-                        return Stream(response, _empty(), [raw], first_byte_s=time.perf_counter() - start)
-                    return raw, parsed
-                chunks = _body(response)
-                out = Stream(response, chunks, [], idle=self._idle)
-                while not out.first:
-                    chunk = await anext(chunks, None)
-                    if chunk is None:
-                        raise UpstreamError(1000, "M2-her closed the stream before sending anything (1000)")
-                    out.first = [p for p in out._feed(chunk) if p != b"[DONE]"]
-                err = base_resp_error(_json(out.first[0]))
+            response = await self._send(request)
+            if response.status_code != 200:
+                raw = await _read_capped(response)
+                raise http_error(response.status_code, raw, response.headers.get("retry-after"))
+            is_sse = response.headers.get("content-type", "").startswith("text/event-stream")
+            if not stream or not is_sse:
+                raw = await _read_all(response)
+                parsed = _json(raw)
+                err = base_resp_error(parsed)
                 if err is not None:
                     raise err
-                out.first_byte_s = time.perf_counter() - start
-                response = None  # handed over to the Stream
-                return out
-        except TimeoutError as exc:
+                if stream:  # a JSON answer to a stream request: relay it as a one-event stream
+                    return Stream(response, _empty(), [raw], first_byte_s=time.perf_counter() - start)
+                return raw, parsed
+            chunks = _body(response)
+            out = Stream(response, chunks, [], idle=self._idle)
+            while not out.first:
+                chunk = await anext(chunks, None)
+                if chunk is None:
+                    raise UpstreamError(1000, "M2-her closed the stream before sending anything (1000)")
+                out.first = [p for p in out._feed(chunk) if p != b"[DONE]"]
+            err = base_resp_error(_json(out.first[0]))
+            if err is not None:
+                raise err
+            out.first_byte_s = time.perf_counter() - start
+            response = None  # handed over to the Stream
+            return out
+        except asyncio.CancelledError:
+            if not deadline.expired():
+                raise
             raise UpstreamError(
                 1001,
                 f"M2-her sent no first byte within {self.timeout.first_byte:g} s; "
                 "retry later, or raise first_byte in ATTUNE_UPSTREAM_TIMEOUT (1001)",
                 code="upstream_timeout",
                 retryable=False,
-            ) from exc
+            ) from None
         except httpx.ConnectTimeout as exc:  # the aiohttp transport reports a refused connection this way too
             raise UpstreamError(
                 1000,
@@ -412,8 +422,65 @@ class Upstream:
                 retryable=True,
             ) from exc
         finally:
+            deadline.cancel()
             if response is not None:
                 await response.aclose()
+
+
+class _Deadline:
+    """asyncio.timeout's job for one call, for less CPU (no context manager, no rescheduling): a timer
+    that cancels the task; expired() tells, where the CancelledError is caught, whether it was ours."""
+
+    __slots__ = ("task", "base", "fired", "handle")
+
+    def __init__(self, delay: float) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.task, self.base, self.fired = task, task.cancelling(), False
+        self.handle = asyncio.get_running_loop().call_later(delay, self._fire)
+
+    def _fire(self) -> None:
+        self.fired = True
+        self.task.cancel()
+
+    def expired(self) -> bool:
+        """True if the deadline cancelled the task (the cancel is then undone); False for any other
+        cancel, or when another came on top of ours (as asyncio.timeout decides)."""
+        self.handle.cancel()
+        return self.fired and self.task.uncancel() <= self.base
+
+    def cancel(self) -> None:
+        self.handle.cancel()
+
+
+class _Watchdog:
+    """The silence limit between chunks, one timer per stream instead of an asyncio.timeout per chunk:
+    the consumer notes when it starts waiting (`since`, None while it is not waiting: time spent writing
+    to a slow client is not M2-her's silence); the timer, when due, cancels the task if it has waited
+    `idle` seconds, else sets itself again for when that could next be true."""
+
+    __slots__ = ("task", "base", "fired", "handle", "idle", "loop", "since")
+
+    def __init__(self, idle: float) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.task, self.base, self.fired, self.idle = task, task.cancelling(), False, idle
+        self.loop = asyncio.get_running_loop()
+        self.since: float | None = None
+        self.handle = self.loop.call_later(idle, self._check)
+
+    def _check(self) -> None:
+        now = self.loop.time()
+        if self.since is not None and now - self.since >= self.idle:
+            self.fired = True
+            self.task.cancel()
+            return
+        due = (self.since if self.since is not None else now) + self.idle
+        self.handle = self.loop.call_at(due, self._check)
+
+    def expired(self) -> bool:
+        self.handle.cancel()
+        return self.fired and self.task.uncancel() <= self.base
 
 
 def _body(response: httpx.Response) -> AsyncIterator[bytes]:
@@ -433,6 +500,18 @@ async def _read_capped(response: httpx.Response, limit: int | None = MAX_ERROR_B
         if limit is not None and size >= limit:
             break
     return b"".join(parts)
+
+
+async def _read_all(response: httpx.Response) -> bytes:
+    """A whole reply body: one read from the aiohttp response behind the httpx one when nothing needs
+    decoding (iterating the httpx stream costs two generator layers and a context per chunk)."""
+    inner = getattr(response.stream, "_aiohttp_response", None)
+    encoding = response.headers.get("content-encoding")
+    if inner is None or (encoding and encoding.strip().lower() != "identity"):
+        return await _read_capped(response, limit=None)
+    with map_aiohttp_exceptions():  # aiohttp's errors as httpx's, as the stream would raise them
+        body: bytes = await inner.read()
+    return body
 
 
 def _json(raw: bytes) -> Any:

@@ -25,6 +25,7 @@ import uvicorn
 
 from service.app import create_app
 from service.embedded import EmbeddedRedis
+from service.http import CoalescingHttpTools
 from service.settings import Settings
 
 ADMIN_KEY = "test-admin-key-0123456789"
@@ -98,7 +99,10 @@ class ThreadServer:
     """A real uvicorn server on loopback, in a thread of the test process."""
 
     def __init__(self, app: Any, port: int) -> None:
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        # The HTTP protocol `attune serve` runs (service/http.py), so every API test goes through it.
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", http=CoalescingHttpTools
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

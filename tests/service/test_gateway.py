@@ -285,6 +285,30 @@ def test_client_disconnect_stops_the_upstream_request(
     assert ev["reply"]["finish_reason"] == "client_disconnected" and ev["conditioning"] is None
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_client_disconnect_before_the_reply_stops_the_upstream_request(
+    api: ApiServer, si: StandIn, redis_sync: redis.Redis, stream: bool
+) -> None:
+    """A non-streamed chat (or a streamed one before its first byte) whose app hangs up: the upstream
+    request is cancelled instead of running to its end, nothing is recorded, and the server goes on."""
+    si.config.update(first_byte_ms=600)
+    body = {"model": "M2-her", "messages": MESSAGES, "stream": stream}
+    with api.client(api.app_key()) as c, pytest.raises(httpx.ReadTimeout):
+        c.post("/v1/chat/completions", headers=headers(), json=body, timeout=httpx.Timeout(5, read=0.2))
+    entry = si.log[-1]
+    deadline = time.monotonic() + 3
+    while not (entry.get("disconnected") or entry.get("completed")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert entry["disconnected"] and not entry["completed"]
+    si.config.update(first_byte_ms=0)
+    with api.client(api.app_key()) as c:
+        r = c.post("/v1/chat/completions", headers=headers(), json=body)
+    assert r.status_code == 200 and si.log[-1]["completed"]
+    assert r.headers["x-attune-reply-id"]
+    recorded(redis_sync, r.headers["x-attune-reply-id"])
+    assert len(si.log) == 2  # the hung-up chat was not retried either
+
+
 def test_slow_upstream_hits_the_first_byte_timeout_with_a_clear_error(api: ApiServer, si: StandIn) -> None:
     si.faults.append({"delay_ms": 3000})
     start = time.monotonic()

@@ -265,6 +265,45 @@ async def test_silence_mid_stream_is_an_idle_timeout() -> None:
     assert "silent" in info.value.message and info.value.minimax_code == 1001
 
 
+async def test_a_slow_reader_is_not_taken_for_upstream_silence() -> None:
+    """The idle limit counts only the time spent waiting for M2-her: a consumer that takes longer than
+    it between chunks (a slow client) gets the whole reply, and a cancel not from the limit stays one."""
+
+    async def steady() -> AsyncIterator[bytes]:
+        for _ in range(4):
+            yield sse(CHUNK)
+            await asyncio.sleep(0.02)
+
+    up = client(lambda r: sse_response(steady()), timeout=UpstreamTimeout(first_byte=1.0, idle=0.15))
+    stream = await up.stream(OPENAI_PATH, {**BODY, "stream": True})
+    got = 0
+    async for batch in stream.batches():
+        got += len(batch)
+        await asyncio.sleep(0.3)  # twice the idle limit, spent outside the wait for M2-her
+    await stream.aclose()
+    assert got == 4
+
+    async def stalls() -> AsyncIterator[bytes]:
+        yield sse(CHUNK)
+        await asyncio.sleep(5)
+        yield sse(CHUNK)
+
+    up = client(lambda r: sse_response(stalls()), timeout=UpstreamTimeout(first_byte=1.0, idle=5.0))
+    stream = await up.stream(OPENAI_PATH, {**BODY, "stream": True})
+
+    async def drain() -> None:
+        async for _ in stream.batches():
+            pass
+
+    task = asyncio.create_task(drain())
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await stream.aclose()
+    await up.aclose()
+
+
 async def test_connection_errors_are_translated() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused")
