@@ -67,6 +67,7 @@ return 1
 """
 COMMIT = Script(COMMIT_LUA)
 YIELD_SECONDS = 0.05
+ESTIMATE_CHUNK = 256  # users per batched estimate: big enough to batch well, short enough to yield between
 
 
 @dataclass
@@ -150,6 +151,7 @@ class Applier:
         self.cache: OrderedDict[tuple[str, str], Cached] = OrderedDict()
         self._cache_bytes = 0
         self._script_loaded = False
+        self._tick = time.perf_counter()  # when the loop last yielded to other tasks (see _yield)
 
     def population(self, app: str) -> Population:
         pop = self.populations.get(app)
@@ -205,6 +207,12 @@ class Applier:
                 w.poison[w.events[i][0]] = f"applying it raised {type(exc).__name__}: {exc}"[:500]
         return self._compute(w, raw, tomb, now_ms, sweep, None)
 
+    async def _yield(self) -> None:
+        """Let the heartbeat that renews the leases run when this batch has held the loop YIELD_SECONDS."""
+        if time.perf_counter() - self._tick > YIELD_SECONDS:
+            await asyncio.sleep(0)
+            self._tick = time.perf_counter()
+
     async def _round(self, work: list[UserWork], sweep: bool) -> list[UserWork]:
         hits = {id(w): self._take((w.app, w.user_id)) for w in work}
         need = [w for w in work if hits[id(w)] is None]
@@ -216,23 +224,68 @@ class Applier:
             for w, (raw, tomb) in zip(need, await pipe.execute(), strict=True):
                 loaded[id(w)] = (raw, tomb)
         now_ms = int(time.time() * 1000)
-        commits = []
-        tick = time.perf_counter()
+        self._tick = time.perf_counter()
+        # Three passes: every user's events, then the estimates of all who need one together (their grid
+        # posteriors are computed at once, see models/profile.py estimate_many), then the documents. A user
+        # whose update raises anywhere is redone alone from the stored bytes to isolate the culprit event.
+        done: dict[int, dict[str, Any] | None] = {}
+        ctxs: dict[int, dict[str, Any]] = {}
         for w in work:
-            if time.perf_counter() - tick > YIELD_SECONDS:
-                await asyncio.sleep(0)  # a large batch must not hold up the heartbeat that renews the leases
-                tick = time.perf_counter()
+            await self._yield()
             hit = hits[id(w)]
+            raw, tomb = (hit.body, hit.tomb) if hit is not None else loaded[id(w)]
+            try:
+                ctx = self._advance(w, raw, tomb, now_ms, sweep, hit.state if hit is not None else None)
+            except Exception:  # noqa: BLE001 - redone alone, from the stored bytes (the state may be half-changed)
+                done[id(w)] = self._compute_isolating(w, raw, tomb, now_ms, sweep, None)
+                continue
+            if ctx is None:
+                done[id(w)] = None
+            else:
+                ctxs[id(w)] = ctx
+        due = [ctx for ctx in ctxs.values() if ctx["due"]]
+        for i in range(0, len(due), ESTIMATE_CHUNK):
+            await self._yield()
+            chunk = due[i:i + ESTIMATE_CHUNK]
+            try:
+                ests = pm.estimate_many([(ctx["state"]["closed"], ctx["pop"], ctx["state"]["msg"], None)
+                                         for ctx in chunk])
+            except Exception:  # noqa: BLE001 - one user's bad data: estimate each alone to find whose
+                ests = []
+                for ctx in chunk:
+                    try:
+                        ests.append(pm.estimate(ctx["state"]["closed"], ctx["pop"], ctx["state"]["msg"]))
+                    except Exception:  # noqa: BLE001
+                        ests.append(None)
+            for ctx, est in zip(chunk, ests, strict=True):
+                if est is None:
+                    ctx["failed"] = True
+                else:
+                    self._store_estimate(ctx["state"], est)
+        for w in work:
+            ctx = ctxs.get(id(w))
+            if ctx is None:
+                continue
+            await self._yield()
+            if not ctx.get("failed"):
+                try:
+                    done[id(w)] = self._complete(ctx)
+                    continue
+                except Exception:  # noqa: BLE001 - redone alone below
+                    pass
+            hit = hits[id(w)]
+            raw, tomb = (hit.body, hit.tomb) if hit is not None else loaded[id(w)]
+            done[id(w)] = self._compute_isolating(w, raw, tomb, now_ms, sweep, None)
+        commits = []
+        for w in work:
+            c, hit = done[id(w)], hits[id(w)]
             if hit is not None:
-                c = self._compute_isolating(w, hit.body, hit.tomb, now_ms, sweep, hit.state)
                 if c is None:  # nothing to commit; the object may carry uncommitted changes: keep the bytes only
                     self._keep((w.app, w.user_id), Cached(hit.version, hit.tomb, hit.body, None, hit.recent_ids,
                                                           hit.recent, hit.partition))
                     continue
                 c["recent_ops"] = _recent_ops(hit.recent_ids, hit.recent, c["recent_ids"], c["recent"])
             else:
-                raw, tomb = loaded[id(w)]
-                c = self._compute_isolating(w, raw, tomb, now_ms, sweep, None)
                 if c is None:
                     continue
                 c["recent_ops"] = (1, c["recent"], [], -1)
@@ -268,6 +321,18 @@ class Applier:
 
     def _compute(self, w: UserWork, raw: bytes | None, tomb: bytes | None, now_ms: int, sweep: bool,
                  cached_state: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """One user's update start to end (the path that isolates a failing event): None if nothing to commit."""
+        ctx = self._advance(w, raw, tomb, now_ms, sweep, cached_state)
+        if ctx is None:
+            return None
+        if ctx["due"]:
+            self._store_estimate(ctx["state"], pm.estimate(ctx["state"]["closed"], ctx["pop"], ctx["state"]["msg"]))
+        return self._complete(ctx)
+
+    def _advance(self, w: UserWork, raw: bytes | None, tomb: bytes | None, now_ms: int, sweep: bool,
+                 cached_state: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """Apply the user's events to their state; None if there is nothing to commit, else what _complete needs
+        ("due": the estimate must be recomputed first)."""
         if cached_state is not None:
             version, state = int(raw.partition(b"|")[0]) if raw else 0, cached_state
         else:
@@ -300,11 +365,16 @@ class Applier:
                 self.stats.add(w.app, "denoise:deleted", skipped_deleted)
             return None
         feats = pm.update_trust(state, pop)
-        est = state.get("est")
-        if est is None or ap.amended_repeats or (ap.closed_now and self._due(state)):
-            est = self._estimate(state, pop)
-        version += 1
-        updated = _format_time(now_ms)
+        due = state.get("est") is None or bool(ap.amended_repeats) or bool(ap.closed_now and self._due(state))
+        return {"work": w, "state": state, "pop": pop, "ap": ap, "feats": feats, "version": version, "tomb": tomb,
+                "now_ms": now_ms, "applied": applied, "deleted": skipped_deleted, "due": due}
+
+    def _complete(self, ctx: dict[str, Any]) -> dict[str, Any]:
+        """The documents and the commit of an advanced user whose estimate is current."""
+        w, state, pop, ap, tomb = ctx["work"], ctx["state"], ctx["pop"], ctx["ap"], ctx["tomb"]
+        est = state["est"]
+        version = ctx["version"] + 1
+        updated = _format_time(ctx["now_ms"])
         doc = pm.profile_document(w.app, w.user_id, None, version, updated, state, est, state["replies"], state["n"])
         char_keys, char_docs = [], []
         for cid, recs in pm.characters_ready(state).items():
@@ -317,12 +387,12 @@ class Applier:
             state["chars"] = sorted(set(state["chars"]) | {k.rsplit(":", 1)[1] for k in char_keys})
         old_hist = state["hist"]
         state["hist"] = pm.hist_buckets(doc)
-        state["sum"] = pm.summary(state, est, feats)
+        state["sum"] = pm.summary(state, est, ctx["feats"])
         items = pm.recent_items(state)
         body = str(version).encode() + b"|" + orjson.dumps(state, default=_default)
         return {
             "work": w, "state": state, "closed": ap.closed_now, "amended": ap.amended_repeats,
-            "discounted": ap.discounted, "applied": applied, "deleted": skipped_deleted,
+            "discounted": ap.discounted, "applied": ctx["applied"], "deleted": ctx["deleted"],
             "old_hist": old_hist, "new_hist": state["hist"], "has_open": bool(state["open"]),
             "version": version, "tomb": tomb, "body": body,
             "recent_ids": [item["reply_id"] for item in items], "recent": [orjson.dumps(item) for item in items],
@@ -339,8 +409,8 @@ class Applier:
         state["est_stale"] = since
         return closed < 30 or since >= 3 or since < 0
 
-    def _estimate(self, state: dict[str, Any], pop: Population) -> dict[str, Any]:
-        est = pm.estimate(state["closed"], pop, state["msg"])
+    @staticmethod
+    def _store_estimate(state: dict[str, Any], est: dict[str, Any]) -> dict[str, Any]:
         state["est"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in est.items()}
         state["est_n"] = len(state["closed"])
         state["est_stale"] = 0

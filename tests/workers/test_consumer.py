@@ -121,6 +121,28 @@ def test_poison_entry_goes_to_dead_letters_and_partition_flows(redis_url: str, t
     assert redis_sync.xpending(keys.stream(p), keys.CONSUMER_GROUP)["pending"] == 0
 
 
+def test_an_event_that_breaks_the_batched_estimate_is_dead_lettered_alone(redis_url: str, tmp_path: Any,
+                                                                            redis_sync: redis.Redis) -> None:
+    s = _settings(redis_url, tmp_path)
+    users = [f"est{i}" for i in range(6)]
+    run(ingest(s, "demo", [e for i, u in enumerate(users) for e in session(u, 4, seed=i)]))
+    p = keys.partition_of("demo", "est1", s.partitions)
+    # Valid enough to pass parsing; its reply's length is text, which only the estimate trips over once the
+    # repeat closes the reply.
+    bad = {"app": "demo", "user_id": "est1", "type": "reply_shown", "reply_id": "bad", "session_id": "s9",
+           "t": 1_764_000_500_000, "rt": 1_764_000_500_000, "reply": {"chars": "long"}}
+    redis_sync.xadd(keys.stream(p), {"e": orjson.dumps(bad)})
+    redis_sync.xadd(keys.stream(p), {"e": orjson.dumps({**bad, "type": "repeat", "t": bad["t"] + 5000})})
+    run(drain(s))
+    dead = redis_sync.xrange(keys.dead_letters(p))
+    assert len(dead) == 1 and "TypeError" in dead[0][1][b"reason"].decode()
+    for u in users:
+        doc = _profile(redis_sync, u)
+        assert doc is not None
+        assert doc["evidence"]["events_used"] == (9 if u == "est1" else 8)  # est1: all but the repeat
+    assert redis_sync.xpending(keys.stream(p), keys.CONSUMER_GROUP)["pending"] == 0
+
+
 def test_entry_delivered_too_often_is_dead_lettered(redis_url: str, tmp_path: Any, redis_sync: redis.Redis) -> None:
     s = _settings(redis_url, tmp_path, worker_dead_letter_deliveries=2)
     run(ingest(s, "demo", session("u1", 2)))
@@ -247,13 +269,13 @@ def test_a_long_batch_lets_other_tasks_run(redis_url: str, tmp_path: Any, monkey
     run(ingest(s, "demo", [e for i in range(20) for e in session(f"u{i}", 3, seed=i)]))
     ticks = 0
     seen: list[int] = []  # the other task's progress at each user's update
-    compute = apply_mod.Applier._compute_isolating
+    advance = apply_mod.Applier._advance
 
     def spy(self: Any, *a: Any) -> Any:
         seen.append(ticks)
-        return compute(self, *a)
+        return advance(self, *a)
 
-    monkeypatch.setattr(apply_mod.Applier, "_compute_isolating", spy)
+    monkeypatch.setattr(apply_mod.Applier, "_advance", spy)
 
     async def go() -> None:
         async def other() -> None:  # stands for the heartbeat that renews the leases
