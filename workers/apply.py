@@ -26,6 +26,7 @@ from models.population import Population, RepeatModelTrainer
 from service import keys
 from service.store import Script, StatsBuffer
 from workers.errors import CommitConflict
+from workers.resp import Pipe, raise_first
 
 log = logging.getLogger("attune.worker")
 
@@ -92,7 +93,10 @@ def parse(partition: int, entry_id: Any, fields: Any) -> Entry:
     eid = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
     if not fields:
         return Entry(partition, eid, None, "entry has no fields (trimmed or empty)")
-    raw = fields.get(b"e") if b"e" in fields else fields.get("e")
+    if isinstance(fields, list):  # a raw reply (workers/resp.py): field, value, field, value, ...
+        raw = next((fields[i + 1] for i in range(0, len(fields) - 1, 2) if fields[i] == b"e"), None)
+    else:
+        raw = fields.get(b"e") if b"e" in fields else fields.get("e")
     if raw is None:
         return Entry(partition, eid, None, "entry has no 'e' field")
     try:
@@ -151,6 +155,8 @@ class Applier:
         self.cache: OrderedDict[tuple[str, str], Cached] = OrderedDict()
         self._cache_bytes = 0
         self._script_loaded = False
+        timeout = client.connection_pool.connection_kwargs.get("socket_timeout") or 10.0
+        self.pipe = Pipe(client, float(timeout))
         self._tick = time.perf_counter()  # when the loop last yielded to other tasks (see _yield)
 
     def population(self, app: str) -> Population:
@@ -218,11 +224,10 @@ class Applier:
         need = [w for w in work if hits[id(w)] is None]
         loaded: dict[int, tuple[bytes | None, bytes | None]] = {}
         if need:
-            pipe = self.redis.pipeline(transaction=False)
-            for w in need:
-                pipe.mget(keys.user_state(w.app, w.user_id), keys.deleted(w.app, w.user_id))
-            for w, (raw, tomb) in zip(need, await pipe.execute(), strict=True):
-                loaded[id(w)] = (raw, tomb)
+            replies = await self.pipe.execute([(b"MGET", keys.user_state(w.app, w.user_id),
+                                                keys.deleted(w.app, w.user_id)) for w in need])
+            for w, reply in zip(need, raise_first(replies), strict=True):
+                loaded[id(w)] = (reply[0], reply[1])
         now_ms = int(time.time() * 1000)
         self._tick = time.perf_counter()
         # Three passes: every user's events, then the estimates of all who need one together (their grid
@@ -292,20 +297,7 @@ class Applier:
             commits.append(c)
         if not commits:
             return []
-        if not self._script_loaded:  # else a fresh Redis answers a whole batch with NOSCRIPT, sent twice
-            await self.redis.script_load(COMMIT.source)
-            self._script_loaded = True
-        pipe = self.redis.pipeline(transaction=False)
-        for c in commits:
-            COMMIT.queue(pipe, c["keys"], _commit_args(c))
-        try:
-            results = await pipe.execute()
-        except NoScriptError:
-            await self.redis.script_load(COMMIT.source)
-            pipe = self.redis.pipeline(transaction=False)
-            for c in commits:
-                COMMIT.queue(pipe, c["keys"], _commit_args(c))
-            results = await pipe.execute()
+        results = await self._commit(commits)
         retry = []
         after = _BatchAggregates()
         for c, res in zip(commits, results, strict=True):
@@ -316,8 +308,22 @@ class Applier:
             self._keep((w.app, w.user_id), Cached(c["version"], c["tomb"], c["body"], c["state"], c["recent_ids"],
                                                   c["recent"], w.partition))
             self._after_commit(after, c, now_ms)
-        await after.write(self.redis)
+        raise_first(await self.pipe.execute(after.commands()))
         return retry
+
+    async def _commit(self, commits: list[dict[str, Any]]) -> list[Any]:
+        """Run every user's COMMIT script (one pipeline); the scripts' replies (1, or -1 / -2 lost the race)."""
+        if not self._script_loaded:  # else a fresh Redis answers a whole batch with NOSCRIPT, sent twice
+            await self.redis.script_load(COMMIT.source)
+            self._script_loaded = True
+        calls = [(b"EVALSHA", COMMIT.sha, len(c["keys"]), *c["keys"], *_commit_args(c)) for c in commits]
+        results = await self.pipe.execute(calls)
+        again = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if again:  # the script cache was flushed (a restart): load it and send those again
+            await self.redis.script_load(COMMIT.source)
+            for i, r in zip(again, await self.pipe.execute([calls[i] for i in again]), strict=True):
+                results[i] = r
+        return raise_first(results)
 
     def _compute(self, w: UserWork, raw: bytes | None, tomb: bytes | None, now_ms: int, sweep: bool,
                  cached_state: dict[str, Any] | None = None) -> dict[str, Any] | None:
@@ -483,24 +489,23 @@ class _BatchAggregates:
             if b not in old:
                 h[b] += 1
 
-    async def write(self, client: aioredis.Redis) -> None:
-        pipe = client.pipeline(transaction=False)
+    def commands(self) -> list[tuple[Any, ...]]:
+        out: list[tuple[Any, ...]] = []
         for app, deltas in self.hist.items():
             for bucket, n in deltas.items():
                 if n:
-                    pipe.hincrby(keys.profile_hist(app), bucket, n)
+                    out.append((b"HINCRBY", keys.profile_hist(app), bucket, n))
         for app, users in self.users.items():
-            pipe.zadd(keys.app_users(app), users)
+            out.append((b"ZADD", keys.app_users(app), *[x for m, t in users.items() for x in (t, m)]))
         for app, sums in self.summaries.items():
-            pipe.hset(keys.population_users(app), mapping=sums)
+            out.append((b"HSET", keys.population_users(app), *[x for kv in sums.items() for x in kv]))
         for p, due in self.open_due.items():
             if due:
-                pipe.zadd(keys.open_users(p), due)
+                out.append((b"ZADD", keys.open_users(p), *[x for m, t in due.items() for x in (t, m)]))
         for p, gone in self.not_open.items():
             if gone:
-                pipe.zrem(keys.open_users(p), *gone)
-        if len(pipe):
-            await pipe.execute()
+                out.append((b"ZREM", keys.open_users(p), *gone))
+        return out
 
 
 def _commit_args(c: dict[str, Any]) -> list[Any]:

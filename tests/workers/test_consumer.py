@@ -15,6 +15,7 @@ from service.settings import Settings
 from tests.conftest import make_settings
 from tests.workers.helpers import drain, ingest, run, session
 from workers import apply as apply_mod
+from workers import resp as resp_mod
 from workers.consumer import BATCH_MAX, INITIAL_RATE, Worker
 
 
@@ -48,6 +49,20 @@ def test_profiles_are_learned_from_the_streams(redis_url: str, tmp_path: Any, re
     assert hist["trust:normal"] == 2 and sum(v for k, v in hist.items() if k.startswith("pacing:")) == 2
     for p in range(s.partitions):  # consumed entries are trimmed once acknowledged
         assert redis_sync.xlen(keys.stream(p)) == 0
+
+
+def test_the_redis_py_fallback_learns_the_same_profiles(redis_url: str, tmp_path: Any, redis_sync: redis.Redis,
+                                                        monkeypatch: Any) -> None:
+    events = [e for i in range(8) for e in session(f"fb{i}", 6, seed=i, pref=300 + 100 * i)]
+    docs = []
+    for lean in (True, False):  # False: what a TLS connection uses (workers/resp.py)
+        monkeypatch.setattr(resp_mod, "lean_capable", lambda client, lean=lean: lean)
+        redis_sync.flushall()
+        s = _settings(redis_url, tmp_path, worker_batch_size=10)
+        run(ingest(s, "demo", events))
+        assert run(drain(s)) == len(events)
+        docs.append({f"fb{i}": _strip(_profile(redis_sync, f"fb{i}")) for i in range(8)})
+    assert all(docs[0].values()) and docs[0] == docs[1]
 
 
 def test_redelivered_entry_changes_nothing(redis_url: str, tmp_path: Any, redis_sync: redis.Redis) -> None:
