@@ -93,8 +93,11 @@ def parse(partition: int, entry_id: Any, fields: Any) -> Entry:
     eid = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
     if not fields:
         return Entry(partition, eid, None, "entry has no fields (trimmed or empty)")
-    if isinstance(fields, list):  # a raw reply (workers/resp.py): field, value, field, value, ...
-        raw = next((fields[i + 1] for i in range(0, len(fields) - 1, 2) if fields[i] == b"e"), None)
+    if type(fields) is list:  # a raw reply (workers/resp.py): field, value, field, value, ...
+        if len(fields) == 2 and fields[0] == b"e":  # what the API writes
+            raw = fields[1]
+        else:
+            raw = next((fields[i + 1] for i in range(0, len(fields) - 1, 2) if fields[i] == b"e"), None)
     else:
         raw = fields.get(b"e") if b"e" in fields else fields.get("e")
     if raw is None:
