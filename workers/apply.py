@@ -14,6 +14,7 @@ import logging
 import time
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
+from collections.abc import Awaitable
 from typing import Any
 
 import orjson
@@ -68,7 +69,9 @@ return 1
 """
 COMMIT = Script(COMMIT_LUA)
 YIELD_SECONDS = 0.05
-ESTIMATE_CHUNK = 256  # users per batched estimate: big enough to batch well, short enough to yield between
+# Users per chunk of a round (their estimates batched, their commits sent together): big enough to batch
+# well, small enough that Redis runs a chunk's commits while the next is computed.
+ESTIMATE_CHUNK = 256
 
 
 @dataclass
@@ -233,9 +236,51 @@ class Applier:
                 loaded[id(w)] = (reply[0], reply[1])
         now_ms = int(time.time() * 1000)
         self._tick = time.perf_counter()
-        # Three passes: every user's events, then the estimates of all who need one together (their grid
-        # posteriors are computed at once, see models/profile.py estimate_many), then the documents. A user
+        # By chunks of users: their events, then the estimates of all who need one together (their grid
+        # posteriors are computed at once, see models/profile.py estimate_many), then the documents; the
+        # chunk's commits are sent at once, so Redis runs them while the next chunk is computed. A user
         # whose update raises anywhere is redone alone from the stored bytes to isolate the culprit event.
+        commits: list[dict[str, Any]] = []
+        sent: list[Awaitable[list[Any]]] = []
+        for i in range(0, len(work), ESTIMATE_CHUNK):
+            chunk = [c for c in await self._compute_chunk(work[i:i + ESTIMATE_CHUNK], hits, loaded, now_ms, sweep)
+                     if c is not None]
+            if chunk:
+                if not self._script_loaded:  # else a fresh Redis answers a whole batch with NOSCRIPT, sent twice
+                    await self.redis.script_load(COMMIT.source)
+                    self._script_loaded = True
+                commits.extend(chunk)
+                sent.append(await self.pipe.send([_commit_call(c) for c in chunk]))
+        if not commits:
+            return []
+        results = await self._commit_results(commits, [r for waiter in sent for r in await waiter])
+        retry = []
+        after = _BatchAggregates()
+        for c, res in zip(commits, results, strict=True):
+            w = c["work"]
+            if int(res) != 1:
+                retry.append(w)  # lost the compare-and-set: the next round reloads the user from Redis
+                continue
+            self._keep((w.app, w.user_id), Cached(c["version"], c["tomb"], c["body"], c["state"], c["recent_ids"],
+                                                  c["recent"], w.partition))
+            self._after_commit(after, c, now_ms)
+        raise_first(await self.pipe.execute(after.commands()))
+        return retry
+
+    async def _commit_results(self, commits: list[dict[str, Any]], results: list[Any]) -> list[Any]:
+        """The COMMIT scripts' replies (1, or -1 / -2: lost the race); those refused for NOSCRIPT sent again."""
+        again = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if again:  # the script cache was flushed (a restart): load it and send those again
+            await self.redis.script_load(COMMIT.source)
+            replies = await self.pipe.execute([_commit_call(commits[i]) for i in again])
+            for i, r in zip(again, replies, strict=True):
+                results[i] = r
+        return raise_first(results)
+
+    async def _compute_chunk(self, work: list[UserWork], hits: dict[int, Cached | None],
+                             loaded: dict[int, tuple[bytes | None, bytes | None]], now_ms: int, sweep: bool
+                             ) -> list[dict[str, Any] | None]:
+        """The commits of some users (None: nothing to commit); caches the bytes of cached users left alone."""
         done: dict[int, dict[str, Any] | None] = {}
         ctxs: dict[int, dict[str, Any]] = {}
         for w in work:
@@ -252,81 +297,50 @@ class Applier:
             else:
                 ctxs[id(w)] = ctx
         due = [ctx for ctx in ctxs.values() if ctx["due"]]
-        for i in range(0, len(due), ESTIMATE_CHUNK):
+        if due:
             await self._yield()
-            chunk = due[i:i + ESTIMATE_CHUNK]
             try:
                 ests = pm.estimate_many([(ctx["state"]["closed"], ctx["pop"], ctx["state"]["msg"], None)
-                                         for ctx in chunk])
+                                         for ctx in due])
             except Exception:  # noqa: BLE001 - one user's bad data: estimate each alone to find whose
                 ests = []
-                for ctx in chunk:
+                for ctx in due:
                     try:
                         ests.append(pm.estimate(ctx["state"]["closed"], ctx["pop"], ctx["state"]["msg"]))
                     except Exception:  # noqa: BLE001
                         ests.append(None)
-            for ctx, est in zip(chunk, ests, strict=True):
+            for ctx, est in zip(due, ests, strict=True):
                 if est is None:
                     ctx["failed"] = True
                 else:
                     self._store_estimate(ctx["state"], est)
+        out = []
         for w in work:
-            ctx = ctxs.get(id(w))
-            if ctx is None:
-                continue
-            await self._yield()
-            if not ctx.get("failed"):
-                try:
-                    done[id(w)] = self._complete(ctx)
-                    continue
-                except Exception:  # noqa: BLE001 - redone alone below
-                    pass
             hit = hits[id(w)]
-            raw, tomb = (hit.body, hit.tomb) if hit is not None else loaded[id(w)]
-            done[id(w)] = self._compute_isolating(w, raw, tomb, now_ms, sweep, None)
-        commits = []
-        for w in work:
-            c, hit = done[id(w)], hits[id(w)]
+            ctx = ctxs.get(id(w))
+            if ctx is not None:
+                await self._yield()
+                c = None
+                if not ctx.get("failed"):
+                    try:
+                        c = self._complete(ctx)
+                    except Exception:  # noqa: BLE001 - redone alone below
+                        c = None
+                if c is None:
+                    raw, tomb = (hit.body, hit.tomb) if hit is not None else loaded[id(w)]
+                    c = self._compute_isolating(w, raw, tomb, now_ms, sweep, None)
+            else:
+                c = done[id(w)]
             if hit is not None:
                 if c is None:  # nothing to commit; the object may carry uncommitted changes: keep the bytes only
                     self._keep((w.app, w.user_id), Cached(hit.version, hit.tomb, hit.body, None, hit.recent_ids,
                                                           hit.recent, hit.partition))
-                    continue
-                c["recent_ops"] = _recent_ops(hit.recent_ids, hit.recent, c["recent_ids"], c["recent"])
-            else:
-                if c is None:
-                    continue
+                else:
+                    c["recent_ops"] = _recent_ops(hit.recent_ids, hit.recent, c["recent_ids"], c["recent"])
+            elif c is not None:
                 c["recent_ops"] = (1, c["recent"], [], -1)
-            commits.append(c)
-        if not commits:
-            return []
-        results = await self._commit(commits)
-        retry = []
-        after = _BatchAggregates()
-        for c, res in zip(commits, results, strict=True):
-            w = c["work"]
-            if int(res) != 1:
-                retry.append(w)  # lost the compare-and-set: the next round reloads the user from Redis
-                continue
-            self._keep((w.app, w.user_id), Cached(c["version"], c["tomb"], c["body"], c["state"], c["recent_ids"],
-                                                  c["recent"], w.partition))
-            self._after_commit(after, c, now_ms)
-        raise_first(await self.pipe.execute(after.commands()))
-        return retry
-
-    async def _commit(self, commits: list[dict[str, Any]]) -> list[Any]:
-        """Run every user's COMMIT script (one pipeline); the scripts' replies (1, or -1 / -2 lost the race)."""
-        if not self._script_loaded:  # else a fresh Redis answers a whole batch with NOSCRIPT, sent twice
-            await self.redis.script_load(COMMIT.source)
-            self._script_loaded = True
-        calls = [(b"EVALSHA", COMMIT.sha, len(c["keys"]), *c["keys"], *_commit_args(c)) for c in commits]
-        results = await self.pipe.execute(calls)
-        again = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-        if again:  # the script cache was flushed (a restart): load it and send those again
-            await self.redis.script_load(COMMIT.source)
-            for i, r in zip(again, await self.pipe.execute([calls[i] for i in again]), strict=True):
-                results[i] = r
-        return raise_first(results)
+            out.append(c)
+        return out
 
     def _compute(self, w: UserWork, raw: bytes | None, tomb: bytes | None, now_ms: int, sweep: bool,
                  cached_state: dict[str, Any] | None = None) -> dict[str, Any] | None:
@@ -509,6 +523,10 @@ class _BatchAggregates:
             if gone:
                 out.append((b"ZREM", keys.open_users(p), *gone))
         return out
+
+
+def _commit_call(c: dict[str, Any]) -> tuple[Any, ...]:
+    return (b"EVALSHA", COMMIT.sha, len(c["keys"]), *c["keys"], *_commit_args(c))
 
 
 def _commit_args(c: dict[str, Any]) -> list[Any]:

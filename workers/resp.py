@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections import deque
+from collections.abc import Awaitable
 from typing import Any
 
 import hiredis
@@ -59,20 +60,32 @@ class Pipe:
 
     async def execute(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Every command's reply, in order; a reply error is returned in its place (see error_of)."""
-        if not commands:
-            return []
+        return await (await self.send(commands))
+
+    async def send(self, commands: list[tuple[Any, ...]]) -> Awaitable[list[Any]]:
+        """Write the commands now and return what awaits their replies: Redis runs them while the caller
+        goes on computing (the replies wait in the socket until the event loop next runs)."""
         if not self._lean:
-            return await self._redis_py(commands)
+            return asyncio.ensure_future(self._redis_py(commands))
         proto = self._proto
         if proto is None or proto.closed:
             proto = self._proto = await self._open()
+        if not commands:
+            future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+            future.set_result([])
+            return future
+        return self._replies(proto, proto.send(b"".join([hiredis.pack_command(c) for c in commands]),
+                                               len(commands)))
+
+    async def _replies(self, proto: _Replies, future: asyncio.Future[list[Any]]) -> list[Any]:
         try:
             async with asyncio.timeout(self.timeout):
-                replies = await proto.send(b"".join([hiredis.pack_command(c) for c in commands]), len(commands))
+                replies = await future
         except BaseException:
             # A stalled, broken or cancelled exchange leaves replies owed on the connection: never reuse it.
             proto.close()
-            self._proto = None
+            if self._proto is proto:
+                self._proto = None
             raise
         return [error_of(r) or r for r in replies]
 

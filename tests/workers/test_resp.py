@@ -94,3 +94,21 @@ def test_a_silent_server_times_out_and_the_connection_is_replaced() -> None:
         return accepted
 
     assert len(run(go())) == 2  # the stalled connection was not reused
+
+
+def test_sent_commands_run_before_their_replies_are_awaited(redis_url: str, redis_sync: redis.Redis) -> None:
+    async def go() -> tuple[Any, list[Any], list[Any]]:
+        client = store_mod.connect(redis_url)
+        pipe = Pipe(client, 3.0)
+        try:
+            first = await pipe.send([(b"SET", "k", "v"), (b"INCR", "n")])
+            second = await pipe.send([(b"INCR", "n")])
+            await asyncio.sleep(0.05)  # the caller computing; Redis has run both exchanges meanwhile
+            seen = redis_sync.mget("k", "n")
+            return seen, await first, await second
+        finally:
+            await pipe.aclose()
+            await client.aclose()
+
+    seen, first, second = run(go())
+    assert seen == [b"v", b"2"] and first == [b"OK", 1] and second == [2]
