@@ -102,7 +102,8 @@ def length_posteriors(users: Sequence[LengthEvidence], grid: np.ndarray = MU_GRI
         offset = (base + (1 - base) * REPEAT_SPAN).astype(np.float32)
         ll = np.zeros((n_u, len(grid) * n_w))
         for lo, hi in _slabs(who):
-            _slab(ll, x[lo:hi], w_rep[lo:hi], w_suc[lo:hi], dirw[lo:hi], who[lo:hi], scale, offset, grid, w_grid)
+            part = slice(lo, hi)
+            _slab(ll, x[part], w_rep[part], w_suc[part], dirw[part], who[part], scale, offset, grid, w_grid)
         total = total + TEMPER * ll.reshape(total.shape)
     for j, u in enumerate(users):
         if u.pairs:
@@ -127,8 +128,9 @@ def _slabs(who: np.ndarray) -> list[tuple[int, int]]:
     return out
 
 
-def _slab(ll: np.ndarray, x: np.ndarray, w_rep: np.ndarray, w_suc: np.ndarray, dirw: np.ndarray, who: np.ndarray,
-          scale: np.ndarray, offset: np.ndarray, grid: np.ndarray, w_grid: np.ndarray) -> None:
+def _slab(ll: np.ndarray, x: np.ndarray, w_rep: np.ndarray, w_suc: np.ndarray, dirw: np.ndarray,
+          who: np.ndarray, scale: np.ndarray, offset: np.ndarray, grid: np.ndarray,
+          w_grid: np.ndarray) -> None:
     """Add the log-likelihood of some users' replies to their rows of ll ([user, mu * tolerance])."""
     # [reply, mu, tolerance] in float32: exp and log run several times faster, and the per-reply terms
     # are summed in float64 below (the posterior moves by about 1e-6).

@@ -295,8 +295,9 @@ def estimate_many(jobs: list[EstimateJob]) -> list[dict[str, Any]]:
     len_posts = estimators.length_posteriors([p["length"] for p in preps])
     with_ds = [i for i, p in enumerate(preps) if p["ds"] is not None]
     ds_posts: list[np.ndarray | None] = [None] * len(preps)
-    for i, post in zip(with_ds, estimators.length_posteriors([preps[i]["ds"] for i in with_ds],
-                                                             estimators.DS_GRID, estimators.DS_W_GRID), strict=True):
+    found = estimators.length_posteriors([preps[i]["ds"] for i in with_ds], estimators.DS_GRID,
+                                         estimators.DS_W_GRID)
+    for i, post in zip(with_ds, found, strict=True):
         ds_posts[i] = post
     mu_means = (len_posts * estimators.MU_GRID).sum(axis=1)
     mu_vars = (len_posts * (estimators.MU_GRID[None, :] - mu_means[:, None]) ** 2).sum(axis=1)

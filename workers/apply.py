@@ -243,10 +243,10 @@ class Applier:
         commits: list[dict[str, Any]] = []
         sent: list[Awaitable[list[Any]]] = []
         for i in range(0, len(work), ESTIMATE_CHUNK):
-            chunk = [c for c in await self._compute_chunk(work[i:i + ESTIMATE_CHUNK], hits, loaded, now_ms, sweep)
-                     if c is not None]
+            computed = await self._compute_chunk(work[i:i + ESTIMATE_CHUNK], hits, loaded, now_ms, sweep)
+            chunk = [c for c in computed if c is not None]
             if chunk:
-                if not self._script_loaded:  # else a fresh Redis answers a whole batch with NOSCRIPT, sent twice
+                if not self._script_loaded:  # else a fresh Redis answers a whole batch with NOSCRIPT
                     await self.redis.script_load(COMMIT.source)
                     self._script_loaded = True
                 commits.extend(chunk)
@@ -268,7 +268,7 @@ class Applier:
         return retry
 
     async def _commit_results(self, commits: list[dict[str, Any]], results: list[Any]) -> list[Any]:
-        """The COMMIT scripts' replies (1, or -1 / -2: lost the race); those refused for NOSCRIPT sent again."""
+        """The COMMIT scripts' replies (1, or -1 / -2: lost the race); any refused for NOSCRIPT sent again."""
         again = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if again:  # the script cache was flushed (a restart): load it and send those again
             await self.redis.script_load(COMMIT.source)
@@ -280,7 +280,7 @@ class Applier:
     async def _compute_chunk(self, work: list[UserWork], hits: dict[int, Cached | None],
                              loaded: dict[int, tuple[bytes | None, bytes | None]], now_ms: int, sweep: bool
                              ) -> list[dict[str, Any] | None]:
-        """The commits of some users (None: nothing to commit); caches the bytes of cached users left alone."""
+        """The commits of some users (None: nothing to commit); keeps the bytes of cached users left alone."""
         done: dict[int, dict[str, Any] | None] = {}
         ctxs: dict[int, dict[str, Any]] = {}
         for w in work:
@@ -289,7 +289,7 @@ class Applier:
             raw, tomb = (hit.body, hit.tomb) if hit is not None else loaded[id(w)]
             try:
                 ctx = self._advance(w, raw, tomb, now_ms, sweep, hit.state if hit is not None else None)
-            except Exception:  # noqa: BLE001 - redone alone, from the stored bytes (the state may be half-changed)
+            except Exception:  # noqa: BLE001 - redone alone from the stored bytes (the state may be changed)
                 done[id(w)] = self._compute_isolating(w, raw, tomb, now_ms, sweep, None)
                 continue
             if ctx is None:
@@ -332,9 +332,10 @@ class Applier:
             else:
                 c = done[id(w)]
             if hit is not None:
-                if c is None:  # nothing to commit; the object may carry uncommitted changes: keep the bytes only
-                    self._keep((w.app, w.user_id), Cached(hit.version, hit.tomb, hit.body, None, hit.recent_ids,
-                                                          hit.recent, hit.partition))
+                if c is None:  # nothing to commit; the object may carry uncommitted changes: keep the bytes
+                    self._keep((w.app, w.user_id),
+                               Cached(hit.version, hit.tomb, hit.body, None, hit.recent_ids, hit.recent,
+                                      hit.partition))
                 else:
                     c["recent_ops"] = _recent_ops(hit.recent_ids, hit.recent, c["recent_ids"], c["recent"])
             elif c is not None:
@@ -344,18 +345,19 @@ class Applier:
 
     def _compute(self, w: UserWork, raw: bytes | None, tomb: bytes | None, now_ms: int, sweep: bool,
                  cached_state: dict[str, Any] | None = None) -> dict[str, Any] | None:
-        """One user's update start to end (the path that isolates a failing event): None if nothing to commit."""
+        """One user's update start to end (the path that isolates a failing event); None: nothing to do."""
         ctx = self._advance(w, raw, tomb, now_ms, sweep, cached_state)
         if ctx is None:
             return None
         if ctx["due"]:
-            self._store_estimate(ctx["state"], pm.estimate(ctx["state"]["closed"], ctx["pop"], ctx["state"]["msg"]))
+            state = ctx["state"]
+            self._store_estimate(state, pm.estimate(state["closed"], ctx["pop"], state["msg"]))
         return self._complete(ctx)
 
     def _advance(self, w: UserWork, raw: bytes | None, tomb: bytes | None, now_ms: int, sweep: bool,
                  cached_state: dict[str, Any] | None = None) -> dict[str, Any] | None:
-        """Apply the user's events to their state; None if there is nothing to commit, else what _complete needs
-        ("due": the estimate must be recomputed first)."""
+        """Apply the user's events to their state; None if there is nothing to commit, else what _complete
+        needs ("due": the estimate must be recomputed first)."""
         if cached_state is not None:
             version, state = int(raw.partition(b"|")[0]) if raw else 0, cached_state
         else:
@@ -389,8 +391,8 @@ class Applier:
             return None
         feats = pm.update_trust(state, pop)
         due = state.get("est") is None or bool(ap.amended_repeats) or bool(ap.closed_now and self._due(state))
-        return {"work": w, "state": state, "pop": pop, "ap": ap, "feats": feats, "version": version, "tomb": tomb,
-                "now_ms": now_ms, "applied": applied, "deleted": skipped_deleted, "due": due}
+        return {"work": w, "state": state, "pop": pop, "ap": ap, "feats": feats, "version": version,
+                "tomb": tomb, "now_ms": now_ms, "applied": applied, "deleted": skipped_deleted, "due": due}
 
     def _complete(self, ctx: dict[str, Any]) -> dict[str, Any]:
         """The documents and the commit of an advanced user whose estimate is current."""

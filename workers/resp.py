@@ -3,11 +3,12 @@
 A commit round sends thousands of commands. redis-py's asyncio pipeline costs tens of microseconds per
 command on top of Redis (command objects, response callbacks, a coroutine per reply), as much as the
 worker's own per-user work; here a round is packed with hiredis, written at once, and its replies are
-parsed in C as they arrive and handed back as one list. Replies come raw, in RESP2 shapes: bytes, ints,
-nested lists (an XREADGROUP is [[stream, [[id, [field, value, ...]], ...]], ...]). Errors are redis-py's: a reply
-error is returned in its place as ResponseError (NoScriptError for NOSCRIPT), a lost or stalled
-connection raises ConnectionError or TimeoutError (both OSError: the worker loop retries), and the
-connection is then replaced. TLS connections keep redis-py's pipeline (same replies, its overhead).
+parsed in C as they arrive and handed back as one list. Replies come raw, in RESP2 shapes: bytes,
+ints, nested lists (an XREADGROUP is [[stream, [[id, [field, value, ...]], ...]], ...]). Errors are
+redis-py's: a reply error is returned in its place as ResponseError (NoScriptError for NOSCRIPT); a
+lost or stalled connection raises ConnectionError or TimeoutError (both OSError: the worker loop
+retries), and the connection is then replaced. TLS connections keep redis-py's pipeline (the same
+replies, with its overhead).
 """
 
 from __future__ import annotations
@@ -119,7 +120,8 @@ class Pipe:
                         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 hello: list[tuple[Any, ...]] = []
                 if kw.get("password"):
-                    hello.append((b"AUTH", *((kw["username"],) if kw.get("username") else ()), kw["password"]))
+                    who = (kw["username"],) if kw.get("username") else ()
+                    hello.append((b"AUTH", *who, kw["password"]))
                 if kw.get("db"):
                     hello.append((b"SELECT", int(kw["db"])))
                 if hello:

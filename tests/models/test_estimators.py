@@ -70,8 +70,9 @@ def test_batched_posteriors_equal_one_user_at_a_time(monkeypatch: Any) -> None:
         direction = rng.choice([0.0, 0.0, 1.0, -0.5], n)
         weight = 0.97 ** np.arange(n)[::-1] if j % 7 else np.zeros(n)  # some users' replies all weightless
         pairs = [(6.1, 5.4, 0.8)] if j % 5 == 0 else None
-        users.append(estimators.LengthEvidence(rng.normal(6, 0.6, n), rep, suc, direction, weight,
-                                               float(rng.uniform(0, 1)), float(rng.normal(6, 0.3)), 0.6, pairs))
+        base, prior = float(rng.uniform(0, 1)), float(rng.normal(6, 0.3))
+        x = rng.normal(6, 0.6, n)
+        users.append(estimators.LengthEvidence(x, rep, suc, direction, weight, base, prior, 0.6, pairs))
     batched = estimators.length_posteriors(users)
     alone = np.array([estimators.length_posterior(*u) for u in users])
     assert batched.shape == (60, len(estimators.MU_GRID))

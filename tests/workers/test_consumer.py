@@ -51,8 +51,8 @@ def test_profiles_are_learned_from_the_streams(redis_url: str, tmp_path: Any, re
         assert redis_sync.xlen(keys.stream(p)) == 0
 
 
-def test_the_redis_py_fallback_learns_the_same_profiles(redis_url: str, tmp_path: Any, redis_sync: redis.Redis,
-                                                        monkeypatch: Any) -> None:
+def test_the_redis_py_fallback_learns_the_same_profiles(redis_url: str, tmp_path: Any,
+                                                        redis_sync: redis.Redis, monkeypatch: Any) -> None:
     events = [e for i in range(8) for e in session(f"fb{i}", 6, seed=i, pref=300 + 100 * i)]
     docs = []
     for lean in (True, False):  # False: what a TLS connection uses (workers/resp.py)
