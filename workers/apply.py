@@ -13,8 +13,8 @@ import functools
 import logging
 import time
 from collections import OrderedDict, defaultdict
-from dataclasses import dataclass, field
 from collections.abc import Awaitable
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
