@@ -7,6 +7,8 @@ recompute a user's estimates from the replies it remembers (late events simply a
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -37,6 +39,25 @@ def _log_sigmoid(z: np.ndarray) -> np.ndarray:
     return -np.logaddexp(0.0, -z)
 
 
+class LengthEvidence(NamedTuple):
+    """One user's evidence for a grid posterior (see length_posterior)."""
+
+    x: np.ndarray
+    repeat: np.ndarray
+    success: np.ndarray
+    direction: np.ndarray
+    weight: np.ndarray
+    base_rate: float
+    prior_mu: float
+    prior_sd: float
+    pairs: list[tuple[float, float, float]] | None = None
+
+
+# Replies per slab of the batched grid work: [replies, mu, tolerance] float32 and float64 temporaries of a
+# few MB each, small enough to stay in cache, large enough that numpy's per-call overhead is spread thin.
+SLAB_REPLIES = 2048
+
+
 def length_posterior(
     x: np.ndarray, repeat: np.ndarray, success: np.ndarray, direction: np.ndarray, weight: np.ndarray,
     base_rate: float, prior_mu: float, prior_sd: float,
@@ -49,38 +70,90 @@ def length_posterior(
     direction: +w for "too long" (stop, shortened edit), -w for "too short" (continue, lengthened edit);
     weight: forgetting weight of each reply; pairs: (log chars kept, log chars passed over, weight).
     """
-    logp = -0.5 * ((grid - prior_mu) / prior_sd) ** 2
-    total = np.repeat(logp[:, None], len(w_grid), axis=1) - math.log(len(w_grid))
-    w_rep, w_suc, dirw = weight * repeat, weight * success, weight * direction
-    used = (w_rep != 0) | (w_suc != 0) | (dirw != 0)
-    if used.any():
-        if not used.all():  # replies that carry no weight change nothing: leave them out of the grid work
-            x, w_rep, w_suc, dirw = x[used], w_rep[used], w_suc[used], dirw[used]
-        # [mu, tolerance, reply] in float32: exp and log run several times faster, and the per-reply terms
-        # are summed in float64 by the products below (the posterior moves by about 1e-6).
-        d = (x.astype(np.float32)[None, None, :] - _f32(grid)[:, None, None]) / _f32(w_grid)[None, :, None]
-        b = min(max(base_rate, 0.01), 0.9)
+    ev = LengthEvidence(x, repeat, success, direction, weight, base_rate, prior_mu, prior_sd, pairs)
+    return length_posteriors([ev], grid, w_grid)[0]
+
+
+def length_posteriors(users: Sequence[LengthEvidence], grid: np.ndarray = MU_GRID,
+                      w_grid: np.ndarray = W_GRID) -> np.ndarray:
+    """length_posterior of many users at once: [user, grid]. The same sums, over every user's replies in
+    a few large numpy operations (slabs of SLAB_REPLIES) instead of a dozen small ones per user."""
+    n_u, n_w = len(users), len(w_grid)
+    if not n_u:
+        return np.zeros((0, len(grid)))
+    mu = np.array([u.prior_mu for u in users], dtype=float)
+    sd = np.array([u.prior_sd for u in users], dtype=float)
+    logp = -0.5 * ((grid[None, :] - mu[:, None]) / sd[:, None]) ** 2
+    total = np.repeat(logp[:, :, None], n_w, axis=2) - math.log(n_w)  # [user, mu, tolerance]
+    lengths = np.array([len(u.x) for u in users])
+    if lengths.any():
+        cat = [np.concatenate([u[k] for u in users]).astype(float, copy=False) for k in range(5)]
+        x, weight = cat[0], cat[4]
+        w_rep, w_suc, dirw = weight * cat[1], weight * cat[2], weight * cat[3]
+        who = np.repeat(np.arange(n_u), lengths)
+        # Replies that carry no weight change nothing: only the others enter the grid work.
+        used = (w_rep != 0) | (w_suc != 0) | (dirw != 0)
+        if not used.all():
+            x, w_rep, w_suc, dirw, who = x[used], w_rep[used], w_suc[used], dirw[used], who[used]
+        base = np.array([min(max(u.base_rate, 0.01), 0.9) for u in users], dtype=float)
         # p_rep = b + (1 - b) * REPEAT_SPAN * (1 - exp(-d^2 / 2)) lies in [0.01, 0.95]: no clipping needed.
-        p_rep = np.exp(np.float32(-0.5) * d * d)
-        p_rep *= np.float32(-(1 - b) * REPEAT_SPAN)
-        p_rep += np.float32(b + (1 - b) * REPEAT_SPAN)
-        r, s = w_rep > 0, w_suc > 0
-        ll = np.log(p_rep[:, :, r]).astype(float) @ w_rep[r] if r.any() else 0.0
-        if s.any():
-            ll = ll + np.log(1 - p_rep[:, :, s]).astype(float) @ w_suc[s]
-        if np.any(dirw):
-            k = dirw != 0
-            z = np.sign(dirw[k]).astype(np.float32) * np.float32(DIRECTION_SLOPE) * d[:, :, k]
-            ll = ll + _log_sigmoid(z).astype(float) @ np.abs(dirw[k])
-        total = total + TEMPER * ll
-    if pairs:
-        kept, other, pw = (np.array(c, dtype=float) for c in zip(*pairs, strict=True))
-        dk = (kept[None, None, :] - grid[:, None, None]) / w_grid[None, :, None]
-        do = (other[None, None, :] - grid[:, None, None]) / w_grid[None, :, None]
-        total = total + TEMPER * (_log_sigmoid(1.5 * (do * do - dk * dk) / 2) @ pw)
-    total -= total.max()
-    post = np.exp(total).sum(axis=1)
-    return np.asarray(post / post.sum())
+        # The per-user constants are rounded to float32 exactly as a scalar np.float32(...) would be.
+        scale = (-(1 - base) * REPEAT_SPAN).astype(np.float32)
+        offset = (base + (1 - base) * REPEAT_SPAN).astype(np.float32)
+        ll = np.zeros((n_u, len(grid) * n_w))
+        for lo, hi in _slabs(who):
+            part = slice(lo, hi)
+            _slab(ll, x[part], w_rep[part], w_suc[part], dirw[part], who[part], scale, offset, grid, w_grid)
+        total = total + TEMPER * ll.reshape(total.shape)
+    for j, u in enumerate(users):
+        if u.pairs:
+            kept, other, pw = (np.array(c, dtype=float) for c in zip(*u.pairs, strict=True))
+            dk = (kept[None, None, :] - grid[:, None, None]) / w_grid[None, :, None]
+            do = (other[None, None, :] - grid[:, None, None]) / w_grid[None, :, None]
+            total[j] = total[j] + TEMPER * (_log_sigmoid(1.5 * (do * do - dk * dk) / 2) @ pw)
+    total -= total.max(axis=(1, 2), keepdims=True)
+    post = np.exp(total).sum(axis=2)
+    return np.asarray(post / post.sum(axis=1, keepdims=True))
+
+
+def _slabs(who: np.ndarray) -> list[tuple[int, int]]:
+    """[lo, hi) runs of about SLAB_REPLIES replies, cut between users (a user's replies are contiguous)."""
+    out, lo, n = [], 0, len(who)
+    while lo < n:
+        hi = min(lo + SLAB_REPLIES, n)
+        while hi < n and who[hi] == who[hi - 1]:
+            hi += 1
+        out.append((lo, hi))
+        lo = hi
+    return out
+
+
+def _slab(ll: np.ndarray, x: np.ndarray, w_rep: np.ndarray, w_suc: np.ndarray, dirw: np.ndarray,
+          who: np.ndarray, scale: np.ndarray, offset: np.ndarray, grid: np.ndarray,
+          w_grid: np.ndarray) -> None:
+    """Add the log-likelihood of some users' replies to their rows of ll ([user, mu * tolerance])."""
+    # [reply, mu, tolerance] in float32: exp and log run several times faster, and the per-reply terms
+    # are summed in float64 below (the posterior moves by about 1e-6).
+    d = (x.astype(np.float32)[:, None, None] - _f32(grid)[None, :, None]) / _f32(w_grid)[None, None, :]
+    p_rep = np.exp(np.float32(-0.5) * d * d)
+    p_rep *= scale[who][:, None, None]
+    p_rep += offset[who][:, None, None]
+    r, s, k = w_rep > 0, w_suc > 0, dirw != 0
+    if r.any():
+        _segment_add(ll, np.log(p_rep[r]), w_rep[r], who[r])
+    if s.any():
+        _segment_add(ll, np.log(1 - p_rep[s]), w_suc[s], who[s])
+    if k.any():
+        z = (np.sign(dirw[k]).astype(np.float32) * np.float32(DIRECTION_SLOPE))[:, None, None] * d[k]
+        _segment_add(ll, _log_sigmoid(z), np.abs(dirw[k]), who[k])
+
+
+def _segment_add(ll: np.ndarray, terms: np.ndarray, weight: np.ndarray, who: np.ndarray) -> None:
+    """ll[user] += the weighted sum (in float64) of that user's rows of terms; who is sorted."""
+    flat = terms.reshape(len(terms), -1).astype(float)
+    flat *= weight[:, None]
+    starts = np.flatnonzero(np.r_[True, who[1:] != who[:-1]])
+    ll[who[starts]] += np.add.reduceat(flat, starts, axis=0)
 
 
 def grid_summary(post: np.ndarray, tolerance: float = 0.25) -> tuple[float, float, float, float]:

@@ -282,6 +282,33 @@ def _evidence(recs: list[dict[str, Any]], pop: Population, base_rate: float) -> 
 def estimate(recs: list[dict[str, Any]], pop: Population, msg: list[float] | None = None,
              prior: Mapping[str, float] | None = None) -> dict[str, Any]:
     """Every estimate of a profile from closed replies (oldest first); prior overrides the population's."""
+    return estimate_many([(recs, pop, msg, prior)])[0]
+
+
+EstimateJob = tuple[list[dict[str, Any]], Population, "list[float] | None", "Mapping[str, float] | None"]
+
+
+def estimate_many(jobs: list[EstimateJob]) -> list[dict[str, Any]]:
+    """estimate() of many users, (recs, pop, msg, prior) each: the grid posteriors of length and dialogue
+    share, most of an estimate's arithmetic, are computed for all of them at once (estimators.py)."""
+    preps = [_prepare(*job) for job in jobs]
+    len_posts = estimators.length_posteriors([p["length"] for p in preps])
+    with_ds = [i for i, p in enumerate(preps) if p["ds"] is not None]
+    ds_posts: list[np.ndarray | None] = [None] * len(preps)
+    found = estimators.length_posteriors([preps[i]["ds"] for i in with_ds], estimators.DS_GRID,
+                                         estimators.DS_W_GRID)
+    for i, post in zip(with_ds, found, strict=True):
+        ds_posts[i] = post
+    mu_means = (len_posts * estimators.MU_GRID).sum(axis=1)
+    mu_vars = (len_posts * (estimators.MU_GRID[None, :] - mu_means[:, None]) ** 2).sum(axis=1)
+    return [_finish(job, prep, post, float(mu_mean), float(mu_var), ds_post)
+            for job, prep, post, mu_mean, mu_var, ds_post
+            in zip(jobs, preps, len_posts, mu_means, mu_vars, ds_posts, strict=True)]
+
+
+def _prepare(recs: list[dict[str, Any]], pop: Population, msg: list[float] | None,
+             prior: Mapping[str, float] | None) -> dict[str, Any]:
+    """The evidence of one user's estimate, up to the grid posteriors."""
     n_rep = sum(_repeat_count(r) for r in recs)
     ra, rb = pop.repeat_a + n_rep, pop.repeat_b + len(recs) - n_rep
     base_rate = ra / (ra + rb)
@@ -299,15 +326,31 @@ def estimate(recs: list[dict[str, Any]], pop: Population, msg: list[float] | Non
         msg_mu = math.log(380.0) + 2.0 * (msg[0] / msg[1] - math.log(45.0))
         k = min(msg[1], 20.0) / 20.0 * 0.25
         prior_mu = (1 - k) * prior_mu + k * msg_mu
-    pairs = _pairs(recs)
-    post = estimators.length_posterior(
+    length = estimators.LengthEvidence(
         x, ev["rep"][sel] if len(sel) else np.zeros(0), ev["suc"][sel] if len(sel) else np.zeros(0),
         ev["dir"][sel] if len(sel) else np.zeros(0), forget[sel] if len(sel) else np.zeros(0),
-        base_rate, prior_mu, prior_sd, pairs)
-    target, lo, hi, conf = estimators.grid_summary(post)
-    mu_mean = float((post * estimators.MU_GRID).sum())
-    mu_var = float((post * (estimators.MU_GRID - mu_mean) ** 2).sum())
+        base_rate, prior_mu, prior_sd, _pairs(recs))
 
+    # Style: dialogue share on a grid like length.
+    ds_idx = [i for i, r in enumerate(recs) if r.get("ds") is not None]
+    ds = None
+    if ds_idx:
+        d_sel = np.array(ds_idx, dtype=int)
+        ds = estimators.LengthEvidence(
+            np.array([recs[i]["ds"] for i in ds_idx], dtype=float), ev["rep"][d_sel], ev["suc"][d_sel],
+            np.zeros(len(ds_idx)), forget[d_sel], base_rate, prior["ds"] if prior else pop.ds,
+            prior["ds_sd"] if prior else pop.ds_sd)
+    return {"ra": ra, "rb": rb, "base_rate": base_rate, "ev": ev, "length": length, "ds": ds}
+
+
+def _finish(job: EstimateJob, prep: dict[str, Any], post: np.ndarray, mu_mean: float, mu_var: float,
+            ds_post: np.ndarray | None) -> dict[str, Any]:
+    """One user's estimate from its evidence and grid posteriors (and the length posterior's moments)."""
+    recs, pop, _, _ = job
+    ra, rb, base_rate, ev = prep["ra"], prep["rb"], prep["base_rate"], prep["ev"]
+    # Python floats for the loops below: indexing numpy arrays one element at a time costs 10x more.
+    forget, rep, suc = ev["forget"].tolist(), ev["rep"].tolist(), ev["suc"].tolist()
+    target, lo, hi, conf = estimators.grid_summary(post)
     # Pacing: Beta per arm from replies whose pacing is known; repeats explained by length count less.
     alpha = np.array([pop.pacing_prior.get(p, [2.0, 1.0])[0] for p in PACINGS], dtype=float)
     beta = np.array([pop.pacing_prior.get(p, [2.0, 1.0])[1] for p in PACINGS], dtype=float)
@@ -317,27 +360,20 @@ def estimate(recs: list[dict[str, Any]], pop: Population, msg: list[float] | Non
         if pacing not in PACINGS:
             continue
         k = PACINGS.index(pacing)
-        if ev["rep"][i] > 0:
+        if rep[i] > 0:
             explained = 0.0
             if r.get("c"):
                 d = (math.log(max(r["c"], 1)) - mu_mean) / w_tol
                 mismatch = (1 - base_rate) * estimators.REPEAT_SPAN * (1 - math.exp(-0.5 * d * d))
                 explained = mismatch / (base_rate + mismatch)
-            beta[k] += forget[i] * ev["rep"][i] * (1 - explained)
+            beta[k] += forget[i] * rep[i] * (1 - explained)
         else:
-            alpha[k] += forget[i] * min(ev["suc"][i], 1.0)
+            alpha[k] += forget[i] * min(suc[i], 1.0)
     scores = _pacing_label_posterior(recs, ev, mu_mean)
     label = PACINGS[int(np.argmax(scores))]
 
-    # Style: dialogue share on a grid like length; hooks as "do hooked replies fare better".
-    ds_idx = [i for i, r in enumerate(recs) if r.get("ds") is not None]
-    if ds_idx:
-        d_sel = np.array(ds_idx, dtype=int)
-        ds_post = estimators.length_posterior(
-            np.array([recs[i]["ds"] for i in ds_idx], dtype=float), ev["rep"][d_sel], ev["suc"][d_sel],
-            np.zeros(len(ds_idx)), forget[d_sel], base_rate, prior["ds"] if prior else pop.ds,
-            prior["ds_sd"] if prior else pop.ds_sd, None, estimators.DS_GRID, estimators.DS_W_GRID)
-    else:
+    # Style: dialogue share (its posterior came with the length's); hooks as "do hooked replies fare better".
+    if ds_post is None:
         ds_post = np.exp(-0.5 * ((estimators.DS_GRID - pop.ds) / pop.ds_sd) ** 2)
         ds_post /= ds_post.sum()
     ds_value = float((ds_post * estimators.DS_GRID).sum())
@@ -347,8 +383,8 @@ def estimate(recs: list[dict[str, Any]], pop: Population, msg: list[float] | Non
         if r.get("hk") is None:
             continue
         j = 0 if r["hk"] else 1
-        ha[j] += forget[i] * min(ev["suc"][i], 1.0)
-        hb[j] += forget[i] * ev["rep"][i]
+        ha[j] += forget[i] * min(suc[i], 1.0)
+        hb[j] += forget[i] * rep[i]
     hook_value = estimators.prob_greater(ha[0], hb[0], ha[1], hb[1])
 
     r_lo, r_hi = estimators.beta_interval(ra, rb)

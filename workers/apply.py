@@ -13,6 +13,7 @@ import functools
 import logging
 import time
 from collections import OrderedDict, defaultdict
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,7 @@ from models.population import Population, RepeatModelTrainer
 from service import keys
 from service.store import Script, StatsBuffer
 from workers.errors import CommitConflict
+from workers.resp import Pipe, raise_first
 
 log = logging.getLogger("attune.worker")
 
@@ -67,6 +69,9 @@ return 1
 """
 COMMIT = Script(COMMIT_LUA)
 YIELD_SECONDS = 0.05
+# Users per chunk of a round (their estimates batched, their commits sent together): big enough to batch
+# well, small enough that Redis runs a chunk's commits while the next is computed.
+ESTIMATE_CHUNK = 256
 
 
 @dataclass
@@ -91,7 +96,13 @@ def parse(partition: int, entry_id: Any, fields: Any) -> Entry:
     eid = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
     if not fields:
         return Entry(partition, eid, None, "entry has no fields (trimmed or empty)")
-    raw = fields.get(b"e") if b"e" in fields else fields.get("e")
+    if type(fields) is list:  # a raw reply (workers/resp.py): field, value, field, value, ...
+        if len(fields) == 2 and fields[0] == b"e":  # what the API writes
+            raw = fields[1]
+        else:
+            raw = next((fields[i + 1] for i in range(0, len(fields) - 1, 2) if fields[i] == b"e"), None)
+    else:
+        raw = fields.get(b"e") if b"e" in fields else fields.get("e")
     if raw is None:
         return Entry(partition, eid, None, "entry has no 'e' field")
     try:
@@ -150,6 +161,9 @@ class Applier:
         self.cache: OrderedDict[tuple[str, str], Cached] = OrderedDict()
         self._cache_bytes = 0
         self._script_loaded = False
+        timeout = client.connection_pool.connection_kwargs.get("socket_timeout") or 10.0
+        self.pipe = Pipe(client, float(timeout))
+        self._tick = time.perf_counter()  # when the loop last yielded to other tasks (see _yield)
 
     def population(self, app: str) -> Population:
         pop = self.populations.get(app)
@@ -205,54 +219,41 @@ class Applier:
                 w.poison[w.events[i][0]] = f"applying it raised {type(exc).__name__}: {exc}"[:500]
         return self._compute(w, raw, tomb, now_ms, sweep, None)
 
+    async def _yield(self) -> None:
+        """Let the heartbeat that renews the leases run when this batch has held the loop YIELD_SECONDS."""
+        if time.perf_counter() - self._tick > YIELD_SECONDS:
+            await asyncio.sleep(0)
+            self._tick = time.perf_counter()
+
     async def _round(self, work: list[UserWork], sweep: bool) -> list[UserWork]:
         hits = {id(w): self._take((w.app, w.user_id)) for w in work}
         need = [w for w in work if hits[id(w)] is None]
         loaded: dict[int, tuple[bytes | None, bytes | None]] = {}
         if need:
-            pipe = self.redis.pipeline(transaction=False)
-            for w in need:
-                pipe.mget(keys.user_state(w.app, w.user_id), keys.deleted(w.app, w.user_id))
-            for w, (raw, tomb) in zip(need, await pipe.execute(), strict=True):
-                loaded[id(w)] = (raw, tomb)
+            replies = await self.pipe.execute([(b"MGET", keys.user_state(w.app, w.user_id),
+                                                keys.deleted(w.app, w.user_id)) for w in need])
+            for w, reply in zip(need, raise_first(replies), strict=True):
+                loaded[id(w)] = (reply[0], reply[1])
         now_ms = int(time.time() * 1000)
-        commits = []
-        tick = time.perf_counter()
-        for w in work:
-            if time.perf_counter() - tick > YIELD_SECONDS:
-                await asyncio.sleep(0)  # a large batch must not hold up the heartbeat that renews the leases
-                tick = time.perf_counter()
-            hit = hits[id(w)]
-            if hit is not None:
-                c = self._compute_isolating(w, hit.body, hit.tomb, now_ms, sweep, hit.state)
-                if c is None:  # nothing to commit; the object may carry uncommitted changes: keep the bytes only
-                    self._keep((w.app, w.user_id), Cached(hit.version, hit.tomb, hit.body, None, hit.recent_ids,
-                                                          hit.recent, hit.partition))
-                    continue
-                c["recent_ops"] = _recent_ops(hit.recent_ids, hit.recent, c["recent_ids"], c["recent"])
-            else:
-                raw, tomb = loaded[id(w)]
-                c = self._compute_isolating(w, raw, tomb, now_ms, sweep, None)
-                if c is None:
-                    continue
-                c["recent_ops"] = (1, c["recent"], [], -1)
-            commits.append(c)
+        self._tick = time.perf_counter()
+        # By chunks of users: their events, then the estimates of all who need one together (their grid
+        # posteriors are computed at once, see models/profile.py estimate_many), then the documents; the
+        # chunk's commits are sent at once, so Redis runs them while the next chunk is computed. A user
+        # whose update raises anywhere is redone alone from the stored bytes to isolate the culprit event.
+        commits: list[dict[str, Any]] = []
+        sent: list[Awaitable[list[Any]]] = []
+        for i in range(0, len(work), ESTIMATE_CHUNK):
+            computed = await self._compute_chunk(work[i:i + ESTIMATE_CHUNK], hits, loaded, now_ms, sweep)
+            chunk = [c for c in computed if c is not None]
+            if chunk:
+                if not self._script_loaded:  # else a fresh Redis answers a whole batch with NOSCRIPT
+                    await self.redis.script_load(COMMIT.source)
+                    self._script_loaded = True
+                commits.extend(chunk)
+                sent.append(await self.pipe.send([_commit_call(c) for c in chunk]))
         if not commits:
             return []
-        if not self._script_loaded:  # else a fresh Redis answers a whole batch with NOSCRIPT, sent twice
-            await self.redis.script_load(COMMIT.source)
-            self._script_loaded = True
-        pipe = self.redis.pipeline(transaction=False)
-        for c in commits:
-            COMMIT.queue(pipe, c["keys"], _commit_args(c))
-        try:
-            results = await pipe.execute()
-        except NoScriptError:
-            await self.redis.script_load(COMMIT.source)
-            pipe = self.redis.pipeline(transaction=False)
-            for c in commits:
-                COMMIT.queue(pipe, c["keys"], _commit_args(c))
-            results = await pipe.execute()
+        results = await self._commit_results(commits, [r for waiter in sent for r in await waiter])
         retry = []
         after = _BatchAggregates()
         for c, res in zip(commits, results, strict=True):
@@ -263,11 +264,100 @@ class Applier:
             self._keep((w.app, w.user_id), Cached(c["version"], c["tomb"], c["body"], c["state"], c["recent_ids"],
                                                   c["recent"], w.partition))
             self._after_commit(after, c, now_ms)
-        await after.write(self.redis)
+        raise_first(await self.pipe.execute(after.commands()))
         return retry
+
+    async def _commit_results(self, commits: list[dict[str, Any]], results: list[Any]) -> list[Any]:
+        """The COMMIT scripts' replies (1, or -1 / -2: lost the race); any refused for NOSCRIPT sent again."""
+        again = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if again:  # the script cache was flushed (a restart): load it and send those again
+            await self.redis.script_load(COMMIT.source)
+            replies = await self.pipe.execute([_commit_call(commits[i]) for i in again])
+            for i, r in zip(again, replies, strict=True):
+                results[i] = r
+        return raise_first(results)
+
+    async def _compute_chunk(self, work: list[UserWork], hits: dict[int, Cached | None],
+                             loaded: dict[int, tuple[bytes | None, bytes | None]], now_ms: int, sweep: bool
+                             ) -> list[dict[str, Any] | None]:
+        """The commits of some users (None: nothing to commit); keeps the bytes of cached users left alone."""
+        done: dict[int, dict[str, Any] | None] = {}
+        ctxs: dict[int, dict[str, Any]] = {}
+        for w in work:
+            await self._yield()
+            hit = hits[id(w)]
+            raw, tomb = (hit.body, hit.tomb) if hit is not None else loaded[id(w)]
+            try:
+                ctx = self._advance(w, raw, tomb, now_ms, sweep, hit.state if hit is not None else None)
+            except Exception:  # noqa: BLE001 - redone alone from the stored bytes (the state may be changed)
+                done[id(w)] = self._compute_isolating(w, raw, tomb, now_ms, sweep, None)
+                continue
+            if ctx is None:
+                done[id(w)] = None
+            else:
+                ctxs[id(w)] = ctx
+        due = [ctx for ctx in ctxs.values() if ctx["due"]]
+        if due:
+            await self._yield()
+            try:
+                ests = pm.estimate_many([(ctx["state"]["closed"], ctx["pop"], ctx["state"]["msg"], None)
+                                         for ctx in due])
+            except Exception:  # noqa: BLE001 - one user's bad data: estimate each alone to find whose
+                ests = []
+                for ctx in due:
+                    try:
+                        ests.append(pm.estimate(ctx["state"]["closed"], ctx["pop"], ctx["state"]["msg"]))
+                    except Exception:  # noqa: BLE001
+                        ests.append(None)
+            for ctx, est in zip(due, ests, strict=True):
+                if est is None:
+                    ctx["failed"] = True
+                else:
+                    self._store_estimate(ctx["state"], est)
+        out = []
+        for w in work:
+            hit = hits[id(w)]
+            ctx = ctxs.get(id(w))
+            if ctx is not None:
+                await self._yield()
+                c = None
+                if not ctx.get("failed"):
+                    try:
+                        c = self._complete(ctx)
+                    except Exception:  # noqa: BLE001 - redone alone below
+                        c = None
+                if c is None:
+                    raw, tomb = (hit.body, hit.tomb) if hit is not None else loaded[id(w)]
+                    c = self._compute_isolating(w, raw, tomb, now_ms, sweep, None)
+            else:
+                c = done[id(w)]
+            if hit is not None:
+                if c is None:  # nothing to commit; the object may carry uncommitted changes: keep the bytes
+                    self._keep((w.app, w.user_id),
+                               Cached(hit.version, hit.tomb, hit.body, None, hit.recent_ids, hit.recent,
+                                      hit.partition))
+                else:
+                    c["recent_ops"] = _recent_ops(hit.recent_ids, hit.recent, c["recent_ids"], c["recent"])
+            elif c is not None:
+                c["recent_ops"] = (1, c["recent"], [], -1)
+            out.append(c)
+        return out
 
     def _compute(self, w: UserWork, raw: bytes | None, tomb: bytes | None, now_ms: int, sweep: bool,
                  cached_state: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """One user's update start to end (the path that isolates a failing event); None: nothing to do."""
+        ctx = self._advance(w, raw, tomb, now_ms, sweep, cached_state)
+        if ctx is None:
+            return None
+        if ctx["due"]:
+            state = ctx["state"]
+            self._store_estimate(state, pm.estimate(state["closed"], ctx["pop"], state["msg"]))
+        return self._complete(ctx)
+
+    def _advance(self, w: UserWork, raw: bytes | None, tomb: bytes | None, now_ms: int, sweep: bool,
+                 cached_state: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """Apply the user's events to their state; None if there is nothing to commit, else what _complete
+        needs ("due": the estimate must be recomputed first)."""
         if cached_state is not None:
             version, state = int(raw.partition(b"|")[0]) if raw else 0, cached_state
         else:
@@ -300,11 +390,16 @@ class Applier:
                 self.stats.add(w.app, "denoise:deleted", skipped_deleted)
             return None
         feats = pm.update_trust(state, pop)
-        est = state.get("est")
-        if est is None or ap.amended_repeats or (ap.closed_now and self._due(state)):
-            est = self._estimate(state, pop)
-        version += 1
-        updated = _format_time(now_ms)
+        due = state.get("est") is None or bool(ap.amended_repeats) or bool(ap.closed_now and self._due(state))
+        return {"work": w, "state": state, "pop": pop, "ap": ap, "feats": feats, "version": version,
+                "tomb": tomb, "now_ms": now_ms, "applied": applied, "deleted": skipped_deleted, "due": due}
+
+    def _complete(self, ctx: dict[str, Any]) -> dict[str, Any]:
+        """The documents and the commit of an advanced user whose estimate is current."""
+        w, state, pop, ap, tomb = ctx["work"], ctx["state"], ctx["pop"], ctx["ap"], ctx["tomb"]
+        est = state["est"]
+        version = ctx["version"] + 1
+        updated = _format_time(ctx["now_ms"])
         doc = pm.profile_document(w.app, w.user_id, None, version, updated, state, est, state["replies"], state["n"])
         char_keys, char_docs = [], []
         for cid, recs in pm.characters_ready(state).items():
@@ -317,12 +412,12 @@ class Applier:
             state["chars"] = sorted(set(state["chars"]) | {k.rsplit(":", 1)[1] for k in char_keys})
         old_hist = state["hist"]
         state["hist"] = pm.hist_buckets(doc)
-        state["sum"] = pm.summary(state, est, feats)
+        state["sum"] = pm.summary(state, est, ctx["feats"])
         items = pm.recent_items(state)
         body = str(version).encode() + b"|" + orjson.dumps(state, default=_default)
         return {
             "work": w, "state": state, "closed": ap.closed_now, "amended": ap.amended_repeats,
-            "discounted": ap.discounted, "applied": applied, "deleted": skipped_deleted,
+            "discounted": ap.discounted, "applied": ctx["applied"], "deleted": ctx["deleted"],
             "old_hist": old_hist, "new_hist": state["hist"], "has_open": bool(state["open"]),
             "version": version, "tomb": tomb, "body": body,
             "recent_ids": [item["reply_id"] for item in items], "recent": [orjson.dumps(item) for item in items],
@@ -339,8 +434,8 @@ class Applier:
         state["est_stale"] = since
         return closed < 30 or since >= 3 or since < 0
 
-    def _estimate(self, state: dict[str, Any], pop: Population) -> dict[str, Any]:
-        est = pm.estimate(state["closed"], pop, state["msg"])
+    @staticmethod
+    def _store_estimate(state: dict[str, Any], est: dict[str, Any]) -> dict[str, Any]:
         state["est"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in est.items()}
         state["est_n"] = len(state["closed"])
         state["est_stale"] = 0
@@ -413,24 +508,27 @@ class _BatchAggregates:
             if b not in old:
                 h[b] += 1
 
-    async def write(self, client: aioredis.Redis) -> None:
-        pipe = client.pipeline(transaction=False)
+    def commands(self) -> list[tuple[Any, ...]]:
+        out: list[tuple[Any, ...]] = []
         for app, deltas in self.hist.items():
             for bucket, n in deltas.items():
                 if n:
-                    pipe.hincrby(keys.profile_hist(app), bucket, n)
+                    out.append((b"HINCRBY", keys.profile_hist(app), bucket, n))
         for app, users in self.users.items():
-            pipe.zadd(keys.app_users(app), users)
+            out.append((b"ZADD", keys.app_users(app), *[x for m, t in users.items() for x in (t, m)]))
         for app, sums in self.summaries.items():
-            pipe.hset(keys.population_users(app), mapping=sums)
+            out.append((b"HSET", keys.population_users(app), *[x for kv in sums.items() for x in kv]))
         for p, due in self.open_due.items():
             if due:
-                pipe.zadd(keys.open_users(p), due)
+                out.append((b"ZADD", keys.open_users(p), *[x for m, t in due.items() for x in (t, m)]))
         for p, gone in self.not_open.items():
             if gone:
-                pipe.zrem(keys.open_users(p), *gone)
-        if len(pipe):
-            await pipe.execute()
+                out.append((b"ZREM", keys.open_users(p), *gone))
+        return out
+
+
+def _commit_call(c: dict[str, Any]) -> tuple[Any, ...]:
+    return (b"EVALSHA", COMMIT.sha, len(c["keys"]), *c["keys"], *_commit_args(c))
 
 
 def _commit_args(c: dict[str, Any]) -> list[Any]:

@@ -28,6 +28,7 @@ from service import keys
 from service.settings import Settings
 from service.store import Script, StatsBuffer
 from workers.apply import Applier, Entry, UserWork, group, parse
+from workers.resp import raise_first
 
 log = logging.getLogger("attune.worker")
 
@@ -151,6 +152,7 @@ class Worker:
             await RELEASE(self.redis, [keys.lease(p)], [self.id])
             self.applier.forget_partition(p)
         self.owned.clear()
+        await self.applier.pipe.aclose()
         await self.redis.zrem(keys.WORKERS, self.id)
         await self.redis.delete(keys.worker_info(self.id))
 
@@ -188,9 +190,10 @@ class Worker:
             await asyncio.sleep(min(1.0, self.settings.worker_block_ms / 1000 or 0.05))
             return 0
         count = self.read_count(len(owned))
-        res = await self.redis.xreadgroup(
-            keys.CONSUMER_GROUP, self.id, {keys.stream(p): ">" for p in owned},
-            count=count, block=self.settings.worker_block_ms or None)
+        block = (b"BLOCK", self.settings.worker_block_ms) if self.settings.worker_block_ms else ()
+        (res,) = raise_first(await self.applier.pipe.execute([
+            (b"XREADGROUP", b"GROUP", keys.CONSUMER_GROUP, self.id, b"COUNT", count, *block, b"STREAMS",
+             *[keys.stream(p) for p in owned], *[b">"] * len(owned))]))
         batch: dict[int, list[Any]] = {}
         for name, items in res or []:
             p = int(_s(name).split("{p:")[1].split("}")[0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -56,3 +57,29 @@ def test_float32_grid_matches_a_float64_reference() -> None:
     total = ll - 0.5 * ((estimators.MU_GRID[:, None] - 5.9) / 0.6) ** 2
     ref = np.exp(total - total.max()).sum(axis=1)
     assert np.abs(post - ref / ref.sum()).max() < 1e-5
+
+
+def test_batched_posteriors_equal_one_user_at_a_time(monkeypatch: Any) -> None:
+    monkeypatch.setattr(estimators, "SLAB_REPLIES", 50)  # several slabs, cut between users
+    rng = np.random.default_rng(7)
+    users = []
+    for j in range(60):
+        n = int(rng.integers(0, 30))
+        rep = (rng.random(n) < 0.3) * rng.choice([1.0, 0.6], n)
+        suc = np.where(rep > 0, 0.0, rng.choice([0.0, 0.3, 1.0], n))
+        direction = rng.choice([0.0, 0.0, 1.0, -0.5], n)
+        weight = 0.97 ** np.arange(n)[::-1] if j % 7 else np.zeros(n)  # some users' replies all weightless
+        pairs = [(6.1, 5.4, 0.8)] if j % 5 == 0 else None
+        base, prior = float(rng.uniform(0, 1)), float(rng.normal(6, 0.3))
+        x = rng.normal(6, 0.6, n)
+        users.append(estimators.LengthEvidence(x, rep, suc, direction, weight, base, prior, 0.6, pairs))
+    batched = estimators.length_posteriors(users)
+    alone = np.array([estimators.length_posterior(*u) for u in users])
+    assert batched.shape == (60, len(estimators.MU_GRID))
+    assert np.abs(batched - alone).max() < 1e-9
+    assert np.abs(batched.sum(axis=1) - 1).max() < 1e-9
+    ds = [u._replace(x=rng.random(len(u.x)), prior_mu=0.45, prior_sd=0.2, pairs=None) for u in users]
+    batched = estimators.length_posteriors(ds, estimators.DS_GRID, estimators.DS_W_GRID)
+    alone = np.array([estimators.length_posterior(*u[:8], None, estimators.DS_GRID, estimators.DS_W_GRID)
+                      for u in ds])
+    assert np.abs(batched - alone).max() < 1e-9

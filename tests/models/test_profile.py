@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from models.population import Population
-from models.profile import Applier, behaviour_features, estimate, new_state, update_trust
+import numpy as np
+
+from models.population import PACINGS, Population
+from models.profile import Applier, behaviour_features, estimate, estimate_many, new_state, update_trust
 
 
 def feed(events: list[dict[str, Any]]) -> tuple[dict[str, Any], Applier]:
@@ -88,3 +90,45 @@ def test_pacing_is_learned_from_a_user_who_also_repeats_for_other_reasons() -> N
     assert est["pacing_label"] == "slow_burn"
     assert est["pacing_scores"]["slow_burn"] > 0.85, est["pacing_scores"]
     assert est["pacing_scores"]["fast"] < 0.1, est["pacing_scores"]
+
+
+def _random_replies(rng: np.random.Generator, n: int) -> list[dict[str, Any]]:
+    outcomes = ["repeat", "answered", "selected", "continue", "stop", "edit_shorter", "edit_longer", "rating",
+                "passed_over"]
+    out: list[dict[str, Any]] = []
+    for i in range(n):
+        r: dict[str, Any] = {"id": f"r{i}", "t": 1000 * i,
+                             "o": list(rng.choice(outcomes, int(rng.integers(0, 3)))),
+                             "c": int(np.exp(rng.normal(6, 0.6))) if rng.random() < 0.9 else None,
+                             "hk": bool(rng.random() < 0.5) if rng.random() < 0.7 else None}
+        if rng.random() < 0.8:
+            r["ds"] = float(rng.random())
+        if rng.random() < 0.7:
+            r["ap"] = {"pacing": PACINGS[int(rng.integers(3))], "propensity": 0.8}
+        if "rating" in r["o"]:
+            r["rating"] = float(rng.uniform(-1, 1))
+        if "selected" in r["o"] and i:
+            r["alts"] = [f"r{i - 1}"]
+        out.append(r)
+    return out
+
+
+def test_estimates_of_many_users_at_once_equal_one_at_a_time() -> None:
+    rng = np.random.default_rng(11)
+    jobs: list[Any] = []
+    for _ in range(80):
+        pop = Population(repeat_a=float(rng.uniform(1, 5)), repeat_b=float(rng.uniform(5, 20)))
+        msg = [float(rng.uniform(0, 40)), float(rng.uniform(0, 10))] if rng.random() < 0.7 else None
+        prior = {"mu": 6.2, "mu_sd": 0.35, "ds": 0.4, "ds_sd": 0.15} if rng.random() < 0.2 else None
+        jobs.append((_random_replies(rng, int(rng.integers(0, 60))), pop, msg, prior))
+    batched = estimate_many(jobs)
+    for job, got in zip(jobs, batched, strict=True):
+        want = estimate(*job)
+        assert got.keys() == want.keys()
+        assert got["pacing_label"] == want["pacing_label"]
+        assert got["pacing_posterior"] == want["pacing_posterior"]
+        for k in ("target", "len_conf", "mu", "mu_var", "ds", "ds_conf", "hook", "repeat_rate"):
+            assert abs(got[k] - want[k]) <= 1e-9 * max(1.0, abs(want[k])), k
+        assert np.allclose(got["interval"], want["interval"], rtol=1e-9)
+        scores = [(got["pacing_scores"][p], want["pacing_scores"][p]) for p in PACINGS]
+        assert all(abs(a - b) < 1e-12 for a, b in scores)

@@ -15,6 +15,7 @@ from service.settings import Settings
 from tests.conftest import make_settings
 from tests.workers.helpers import drain, ingest, run, session
 from workers import apply as apply_mod
+from workers import resp as resp_mod
 from workers.consumer import BATCH_MAX, INITIAL_RATE, Worker
 
 
@@ -48,6 +49,20 @@ def test_profiles_are_learned_from_the_streams(redis_url: str, tmp_path: Any, re
     assert hist["trust:normal"] == 2 and sum(v for k, v in hist.items() if k.startswith("pacing:")) == 2
     for p in range(s.partitions):  # consumed entries are trimmed once acknowledged
         assert redis_sync.xlen(keys.stream(p)) == 0
+
+
+def test_the_redis_py_fallback_learns_the_same_profiles(redis_url: str, tmp_path: Any,
+                                                        redis_sync: redis.Redis, monkeypatch: Any) -> None:
+    events = [e for i in range(8) for e in session(f"fb{i}", 6, seed=i, pref=300 + 100 * i)]
+    docs = []
+    for lean in (True, False):  # False: what a TLS connection uses (workers/resp.py)
+        monkeypatch.setattr(resp_mod, "lean_capable", lambda client, lean=lean: lean)
+        redis_sync.flushall()
+        s = _settings(redis_url, tmp_path, worker_batch_size=10)
+        run(ingest(s, "demo", events))
+        assert run(drain(s)) == len(events)
+        docs.append({f"fb{i}": _strip(_profile(redis_sync, f"fb{i}")) for i in range(8)})
+    assert all(docs[0].values()) and docs[0] == docs[1]
 
 
 def test_redelivered_entry_changes_nothing(redis_url: str, tmp_path: Any, redis_sync: redis.Redis) -> None:
@@ -118,6 +133,28 @@ def test_poison_entry_goes_to_dead_letters_and_partition_flows(redis_url: str, t
     assert "not JSON" in reasons[1] and "'t'" in reasons[0]
     doc = _profile(redis_sync, "u1")
     assert doc is not None and doc["evidence"]["events_used"] == 18  # everything after the poison applied
+    assert redis_sync.xpending(keys.stream(p), keys.CONSUMER_GROUP)["pending"] == 0
+
+
+def test_an_event_that_breaks_the_batched_estimate_is_dead_lettered_alone(redis_url: str, tmp_path: Any,
+                                                                            redis_sync: redis.Redis) -> None:
+    s = _settings(redis_url, tmp_path)
+    users = [f"est{i}" for i in range(6)]
+    run(ingest(s, "demo", [e for i, u in enumerate(users) for e in session(u, 4, seed=i)]))
+    p = keys.partition_of("demo", "est1", s.partitions)
+    # Valid enough to pass parsing; its reply's length is text, which only the estimate trips over once the
+    # repeat closes the reply.
+    bad = {"app": "demo", "user_id": "est1", "type": "reply_shown", "reply_id": "bad", "session_id": "s9",
+           "t": 1_764_000_500_000, "rt": 1_764_000_500_000, "reply": {"chars": "long"}}
+    redis_sync.xadd(keys.stream(p), {"e": orjson.dumps(bad)})
+    redis_sync.xadd(keys.stream(p), {"e": orjson.dumps({**bad, "type": "repeat", "t": bad["t"] + 5000})})
+    run(drain(s))
+    dead = redis_sync.xrange(keys.dead_letters(p))
+    assert len(dead) == 1 and "TypeError" in dead[0][1][b"reason"].decode()
+    for u in users:
+        doc = _profile(redis_sync, u)
+        assert doc is not None
+        assert doc["evidence"]["events_used"] == (9 if u == "est1" else 8)  # est1: all but the repeat
     assert redis_sync.xpending(keys.stream(p), keys.CONSUMER_GROUP)["pending"] == 0
 
 
@@ -247,13 +284,13 @@ def test_a_long_batch_lets_other_tasks_run(redis_url: str, tmp_path: Any, monkey
     run(ingest(s, "demo", [e for i in range(20) for e in session(f"u{i}", 3, seed=i)]))
     ticks = 0
     seen: list[int] = []  # the other task's progress at each user's update
-    compute = apply_mod.Applier._compute_isolating
+    advance = apply_mod.Applier._advance
 
     def spy(self: Any, *a: Any) -> Any:
         seen.append(ticks)
-        return compute(self, *a)
+        return advance(self, *a)
 
-    monkeypatch.setattr(apply_mod.Applier, "_compute_isolating", spy)
+    monkeypatch.setattr(apply_mod.Applier, "_advance", spy)
 
     async def go() -> None:
         async def other() -> None:  # stands for the heartbeat that renews the leases
