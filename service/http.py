@@ -30,7 +30,7 @@ class _Coalescing:
         if held is not None:
             self._held = None
             self._transport.writelines((held, data))  # one send (a vectored write), no copy
-        elif data.startswith(b"HTTP/") and data.endswith(b"\r\n\r\n"):
+        elif isinstance(data, bytes) and data.startswith(b"HTTP/") and data.endswith(b"\r\n\r\n"):
             self._held = data
             self._loop.call_soon(self._flush)
         else:

@@ -471,7 +471,9 @@ class _Watchdog:
 
     def _check(self) -> None:
         now = self.loop.time()
-        if self.since is not None and now - self.since >= self.idle:
+        # The same sum as `due` below: uvloop's clock has whole milliseconds, and `now - since` could come
+        # out a hair under `idle` when the timer fires on time, re-arming it at once until the next ms.
+        if self.since is not None and now >= self.since + self.idle:
             self.fired = True
             self.task.cancel()
             return

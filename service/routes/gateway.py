@@ -358,12 +358,12 @@ class Watch:
     first byte. One task awaits `receive` (after the body was read it returns only http.disconnect);
     a done callback, not a coroutine looping on it, so the watcher costs one task step per chat."""
 
-    __slots__ = ("task", "watcher", "disconnected", "armed")
+    __slots__ = ("task", "base", "watcher", "disconnected", "armed")
 
     def __init__(self, receive: Callable[[], Any]) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self.task = task
+        self.task, self.base = task, task.cancelling()
         self.disconnected, self.armed = False, True
         self.watcher: asyncio.Future[Any] = asyncio.ensure_future(receive())
         self.watcher.add_done_callback(self._done)
@@ -379,11 +379,10 @@ class Watch:
 
     def gone(self) -> bool:
         """For a CancelledError caught in the watched task: True (and the cancel undone) if it came from
-        a disconnect, False if someone else cancelled (re-raise it then)."""
+        a disconnect, False if someone else cancelled, also on top of the disconnect's (re-raise it then:
+        a server shutting down must not see its cancel swallowed), as asyncio.timeout decides."""
         self.close()
-        if self.disconnected:
-            self.task.uncancel()
-        return self.disconnected
+        return self.disconnected and self.task.uncancel() <= self.base
 
     def close(self) -> None:
         """The answer is about to end (or went out): a disconnect from here on changes nothing."""
