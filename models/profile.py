@@ -301,9 +301,12 @@ def estimate_many(jobs: list[EstimateJob]) -> list[dict[str, Any]]:
         ds_posts[i] = post
     mu_means = (len_posts * estimators.MU_GRID).sum(axis=1)
     mu_vars = (len_posts * (estimators.MU_GRID[None, :] - mu_means[:, None]) ** 2).sum(axis=1)
-    return [_finish(job, prep, post, float(mu_mean), float(mu_var), ds_post)
-            for job, prep, post, mu_mean, mu_var, ds_post
-            in zip(jobs, preps, len_posts, mu_means, mu_vars, ds_posts, strict=True)]
+    mu_means_f = mu_means.tolist()
+    paces = _pacing_label_posteriors([(job[0], prep["ev"], mu)
+                                      for job, prep, mu in zip(jobs, preps, mu_means_f, strict=True)])
+    return [_finish(job, prep, post, mu_mean, float(mu_var), ds_post, pace)
+            for job, prep, post, mu_mean, mu_var, ds_post, pace
+            in zip(jobs, preps, len_posts, mu_means_f, mu_vars, ds_posts, paces, strict=True)]
 
 
 def _prepare(recs: list[dict[str, Any]], pop: Population, msg: list[float] | None,
@@ -344,7 +347,7 @@ def _prepare(recs: list[dict[str, Any]], pop: Population, msg: list[float] | Non
 
 
 def _finish(job: EstimateJob, prep: dict[str, Any], post: np.ndarray, mu_mean: float, mu_var: float,
-            ds_post: np.ndarray | None) -> dict[str, Any]:
+            ds_post: np.ndarray | None, scores: np.ndarray) -> dict[str, Any]:
     """One user's estimate from its evidence and grid posteriors (and the length posterior's moments)."""
     recs, pop, _, _ = job
     ra, rb, base_rate, ev = prep["ra"], prep["rb"], prep["base_rate"], prep["ev"]
@@ -369,7 +372,6 @@ def _finish(job: EstimateJob, prep: dict[str, Any], post: np.ndarray, mu_mean: f
             beta[k] += forget[i] * rep[i] * (1 - explained)
         else:
             alpha[k] += forget[i] * min(suc[i], 1.0)
-    scores = _pacing_label_posterior(recs, ev, mu_mean)
     label = PACINGS[int(np.argmax(scores))]
 
     # Style: dialogue share (its posterior came with the length's); hooks as "do hooked replies fare better".
@@ -475,6 +477,79 @@ def _pacing_label_posterior(recs: list[dict[str, Any]], ev: Mapping[str, Any], m
     logp -= logp.max()
     post = np.exp(logp)
     return np.asarray(post / post.sum())
+
+
+def _pacing_label_posteriors(items: list[tuple[list[dict[str, Any]], Mapping[str, Any], float]]) -> np.ndarray:
+    """_pacing_label_posterior of many users, (recs, ev, mu) each, as rows: the same arithmetic, with the
+    replies of all users in one set of arrays (a user's sums are segment sums), so the numpy calls are
+    shared by the round instead of paid by every user (about 20 per user, most of an estimate's cost)."""
+    u_n = len(items)
+    users, ks, ms, expo, gidx = [], [], [], [], []
+    ch_user, ch_w, ch_mo, ch_mk, ch_ko, ch_kk = [], [], [], [], [], []
+    offset = 0
+    for u, (recs, _, mu) in enumerate(items):
+        n = len(recs)
+        by_id: dict[str, dict[str, Any]] | None = None
+        for i, r in enumerate(recs):
+            ap = r.get("ap")
+            k = _PACE_INDEX.get(ap.get("pacing")) if ap else None
+            if k is None:
+                continue
+            o = r["o"]
+            if "passed_over" in o:
+                continue  # counted through the choice of the one kept
+            c = r.get("c")
+            users.append(u)
+            ks.append(k)
+            ms.append(math.log(max(c, 1)) if c else math.nan)
+            expo.append(n - 1 - i)
+            gidx.append(offset + i)
+            if "selected" in o and r.get("alts"):
+                # The choices, in the order the reference subtracts them (np.subtract.at keeps it).
+                by_id = by_id if by_id is not None else {x["id"]: x for x in recs}
+                for alt in r["alts"]:
+                    other = by_id.get(alt)
+                    op = (other or {}).get("ap", {}) or {}
+                    if other is None or op.get("pacing") not in _PACE_INDEX or op["pacing"] == ap["pacing"]:
+                        continue
+                    ch_user.append(u)
+                    ch_w.append(PACING_FORGET ** (n - 1 - i))
+                    ch_mk.append(0.5 * ((math.log(max(c, 1)) - mu) / 0.4) ** 2 if c else 0.0)
+                    ch_mo.append(0.5 * ((math.log(max(other["c"], 1)) - mu) / 0.4) ** 2 if other.get("c")
+                                 else 0.0)
+                    ch_ko.append(_PACE_INDEX[op["pacing"]])
+                    ch_kk.append(k)
+        offset += n
+    logp = np.zeros((u_n, 3))
+    if ks:
+        rep = np.concatenate([ev["rep"] for _, ev, _ in items])
+        suc = np.concatenate([ev["suc"] for _, ev, _ in items])
+        mus = np.array([mu for _, _, mu in items], dtype=float)
+        u_idx = np.array(users, dtype=int)
+        sel = np.array(gidx, dtype=int)
+        logc = np.array(ms)
+        m_len = np.where(np.isnan(logc), 0.0, 0.5 * ((logc - mus[u_idx]) / 0.4) ** 2)
+        keep_len = 1 - 0.5 * (1 - np.exp(-m_len))
+        forget = PACING_FORGET ** np.array(expo, dtype=int).astype(float)
+        w_rep = forget * rep[sel]
+        w_suc = np.where(w_rep > 0, 0.0, forget * np.minimum(suc[sel], 1.0))
+        keep = keep_len[:, None] * (1 - _PACE_REPEAT_MIX[np.array(ks, dtype=int)])  # [reply, preferred P]
+        p_rep = 1 - (1 - BASE_GRID)[:, None, None] * keep[None, :, :]  # [base, reply, preferred P]
+        p_rep = np.clip(p_rep, 1e-4, 1 - 1e-4)
+        terms = w_rep[None, :, None] * np.log(p_rep) + w_suc[None, :, None] * np.log1p(-p_rep)
+        # Replies are grouped by user in order, so a user's replies are one run starting where it first appears.
+        has, starts = np.unique(u_idx, return_index=True)
+        ll = np.add.reduceat(terms, starts, axis=1) + np.log(BASE_PRIOR)[:, None, None]  # [base, user, P]
+        top = ll.max(axis=(0, 2))
+        logp[has] = np.log(np.exp(ll - top[None, :, None]).sum(axis=0)) + top[:, None]
+    if ch_user:
+        z = (((np.array(ch_mo)[:, None] + _PACE_COST_MIX[np.array(ch_ko, dtype=int)]) - np.array(ch_mk)[:, None])
+             - _PACE_COST_MIX[np.array(ch_kk, dtype=int)]) / CHOICE_TEMPERATURE
+        np.subtract.at(logp, np.array(ch_user, dtype=int), np.array(ch_w)[:, None] * np.logaddexp(0.0, -z))
+    logp = logp + np.log(PACING_PRIOR)
+    logp -= logp.max(axis=1, keepdims=True)
+    post = np.exp(logp)
+    return np.asarray(post / post.sum(axis=1, keepdims=True))
 
 
 _PACE_INDEX = {p: k for k, p in enumerate(PACINGS)}
