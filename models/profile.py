@@ -479,7 +479,10 @@ def _pacing_label_posterior(recs: list[dict[str, Any]], ev: Mapping[str, Any], m
     return np.asarray(post / post.sum())
 
 
-def _pacing_label_posteriors(items: list[tuple[list[dict[str, Any]], Mapping[str, Any], float]]) -> np.ndarray:
+PaceItem = tuple[list[dict[str, Any]], Mapping[str, Any], float]
+
+
+def _pacing_label_posteriors(items: list[PaceItem]) -> np.ndarray:
     """_pacing_label_posterior of many users, (recs, ev, mu) each, as rows: the same arithmetic, with the
     replies of all users in one set of arrays (a user's sums are segment sums), so the numpy calls are
     shared by the round instead of paid by every user (about 20 per user, most of an estimate's cost)."""
@@ -537,14 +540,15 @@ def _pacing_label_posteriors(items: list[tuple[list[dict[str, Any]], Mapping[str
         p_rep = 1 - (1 - BASE_GRID)[:, None, None] * keep[None, :, :]  # [base, reply, preferred P]
         p_rep = np.clip(p_rep, 1e-4, 1 - 1e-4)
         terms = w_rep[None, :, None] * np.log(p_rep) + w_suc[None, :, None] * np.log1p(-p_rep)
-        # Replies are grouped by user in order, so a user's replies are one run starting where it first appears.
+        # Replies are grouped by user in order: a user's replies are one run from where it first appears.
         has, starts = np.unique(u_idx, return_index=True)
         ll = np.add.reduceat(terms, starts, axis=1) + np.log(BASE_PRIOR)[:, None, None]  # [base, user, P]
         top = ll.max(axis=(0, 2))
         logp[has] = np.log(np.exp(ll - top[None, :, None]).sum(axis=0)) + top[:, None]
     if ch_user:
-        z = (((np.array(ch_mo)[:, None] + _PACE_COST_MIX[np.array(ch_ko, dtype=int)]) - np.array(ch_mk)[:, None])
-             - _PACE_COST_MIX[np.array(ch_kk, dtype=int)]) / CHOICE_TEMPERATURE
+        cost_o = _PACE_COST_MIX[np.array(ch_ko, dtype=int)]
+        cost_k = _PACE_COST_MIX[np.array(ch_kk, dtype=int)]
+        z = (((np.array(ch_mo)[:, None] + cost_o) - np.array(ch_mk)[:, None]) - cost_k) / CHOICE_TEMPERATURE
         np.subtract.at(logp, np.array(ch_user, dtype=int), np.array(ch_w)[:, None] * np.logaddexp(0.0, -z))
     logp = logp + np.log(PACING_PRIOR)
     logp -= logp.max(axis=1, keepdims=True)
