@@ -355,14 +355,14 @@ def _finish(job: EstimateJob, prep: dict[str, Any], post: np.ndarray, mu_mean: f
     forget, rep, suc = ev["forget"].tolist(), ev["rep"].tolist(), ev["suc"].tolist()
     target, lo, hi, conf = estimators.grid_summary(post)
     # Pacing: Beta per arm from replies whose pacing is known; repeats explained by length count less.
-    alpha = np.array([pop.pacing_prior.get(p, [2.0, 1.0])[0] for p in PACINGS], dtype=float)
-    beta = np.array([pop.pacing_prior.get(p, [2.0, 1.0])[1] for p in PACINGS], dtype=float)
+    alpha = [float(pop.pacing_prior.get(p, [2.0, 1.0])[0]) for p in PACINGS]
+    beta = [float(pop.pacing_prior.get(p, [2.0, 1.0])[1]) for p in PACINGS]
     w_tol = 0.4
     for i, r in enumerate(recs):
-        pacing = (r.get("ap") or {}).get("pacing")
-        if pacing not in PACINGS:
+        ap = r.get("ap")
+        k = _PACE_INDEX.get(ap.get("pacing")) if ap else None
+        if k is None:
             continue
-        k = PACINGS.index(pacing)
         if rep[i] > 0:
             explained = 0.0
             if r.get("c"):
@@ -372,7 +372,8 @@ def _finish(job: EstimateJob, prep: dict[str, Any], post: np.ndarray, mu_mean: f
             beta[k] += forget[i] * rep[i] * (1 - explained)
         else:
             alpha[k] += forget[i] * min(suc[i], 1.0)
-    label = PACINGS[int(np.argmax(scores))]
+    score_list = scores.tolist()
+    label = PACINGS[score_list.index(max(score_list))]  # the first of equals, as np.argmax
 
     # Style: dialogue share (its posterior came with the length's); hooks as "do hooked replies fare better".
     if ds_post is None:
@@ -380,7 +381,7 @@ def _finish(job: EstimateJob, prep: dict[str, Any], post: np.ndarray, mu_mean: f
         ds_post /= ds_post.sum()
     ds_value = float((ds_post * estimators.DS_GRID).sum())
     ds_conf = float(ds_post[np.abs(estimators.DS_GRID - ds_value) <= 0.1].sum())
-    ha, hb = np.array([1.0, 1.0]), np.array([1.0, 1.0])
+    ha, hb = [1.0, 1.0], [1.0, 1.0]
     for i, r in enumerate(recs):
         if r.get("hk") is None:
             continue
@@ -392,8 +393,8 @@ def _finish(job: EstimateJob, prep: dict[str, Any], post: np.ndarray, mu_mean: f
     r_lo, r_hi = estimators.beta_interval(ra, rb)
     return {
         "target": target, "interval": (lo, hi), "len_conf": conf, "mu": mu_mean, "mu_var": mu_var,
-        "pacing_label": label, "pacing_scores": dict(zip(PACINGS, scores.tolist(), strict=True)),
-        "pacing_posterior": {p: [round(float(alpha[k]), 4), round(float(beta[k]), 4)] for k, p in enumerate(PACINGS)},
+        "pacing_label": label, "pacing_scores": dict(zip(PACINGS, score_list, strict=True)),
+        "pacing_posterior": {p: [round(alpha[k], 4), round(beta[k], 4)] for k, p in enumerate(PACINGS)},
         "ds": ds_value, "ds_conf": ds_conf, "hook": hook_value,
         "repeat_rate": base_rate, "repeat_interval": (r_lo, r_hi),
         "confounded": ev["confounded"], "curator": ev["curator"],
