@@ -294,19 +294,28 @@ def estimate_many(jobs: list[EstimateJob]) -> list[dict[str, Any]]:
     preps = [_prepare(*job) for job in jobs]
     len_posts = estimators.length_posteriors([p["length"] for p in preps])
     with_ds = [i for i, p in enumerate(preps) if p["ds"] is not None]
-    ds_posts: list[np.ndarray | None] = [None] * len(preps)
     found = estimators.length_posteriors([preps[i]["ds"] for i in with_ds], estimators.DS_GRID,
                                          estimators.DS_W_GRID)
-    for i, post in zip(with_ds, found, strict=True):
-        ds_posts[i] = post
+    # Users without dialogue-share evidence keep their population's prior on the grid.
+    ds_mu = np.array([job[1].ds for job in jobs], dtype=float)
+    ds_sd = np.array([job[1].ds_sd for job in jobs], dtype=float)
+    ds_posts = np.exp(-0.5 * ((estimators.DS_GRID[None, :] - ds_mu[:, None]) / ds_sd[:, None]) ** 2)
+    ds_posts /= ds_posts.sum(axis=1, keepdims=True)
+    if with_ds:
+        ds_posts[with_ds] = found
+    ds_values = (ds_posts * estimators.DS_GRID).sum(axis=1)
+    near = np.abs(estimators.DS_GRID[None, :] - ds_values[:, None]) <= 0.1
+    ds_confs = np.where(near, ds_posts, 0.0).sum(axis=1)
+    summaries = estimators.grid_summaries(len_posts)
     mu_means = (len_posts * estimators.MU_GRID).sum(axis=1)
     mu_vars = (len_posts * (estimators.MU_GRID[None, :] - mu_means[:, None]) ** 2).sum(axis=1)
     mu_means_f = mu_means.tolist()
     paces = _pacing_label_posteriors([(job[0], prep["ev"], mu)
                                       for job, prep, mu in zip(jobs, preps, mu_means_f, strict=True)])
-    return [_finish(job, prep, post, mu_mean, float(mu_var), ds_post, pace)
-            for job, prep, post, mu_mean, mu_var, ds_post, pace
-            in zip(jobs, preps, len_posts, mu_means_f, mu_vars, ds_posts, paces, strict=True)]
+    return [_finish(job, prep, summary, mu_mean, mu_var, ds_value, ds_conf, pace)
+            for job, prep, summary, mu_mean, mu_var, ds_value, ds_conf, pace
+            in zip(jobs, preps, summaries, mu_means_f, mu_vars.tolist(), ds_values.tolist(), ds_confs.tolist(),
+                   paces, strict=True)]
 
 
 def _prepare(recs: list[dict[str, Any]], pop: Population, msg: list[float] | None,
@@ -346,14 +355,15 @@ def _prepare(recs: list[dict[str, Any]], pop: Population, msg: list[float] | Non
     return {"ra": ra, "rb": rb, "base_rate": base_rate, "ev": ev, "length": length, "ds": ds}
 
 
-def _finish(job: EstimateJob, prep: dict[str, Any], post: np.ndarray, mu_mean: float, mu_var: float,
-            ds_post: np.ndarray | None, scores: np.ndarray) -> dict[str, Any]:
-    """One user's estimate from its evidence and grid posteriors (and the length posterior's moments)."""
+def _finish(job: EstimateJob, prep: dict[str, Any], summary: tuple[float, float, float, float], mu_mean: float,
+            mu_var: float, ds_value: float, ds_conf: float, scores: np.ndarray) -> dict[str, Any]:
+    """One user's estimate from its evidence and what the round computed at once: the length posterior's
+    summary and moments, the dialogue share's mean and confidence, the pacing label posterior."""
     recs, pop, _, _ = job
     ra, rb, base_rate, ev = prep["ra"], prep["rb"], prep["base_rate"], prep["ev"]
     # Python floats for the loops below: indexing numpy arrays one element at a time costs 10x more.
     forget, rep, suc = ev["forget"].tolist(), ev["rep"].tolist(), ev["suc"].tolist()
-    target, lo, hi, conf = estimators.grid_summary(post)
+    target, lo, hi, conf = summary
     # Pacing: Beta per arm from replies whose pacing is known; repeats explained by length count less.
     alpha = [float(pop.pacing_prior.get(p, [2.0, 1.0])[0]) for p in PACINGS]
     beta = [float(pop.pacing_prior.get(p, [2.0, 1.0])[1]) for p in PACINGS]
@@ -375,12 +385,7 @@ def _finish(job: EstimateJob, prep: dict[str, Any], post: np.ndarray, mu_mean: f
     score_list = scores.tolist()
     label = PACINGS[score_list.index(max(score_list))]  # the first of equals, as np.argmax
 
-    # Style: dialogue share (its posterior came with the length's); hooks as "do hooked replies fare better".
-    if ds_post is None:
-        ds_post = np.exp(-0.5 * ((estimators.DS_GRID - pop.ds) / pop.ds_sd) ** 2)
-        ds_post /= ds_post.sum()
-    ds_value = float((ds_post * estimators.DS_GRID).sum())
-    ds_conf = float(ds_post[np.abs(estimators.DS_GRID - ds_value) <= 0.1].sum())
+    # Style: dialogue share (computed with the length's); hooks as "do hooked replies fare better".
     ha, hb = [1.0, 1.0], [1.0, 1.0]
     for i, r in enumerate(recs):
         if r.get("hk") is None:
