@@ -6,6 +6,7 @@ recompute a user's estimates from the replies it remembers (late events simply a
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -172,6 +173,40 @@ def grid_summary(post: np.ndarray, tolerance: float = 0.25) -> tuple[float, floa
     a, b = math.log(lo), math.log(hi)
     conf = float(np.interp(b, MU_GRID, cdf) - np.interp(a, MU_GRID, cdf))
     return target, lo, hi, min(max(conf, 0.0), 1.0)
+
+
+
+def grid_summaries(posts: np.ndarray, tolerance: float = 0.25) -> list[tuple[float, float, float, float]]:
+    """grid_summary of each row of posts: one cumsum for all, the interpolations in Python floats (np.interp
+    of a single point costs more than the arithmetic; _interp repeats its formula, so the values agree)."""
+    grid = MU_GRID.tolist()
+    out = []
+    for cdf in np.cumsum(posts, axis=1).tolist():
+        target = math.exp(_interp(0.5, cdf, grid))
+        lo, hi = target / (1 + tolerance), target / (1 - tolerance)
+        conf = _interp(math.log(hi), grid, cdf) - _interp(math.log(lo), grid, cdf)
+        out.append((target, lo, hi, min(max(conf, 0.0), 1.0)))
+    return out
+
+
+def _interp(x: float, xp: list[float], fp: list[float]) -> float:
+    """np.interp(x, xp, fp) of one point, xp non-decreasing: numpy's cases and formula, in the same order."""
+    if math.isnan(x):
+        return x
+    if x > xp[-1]:
+        return fp[-1]
+    if x < xp[0]:
+        return fp[0]
+    j = bisect.bisect_right(xp, x) - 1  # xp[j] <= x < xp[j + 1], as numpy's binary search
+    if j == len(xp) - 1 or xp[j] == x:
+        return fp[j]
+    slope = (fp[j + 1] - fp[j]) / (xp[j + 1] - xp[j])
+    res = slope * (x - xp[j]) + fp[j]
+    if math.isnan(res):
+        res = slope * (x - xp[j + 1]) + fp[j + 1]
+        if math.isnan(res) and fp[j] == fp[j + 1]:
+            res = fp[j]
+    return res
 
 
 _THETA = np.linspace(0.0005, 0.9995, 400)

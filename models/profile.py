@@ -294,16 +294,28 @@ def estimate_many(jobs: list[EstimateJob]) -> list[dict[str, Any]]:
     preps = [_prepare(*job) for job in jobs]
     len_posts = estimators.length_posteriors([p["length"] for p in preps])
     with_ds = [i for i, p in enumerate(preps) if p["ds"] is not None]
-    ds_posts: list[np.ndarray | None] = [None] * len(preps)
     found = estimators.length_posteriors([preps[i]["ds"] for i in with_ds], estimators.DS_GRID,
                                          estimators.DS_W_GRID)
-    for i, post in zip(with_ds, found, strict=True):
-        ds_posts[i] = post
+    # Users without dialogue-share evidence keep their population's prior on the grid.
+    ds_mu = np.array([job[1].ds for job in jobs], dtype=float)
+    ds_sd = np.array([job[1].ds_sd for job in jobs], dtype=float)
+    ds_posts = np.exp(-0.5 * ((estimators.DS_GRID[None, :] - ds_mu[:, None]) / ds_sd[:, None]) ** 2)
+    ds_posts /= ds_posts.sum(axis=1, keepdims=True)
+    if with_ds:
+        ds_posts[with_ds] = found
+    ds_values = (ds_posts * estimators.DS_GRID).sum(axis=1)
+    near = np.abs(estimators.DS_GRID[None, :] - ds_values[:, None]) <= 0.1
+    ds_confs = np.where(near, ds_posts, 0.0).sum(axis=1)
+    summaries = estimators.grid_summaries(len_posts)
     mu_means = (len_posts * estimators.MU_GRID).sum(axis=1)
     mu_vars = (len_posts * (estimators.MU_GRID[None, :] - mu_means[:, None]) ** 2).sum(axis=1)
-    return [_finish(job, prep, post, float(mu_mean), float(mu_var), ds_post)
-            for job, prep, post, mu_mean, mu_var, ds_post
-            in zip(jobs, preps, len_posts, mu_means, mu_vars, ds_posts, strict=True)]
+    mu_means_f = mu_means.tolist()
+    paces = _pacing_label_posteriors([(job[0], prep["ev"], mu)
+                                      for job, prep, mu in zip(jobs, preps, mu_means_f, strict=True)])
+    return [_finish(job, prep, summary, mu_mean, mu_var, ds_value, ds_conf, pace)
+            for job, prep, summary, mu_mean, mu_var, ds_value, ds_conf, pace
+            in zip(jobs, preps, summaries, mu_means_f, mu_vars.tolist(), ds_values.tolist(), ds_confs.tolist(),
+                   paces, strict=True)]
 
 
 def _prepare(recs: list[dict[str, Any]], pop: Population, msg: list[float] | None,
@@ -343,23 +355,24 @@ def _prepare(recs: list[dict[str, Any]], pop: Population, msg: list[float] | Non
     return {"ra": ra, "rb": rb, "base_rate": base_rate, "ev": ev, "length": length, "ds": ds}
 
 
-def _finish(job: EstimateJob, prep: dict[str, Any], post: np.ndarray, mu_mean: float, mu_var: float,
-            ds_post: np.ndarray | None) -> dict[str, Any]:
-    """One user's estimate from its evidence and grid posteriors (and the length posterior's moments)."""
+def _finish(job: EstimateJob, prep: dict[str, Any], summary: tuple[float, float, float, float], mu_mean: float,
+            mu_var: float, ds_value: float, ds_conf: float, scores: np.ndarray) -> dict[str, Any]:
+    """One user's estimate from its evidence and what the round computed at once: the length posterior's
+    summary and moments, the dialogue share's mean and confidence, the pacing label posterior."""
     recs, pop, _, _ = job
     ra, rb, base_rate, ev = prep["ra"], prep["rb"], prep["base_rate"], prep["ev"]
     # Python floats for the loops below: indexing numpy arrays one element at a time costs 10x more.
     forget, rep, suc = ev["forget"].tolist(), ev["rep"].tolist(), ev["suc"].tolist()
-    target, lo, hi, conf = estimators.grid_summary(post)
+    target, lo, hi, conf = summary
     # Pacing: Beta per arm from replies whose pacing is known; repeats explained by length count less.
-    alpha = np.array([pop.pacing_prior.get(p, [2.0, 1.0])[0] for p in PACINGS], dtype=float)
-    beta = np.array([pop.pacing_prior.get(p, [2.0, 1.0])[1] for p in PACINGS], dtype=float)
+    alpha = [float(pop.pacing_prior.get(p, [2.0, 1.0])[0]) for p in PACINGS]
+    beta = [float(pop.pacing_prior.get(p, [2.0, 1.0])[1]) for p in PACINGS]
     w_tol = 0.4
     for i, r in enumerate(recs):
-        pacing = (r.get("ap") or {}).get("pacing")
-        if pacing not in PACINGS:
+        ap = r.get("ap")
+        k = _PACE_INDEX.get(ap.get("pacing")) if ap else None
+        if k is None:
             continue
-        k = PACINGS.index(pacing)
         if rep[i] > 0:
             explained = 0.0
             if r.get("c"):
@@ -369,16 +382,11 @@ def _finish(job: EstimateJob, prep: dict[str, Any], post: np.ndarray, mu_mean: f
             beta[k] += forget[i] * rep[i] * (1 - explained)
         else:
             alpha[k] += forget[i] * min(suc[i], 1.0)
-    scores = _pacing_label_posterior(recs, ev, mu_mean)
-    label = PACINGS[int(np.argmax(scores))]
+    score_list = scores.tolist()
+    label = PACINGS[score_list.index(max(score_list))]  # the first of equals, as np.argmax
 
-    # Style: dialogue share (its posterior came with the length's); hooks as "do hooked replies fare better".
-    if ds_post is None:
-        ds_post = np.exp(-0.5 * ((estimators.DS_GRID - pop.ds) / pop.ds_sd) ** 2)
-        ds_post /= ds_post.sum()
-    ds_value = float((ds_post * estimators.DS_GRID).sum())
-    ds_conf = float(ds_post[np.abs(estimators.DS_GRID - ds_value) <= 0.1].sum())
-    ha, hb = np.array([1.0, 1.0]), np.array([1.0, 1.0])
+    # Style: dialogue share (computed with the length's); hooks as "do hooked replies fare better".
+    ha, hb = [1.0, 1.0], [1.0, 1.0]
     for i, r in enumerate(recs):
         if r.get("hk") is None:
             continue
@@ -390,8 +398,8 @@ def _finish(job: EstimateJob, prep: dict[str, Any], post: np.ndarray, mu_mean: f
     r_lo, r_hi = estimators.beta_interval(ra, rb)
     return {
         "target": target, "interval": (lo, hi), "len_conf": conf, "mu": mu_mean, "mu_var": mu_var,
-        "pacing_label": label, "pacing_scores": dict(zip(PACINGS, scores.tolist(), strict=True)),
-        "pacing_posterior": {p: [round(float(alpha[k]), 4), round(float(beta[k]), 4)] for k, p in enumerate(PACINGS)},
+        "pacing_label": label, "pacing_scores": dict(zip(PACINGS, score_list, strict=True)),
+        "pacing_posterior": {p: [round(alpha[k], 4), round(beta[k], 4)] for k, p in enumerate(PACINGS)},
         "ds": ds_value, "ds_conf": ds_conf, "hook": hook_value,
         "repeat_rate": base_rate, "repeat_interval": (r_lo, r_hi),
         "confounded": ev["confounded"], "curator": ev["curator"],
@@ -475,6 +483,83 @@ def _pacing_label_posterior(recs: list[dict[str, Any]], ev: Mapping[str, Any], m
     logp -= logp.max()
     post = np.exp(logp)
     return np.asarray(post / post.sum())
+
+
+PaceItem = tuple[list[dict[str, Any]], Mapping[str, Any], float]
+
+
+def _pacing_label_posteriors(items: list[PaceItem]) -> np.ndarray:
+    """_pacing_label_posterior of many users, (recs, ev, mu) each, as rows: the same arithmetic, with the
+    replies of all users in one set of arrays (a user's sums are segment sums), so the numpy calls are
+    shared by the round instead of paid by every user (about 20 per user, most of an estimate's cost)."""
+    u_n = len(items)
+    users, ks, ms, expo, gidx = [], [], [], [], []
+    ch_user, ch_w, ch_mo, ch_mk, ch_ko, ch_kk = [], [], [], [], [], []
+    offset = 0
+    for u, (recs, _, mu) in enumerate(items):
+        n = len(recs)
+        by_id: dict[str, dict[str, Any]] | None = None
+        for i, r in enumerate(recs):
+            ap = r.get("ap")
+            k = _PACE_INDEX.get(ap.get("pacing")) if ap else None
+            if k is None:
+                continue
+            o = r["o"]
+            if "passed_over" in o:
+                continue  # counted through the choice of the one kept
+            c = r.get("c")
+            users.append(u)
+            ks.append(k)
+            ms.append(math.log(max(c, 1)) if c else math.nan)
+            expo.append(n - 1 - i)
+            gidx.append(offset + i)
+            if "selected" in o and r.get("alts"):
+                # The choices, in the order the reference subtracts them (np.subtract.at keeps it).
+                by_id = by_id if by_id is not None else {x["id"]: x for x in recs}
+                for alt in r["alts"]:
+                    other = by_id.get(alt)
+                    op = (other or {}).get("ap", {}) or {}
+                    if other is None or op.get("pacing") not in _PACE_INDEX or op["pacing"] == ap["pacing"]:
+                        continue
+                    ch_user.append(u)
+                    ch_w.append(PACING_FORGET ** (n - 1 - i))
+                    ch_mk.append(0.5 * ((math.log(max(c, 1)) - mu) / 0.4) ** 2 if c else 0.0)
+                    ch_mo.append(0.5 * ((math.log(max(other["c"], 1)) - mu) / 0.4) ** 2 if other.get("c")
+                                 else 0.0)
+                    ch_ko.append(_PACE_INDEX[op["pacing"]])
+                    ch_kk.append(k)
+        offset += n
+    logp = np.zeros((u_n, 3))
+    if ks:
+        rep = np.concatenate([ev["rep"] for _, ev, _ in items])
+        suc = np.concatenate([ev["suc"] for _, ev, _ in items])
+        mus = np.array([mu for _, _, mu in items], dtype=float)
+        u_idx = np.array(users, dtype=int)
+        sel = np.array(gidx, dtype=int)
+        logc = np.array(ms)
+        m_len = np.where(np.isnan(logc), 0.0, 0.5 * ((logc - mus[u_idx]) / 0.4) ** 2)
+        keep_len = 1 - 0.5 * (1 - np.exp(-m_len))
+        forget = PACING_FORGET ** np.array(expo, dtype=int).astype(float)
+        w_rep = forget * rep[sel]
+        w_suc = np.where(w_rep > 0, 0.0, forget * np.minimum(suc[sel], 1.0))
+        keep = keep_len[:, None] * (1 - _PACE_REPEAT_MIX[np.array(ks, dtype=int)])  # [reply, preferred P]
+        p_rep = 1 - (1 - BASE_GRID)[:, None, None] * keep[None, :, :]  # [base, reply, preferred P]
+        p_rep = np.clip(p_rep, 1e-4, 1 - 1e-4)
+        terms = w_rep[None, :, None] * np.log(p_rep) + w_suc[None, :, None] * np.log1p(-p_rep)
+        # Replies are grouped by user in order: a user's replies are one run from where it first appears.
+        has, starts = np.unique(u_idx, return_index=True)
+        ll = np.add.reduceat(terms, starts, axis=1) + np.log(BASE_PRIOR)[:, None, None]  # [base, user, P]
+        top = ll.max(axis=(0, 2))
+        logp[has] = np.log(np.exp(ll - top[None, :, None]).sum(axis=0)) + top[:, None]
+    if ch_user:
+        cost_o = _PACE_COST_MIX[np.array(ch_ko, dtype=int)]
+        cost_k = _PACE_COST_MIX[np.array(ch_kk, dtype=int)]
+        z = (((np.array(ch_mo)[:, None] + cost_o) - np.array(ch_mk)[:, None]) - cost_k) / CHOICE_TEMPERATURE
+        np.subtract.at(logp, np.array(ch_user, dtype=int), np.array(ch_w)[:, None] * np.logaddexp(0.0, -z))
+    logp = logp + np.log(PACING_PRIOR)
+    logp -= logp.max(axis=1, keepdims=True)
+    post = np.exp(logp)
+    return np.asarray(post / post.sum(axis=1, keepdims=True))
 
 
 _PACE_INDEX = {p: k for k, p in enumerate(PACINGS)}

@@ -83,3 +83,33 @@ def test_batched_posteriors_equal_one_user_at_a_time(monkeypatch: Any) -> None:
     alone = np.array([estimators.length_posterior(*u[:8], None, estimators.DS_GRID, estimators.DS_W_GRID)
                       for u in ds])
     assert np.abs(batched - alone).max() < 1e-9
+
+
+def test_grid_summaries_of_many_posteriors_equal_one_at_a_time() -> None:
+    rng = np.random.default_rng(4)
+    n = len(estimators.MU_GRID)
+    posts = []
+    for k in range(200):
+        p = np.exp(-0.5 * ((estimators.MU_GRID - rng.uniform(3.0, 9.0)) / rng.uniform(0.02, 1.5)) ** 2)
+        if k % 5 == 0:
+            p[rng.random(n) < 0.7] = 0.0  # flat runs in the cdf (repeated interpolation points)
+        if k % 9 == 0:
+            p = np.zeros(n)
+            p[int(rng.integers(n))] = 1.0  # all the mass on one point: the median is a grid point
+        p = p + (1e-300 if not p.sum() else 0.0)
+        posts.append(p / p.sum())
+    got = estimators.grid_summaries(np.array(posts))
+    assert len(got) == len(posts)
+    for post, g in zip(posts, got, strict=True):
+        want = estimators.grid_summary(post)
+        assert all(abs(a - b) <= 1e-12 * max(1.0, abs(b)) for a, b in zip(g, want, strict=True)), (g, want)
+    assert any(g[3] == 1.0 for g in got) and any(g[3] < 0.5 for g in got)
+
+
+def test_interp_of_one_point_is_numpys() -> None:
+    rng = np.random.default_rng(8)
+    xp = np.cumsum(np.where(rng.random(40) < 0.3, 0.0, rng.random(40)))
+    fp = rng.normal(size=40)
+    for x in [*rng.uniform(xp[0] - 1, xp[-1] + 1, 500), *xp, -math.inf, math.inf]:
+        want = float(np.interp(x, xp, fp))
+        assert estimators._interp(float(x), xp.tolist(), fp.tolist()) == want

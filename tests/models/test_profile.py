@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from models.population import PACINGS, Population
+from models import profile as pm
 from models.profile import Applier, behaviour_features, estimate, estimate_many, new_state, update_trust
 
 
@@ -132,3 +133,32 @@ def test_estimates_of_many_users_at_once_equal_one_at_a_time() -> None:
         assert np.allclose(got["interval"], want["interval"], rtol=1e-9)
         scores = [(got["pacing_scores"][p], want["pacing_scores"][p]) for p in PACINGS]
         assert all(abs(a - b) < 1e-12 for a, b in scores)
+
+
+def test_pacing_posteriors_of_many_users_at_once_equal_the_one_user_function() -> None:
+    rng = np.random.default_rng(23)
+    items: list[Any] = []
+    for u in range(120):
+        recs = _random_replies(rng, int(rng.integers(0, 50)))
+        if u % 10 == 5:  # no paced replies at all
+            for r in recs:
+                r.pop("ap", None)
+        if u % 7 == 0:  # choices between alternatives of different pacings, some of unknown length
+            for i, r in enumerate(recs[1:], 1):
+                if rng.random() < 0.4:
+                    r["o"], r["alts"] = ["selected"], [f"r{i - 1}"]
+                    r["ap"] = {"pacing": PACINGS[int(rng.integers(3))]}
+                    recs[i - 1]["ap"] = {"pacing": PACINGS[int(rng.integers(3))]}
+                    recs[i - 1]["o"] = ["passed_over"]
+                    if rng.random() < 0.3:
+                        r["c"] = None
+        ev = pm._evidence(recs, Population(), 0.15)
+        items.append((recs, ev, float(rng.normal(6.0, 0.5))))
+    assert sum(1 for recs, _, _ in items if any("alts" in r for r in recs)) > 20
+    batched = pm._pacing_label_posteriors(items)
+    assert batched.shape == (len(items), len(PACINGS))
+    for (recs, ev, mu), got in zip(items, batched, strict=True):
+        want = pm._pacing_label_posterior(recs, ev, mu)
+        assert np.allclose(got, want, rtol=0, atol=1e-9), (got, want)
+    # Users without any paced reply get the prior.
+    assert len(items[5][0]) and np.allclose(batched[5], pm.PACING_PRIOR / pm.PACING_PRIOR.sum(), atol=1e-12)
