@@ -24,7 +24,6 @@ import hiredis
 import orjson
 from redis.asyncio import Redis
 from redis.asyncio.connection import SSLConnection
-from redis.exceptions import AuthenticationError, NoScriptError, ResponseError
 
 from models.conditioning import Decision, decide
 from models.features import reply_features
@@ -32,7 +31,7 @@ from service import keys
 from service.errors import BadRequest
 from service.metrics import ATTRIBUTION_LOST
 from service.profiles import read_profile
-from service.store import Store
+from service.store import Store, check_hello, hello_commands, reply_error
 from service.upstream import UpstreamError, base_resp_error
 
 log = logging.getLogger("attune.gateway")
@@ -570,9 +569,9 @@ class LeanRedis:
                 # redis-py retries; a new one that breaks is an outage.
                 if fresh or attempt == 2:
                     raise
-        if isinstance(reply, hiredis.ReplyError):
-            message = str(reply)
-            raise (NoScriptError if message.startswith("NOSCRIPT") else ResponseError)(message)
+        error = reply_error(reply)
+        if error is not None:
+            raise error
         return reply
 
     async def _connect(self) -> _Resp:
@@ -602,16 +601,9 @@ class LeanRedis:
                     sock = proto.transport.get_extra_info("socket") if proto.transport else None
                     if sock is not None:
                         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-                hello = []
-                if self.password:
-                    who = (self.username,) if self.username else ()
-                    auth = (b"AUTH", *who, self.password)
-                    hello.append(proto.call(hiredis.pack_command(auth)))
-                if self.db:
-                    hello.append(proto.call(hiredis.pack_command((b"SELECT", self.db))))
-                for reply in [await f for f in hello]:
-                    if isinstance(reply, hiredis.ReplyError):
-                        raise AuthenticationError(str(reply))
+                calls = [proto.call(hiredis.pack_command(c))
+                         for c in hello_commands(self.username, self.password, self.db)]
+                check_hello([await f for f in calls])
         except BaseException:
             if proto is not None:
                 proto.close()  # never leak the socket of a half-made connection

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import DataError, NoScriptError, RedisError
+from redis.exceptions import AuthenticationError, DataError, NoScriptError, RedisError, ResponseError
 
 try:
     import hiredis
@@ -235,6 +235,33 @@ def _pack_command(self: Any, *args: Any) -> list[bytes]:
         return [hiredis.pack_command(args)]
     except TypeError as exc:
         raise DataError(str(exc)) from exc
+
+
+def reply_error(reply: Any) -> ResponseError | None:
+    """The redis-py exception a raw hiredis reply stands for (NoScriptError for NOSCRIPT), or None. For the
+    bare RESP connections of the gateway (LeanRedis) and the worker (workers/resp.py)."""
+    if hiredis is not None and isinstance(reply, hiredis.ReplyError):
+        message = str(reply)
+        return (NoScriptError if message.startswith("NOSCRIPT") else ResponseError)(message)
+    return None
+
+
+def hello_commands(username: str | None, password: str | None, db: int | None) -> list[tuple[Any, ...]]:
+    """What a bare RESP connection sends first, as redis-py does: AUTH if a password is set, SELECT db."""
+    out: list[tuple[Any, ...]] = []
+    if password:
+        out.append((b"AUTH", *((username,) if username else ()), password))
+    if db:
+        out.append((b"SELECT", int(db)))
+    return out
+
+
+def check_hello(replies: list[Any]) -> None:
+    """Raise AuthenticationError if Redis refused what hello_commands sent."""
+    for reply in replies:
+        error = reply_error(reply)
+        if error is not None:
+            raise AuthenticationError(str(error))
 
 
 @functools.cache

@@ -22,17 +22,14 @@ from typing import Any
 import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.connection import SSLConnection
-from redis.exceptions import AuthenticationError, NoScriptError, ResponseError
+from redis.exceptions import ResponseError
+
+from service.store import check_hello, hello_commands, reply_error
 
 
 def error_of(reply: Any) -> ResponseError | None:
-    """The redis-py exception a reply stands for, or None when it is not an error."""
-    if isinstance(reply, hiredis.ReplyError):
-        message = str(reply)
-        return (NoScriptError if message.startswith("NOSCRIPT") else ResponseError)(message)
-    if isinstance(reply, ResponseError):
-        return reply
-    return None
+    """The redis-py exception a reply stands for (raw, or already one from redis-py), or None."""
+    return reply if isinstance(reply, ResponseError) else reply_error(reply)
 
 
 def raise_first(replies: list[Any]) -> list[Any]:
@@ -118,17 +115,9 @@ class Pipe:
                     sock = proto.transport.get_extra_info("socket") if proto.transport else None
                     if sock is not None:
                         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                hello: list[tuple[Any, ...]] = []
-                if kw.get("password"):
-                    who = (kw["username"],) if kw.get("username") else ()
-                    hello.append((b"AUTH", *who, kw["password"]))
-                if kw.get("db"):
-                    hello.append((b"SELECT", int(kw["db"])))
+                hello = hello_commands(kw.get("username"), kw.get("password"), kw.get("db"))
                 if hello:
-                    replies = await proto.send(b"".join(hiredis.pack_command(c) for c in hello), len(hello))
-                    for reply in replies:
-                        if isinstance(reply, hiredis.ReplyError):
-                            raise AuthenticationError(str(reply))
+                    check_hello(await proto.send(b"".join(hiredis.pack_command(c) for c in hello), len(hello)))
         except BaseException:
             if proto is not None:
                 proto.close()  # never leak the socket of a half-made connection
