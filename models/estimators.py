@@ -157,32 +157,22 @@ def _segment_add(ll: np.ndarray, terms: np.ndarray, weight: np.ndarray, who: np.
     ll[who[starts]] += np.add.reduceat(flat, starts, axis=0)
 
 
-def grid_summary(post: np.ndarray, tolerance: float = 0.25) -> tuple[float, float, float, float]:
-    """(target chars, interval low, interval high, confidence) from a posterior over MU_GRID.
+def grid_summaries(posts: np.ndarray, tolerance: float = 0.25) -> list[tuple[float, float, float, float]]:
+    """(target chars, interval low, interval high, confidence) of each row of posts (posteriors on MU_GRID).
 
     The target is the posterior median. The interval is every preferred length the target is within
     `tolerance` relative error of, and the confidence is the posterior probability that the true
     preferred length lies in it: "the served target is right" and "the truth is in the interval" are
     the same event, so the one number is calibrated for both readings.
-    """
-    cdf = np.cumsum(post)
-    med = float(np.interp(0.5, cdf, MU_GRID))
-    target = math.exp(med)
-    # |target - L| / L <= tol  <=>  L in [target / (1 + tol), target / (1 - tol)]
-    lo, hi = target / (1 + tolerance), target / (1 - tolerance)
-    a, b = math.log(lo), math.log(hi)
-    conf = float(np.interp(b, MU_GRID, cdf) - np.interp(a, MU_GRID, cdf))
-    return target, lo, hi, min(max(conf, 0.0), 1.0)
 
-
-
-def grid_summaries(posts: np.ndarray, tolerance: float = 0.25) -> list[tuple[float, float, float, float]]:
-    """grid_summary of each row of posts: one cumsum for all, the interpolations in Python floats (np.interp
-    of a single point costs more than the arithmetic; _interp repeats its formula, so the values agree)."""
+    One cumsum for all rows, the interpolations in Python floats (np.interp of a single point costs more
+    than the arithmetic; _interp repeats its formula, so the values agree with np.interp's, which
+    tests/models/test_estimators.py uses as the reference)."""
     grid = MU_GRID.tolist()
     out = []
     for cdf in np.cumsum(posts, axis=1).tolist():
         target = math.exp(_interp(0.5, cdf, grid))
+        # |target - L| / L <= tol  <=>  L in [target / (1 + tol), target / (1 - tol)]
         lo, hi = target / (1 + tolerance), target / (1 - tolerance)
         conf = _interp(math.log(hi), grid, cdf) - _interp(math.log(lo), grid, cdf)
         out.append((target, lo, hi, min(max(conf, 0.0), 1.0)))

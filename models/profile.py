@@ -424,8 +424,12 @@ BASE_PRIOR = np.full(len(BASE_GRID), 1 / len(BASE_GRID))
 CHOICE_TEMPERATURE = 0.35  # how sharply a user keeps the more satisfying of two alternatives (log-satisfaction)
 
 
-def _pacing_label_posterior(recs: list[dict[str, Any]], ev: Mapping[str, Any], mu: float) -> np.ndarray:
-    """Posterior over which pacing the user prefers, from replies with a known pacing.
+PaceItem = tuple[list[dict[str, Any]], Mapping[str, Any], float]
+
+
+def _pacing_label_posteriors(items: list[PaceItem]) -> np.ndarray:
+    """Posterior over which pacing each user prefers, from replies with a known pacing; (recs, ev, mu) per
+    user, one row each.
 
     A reply is repeated for its pacing (more likely the further it is from the preferred one: ordinal),
     for its length (the length mismatch explains repeats away) or for no reason (the base rate, not known:
@@ -433,65 +437,10 @@ def _pacing_label_posterior(recs: list[dict[str, Any]], ev: Mapping[str, Any], m
     the time. Between two alternatives, the one kept says which pacing satisfies more; those pairs count
     as a choice, not as a repeat.
     Confidence is calibrated afterwards (models/calibration.py).
-    """
-    ks, ms, ws = [], [], []
-    rep, suc = ev["rep"], ev["suc"]
-    by_id: dict[str, dict[str, Any]] | None = None
-    choices = []
-    for i, r in enumerate(recs):
-        pacing = (r.get("ap") or {}).get("pacing")
-        if pacing not in _PACE_INDEX:
-            continue
-        if "passed_over" in r["o"]:
-            continue  # counted through the choice of the one kept
-        if "selected" in r["o"] and r.get("alts"):
-            choices.append(i)
-        ks.append(_PACE_INDEX[pacing])
-        ms.append(math.log(max(r["c"], 1)) if r.get("c") else math.nan)
-        ws.append(i)
-    n = len(recs)
-    logp = np.zeros(3)
-    if ks:
-        sel = np.array(ws, dtype=int)
-        logc = np.array(ms)
-        m_len = np.where(np.isnan(logc), 0.0, 0.5 * ((logc - mu) / 0.4) ** 2)
-        keep_len = 1 - 0.5 * (1 - np.exp(-m_len))
-        forget = PACING_FORGET ** (n - 1 - sel).astype(float)
-        w_rep = forget * rep[sel]
-        w_suc = np.where(w_rep > 0, 0.0, forget * np.minimum(suc[sel], 1.0))
-        keep = keep_len[:, None] * (1 - _PACE_REPEAT_MIX[np.array(ks, dtype=int)])  # [reply, preferred P]
-        p_rep = 1 - (1 - BASE_GRID)[:, None, None] * keep[None, :, :]  # [base, reply, preferred P]
-        p_rep = np.clip(p_rep, 1e-4, 1 - 1e-4)
-        ll = np.einsum("r,brp->bp", w_rep, np.log(p_rep)) + np.einsum("r,brp->bp", w_suc, np.log1p(-p_rep))
-        ll = ll + np.log(BASE_PRIOR)[:, None]
-        top = ll.max()
-        logp = np.log(np.exp(ll - top).sum(axis=0)) + top
-    for i in choices:
-        kept = recs[i]
-        by_id = by_id if by_id is not None else {r["id"]: r for r in recs}
-        for alt in kept["alts"]:
-            other = by_id.get(alt)
-            op = (other or {}).get("ap", {}) or {}
-            if other is None or op.get("pacing") not in _PACE_INDEX or op["pacing"] == kept["ap"]["pacing"]:
-                continue
-            m_k = 0.5 * ((math.log(max(kept["c"], 1)) - mu) / 0.4) ** 2 if kept.get("c") else 0.0
-            m_o = 0.5 * ((math.log(max(other["c"], 1)) - mu) / 0.4) ** 2 if other.get("c") else 0.0
-            z = (m_o + _PACE_COST_MIX[_PACE_INDEX[op["pacing"]]] - m_k
-                 - _PACE_COST_MIX[_PACE_INDEX[kept["ap"]["pacing"]]]) / CHOICE_TEMPERATURE
-            logp = logp - PACING_FORGET ** (n - 1 - i) * np.logaddexp(0.0, -z)
-    logp = logp + np.log(PACING_PRIOR)
-    logp -= logp.max()
-    post = np.exp(logp)
-    return np.asarray(post / post.sum())
 
-
-PaceItem = tuple[list[dict[str, Any]], Mapping[str, Any], float]
-
-
-def _pacing_label_posteriors(items: list[PaceItem]) -> np.ndarray:
-    """_pacing_label_posterior of many users, (recs, ev, mu) each, as rows: the same arithmetic, with the
-    replies of all users in one set of arrays (a user's sums are segment sums), so the numpy calls are
-    shared by the round instead of paid by every user (about 20 per user, most of an estimate's cost)."""
+    The replies of all users go into one set of arrays (a user's sums are segment sums), so the numpy calls
+    are shared by the round instead of paid by every user (about 20 per user, most of an estimate's cost).
+    tests/models/test_profile.py holds the same arithmetic written one user at a time, as the reference."""
     u_n = len(items)
     users, ks, ms, expo, gidx = [], [], [], [], []
     ch_user, ch_w, ch_mo, ch_mk, ch_ko, ch_kk = [], [], [], [], [], []

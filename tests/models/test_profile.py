@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -158,7 +159,60 @@ def test_pacing_posteriors_of_many_users_at_once_equal_the_one_user_function() -
     batched = pm._pacing_label_posteriors(items)
     assert batched.shape == (len(items), len(PACINGS))
     for (recs, ev, mu), got in zip(items, batched, strict=True):
-        want = pm._pacing_label_posterior(recs, ev, mu)
+        want = _pacing_one_user(recs, ev, mu)
         assert np.allclose(got, want, rtol=0, atol=1e-9), (got, want)
     # Users without any paced reply get the prior.
     assert len(items[5][0]) and np.allclose(batched[5], pm.PACING_PRIOR / pm.PACING_PRIOR.sum(), atol=1e-12)
+
+
+def _pacing_one_user(recs: list[dict[str, Any]], ev: Any, mu: float) -> np.ndarray:
+    """models/profile.py _pacing_label_posteriors for one user, written plainly: the reference it must equal."""
+    ks, ms, ws = [], [], []
+    rep, suc = ev["rep"], ev["suc"]
+    by_id: dict[str, dict[str, Any]] | None = None
+    choices = []
+    for i, r in enumerate(recs):
+        pacing = (r.get("ap") or {}).get("pacing")
+        if pacing not in pm._PACE_INDEX:
+            continue
+        if "passed_over" in r["o"]:
+            continue  # counted through the choice of the one kept
+        if "selected" in r["o"] and r.get("alts"):
+            choices.append(i)
+        ks.append(pm._PACE_INDEX[pacing])
+        ms.append(math.log(max(r["c"], 1)) if r.get("c") else math.nan)
+        ws.append(i)
+    n = len(recs)
+    logp = np.zeros(3)
+    if ks:
+        sel = np.array(ws, dtype=int)
+        logc = np.array(ms)
+        m_len = np.where(np.isnan(logc), 0.0, 0.5 * ((logc - mu) / 0.4) ** 2)
+        keep_len = 1 - 0.5 * (1 - np.exp(-m_len))
+        forget = pm.PACING_FORGET ** (n - 1 - sel).astype(float)
+        w_rep = forget * rep[sel]
+        w_suc = np.where(w_rep > 0, 0.0, forget * np.minimum(suc[sel], 1.0))
+        keep = keep_len[:, None] * (1 - pm._PACE_REPEAT_MIX[np.array(ks, dtype=int)])  # [reply, preferred P]
+        p_rep = 1 - (1 - pm.BASE_GRID)[:, None, None] * keep[None, :, :]  # [base, reply, preferred P]
+        p_rep = np.clip(p_rep, 1e-4, 1 - 1e-4)
+        ll = np.einsum("r,brp->bp", w_rep, np.log(p_rep)) + np.einsum("r,brp->bp", w_suc, np.log1p(-p_rep))
+        ll = ll + np.log(pm.BASE_PRIOR)[:, None]
+        top = ll.max()
+        logp = np.log(np.exp(ll - top).sum(axis=0)) + top
+    for i in choices:
+        kept = recs[i]
+        by_id = by_id if by_id is not None else {r["id"]: r for r in recs}
+        for alt in kept["alts"]:
+            other = by_id.get(alt)
+            op = (other or {}).get("ap", {}) or {}
+            if other is None or op.get("pacing") not in pm._PACE_INDEX or op["pacing"] == kept["ap"]["pacing"]:
+                continue
+            m_k = 0.5 * ((math.log(max(kept["c"], 1)) - mu) / 0.4) ** 2 if kept.get("c") else 0.0
+            m_o = 0.5 * ((math.log(max(other["c"], 1)) - mu) / 0.4) ** 2 if other.get("c") else 0.0
+            z = (m_o + pm._PACE_COST_MIX[pm._PACE_INDEX[op["pacing"]]] - m_k
+                 - pm._PACE_COST_MIX[pm._PACE_INDEX[kept["ap"]["pacing"]]]) / pm.CHOICE_TEMPERATURE
+            logp = logp - pm.PACING_FORGET ** (n - 1 - i) * np.logaddexp(0.0, -z)
+    logp = logp + np.log(pm.PACING_PRIOR)
+    logp -= logp.max()
+    post = np.exp(logp)
+    return np.asarray(post / post.sum())
