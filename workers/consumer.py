@@ -82,6 +82,9 @@ class Worker:
         self.applier = Applier(client, self.stats, settings.close_after)
         self.owned: set[int] = set()
         self.recovered: set[int] = set()
+        # Per owned partition, until when (monotonic) its lease surely holds: the time before the renewal
+        # or take that Redis acknowledged, plus the lease. See readable().
+        self.lease_until: dict[int, float] = {}
         self.stopping = asyncio.Event()
         self.started_at = int(time.time() * 1000)
         self._rate = (time.monotonic(), 0)
@@ -111,7 +114,10 @@ class Worker:
         alive = max(1, int(await self.redis.zcount(keys.WORKERS, now_ms - window, "+inf")))
         share = math.ceil(self.settings.partitions / alive)
         for p in sorted(self.owned):
-            if not int(await RENEW(self.redis, [keys.lease(p)], [self.id, lease_ms])):
+            asked = time.monotonic()
+            if int(await RENEW(self.redis, [keys.lease(p)], [self.id, lease_ms])):
+                self.lease_until[p] = asked + self.settings.worker_lease_seconds
+            else:
                 log.warning("lost the lease of partition %d; another worker reads it now", p)
                 self.owned.discard(p)
                 self.recovered.discard(p)
@@ -129,8 +135,10 @@ class Worker:
                 p = (start + i) % self.settings.partitions
                 if len(self.owned) >= share:
                     break
+                asked = time.monotonic()
                 if p not in self.owned and await self.redis.set(keys.lease(p), self.id, nx=True, px=lease_ms):
                     self.owned.add(p)
+                    self.lease_until[p] = asked + self.settings.worker_lease_seconds
                     log.info("took partition %d (now %d of %d)", p, len(self.owned), self.settings.partitions)
         t0, n0 = self._rate
         now = time.monotonic()
@@ -185,7 +193,7 @@ class Worker:
         """One round: recover new partitions, read and apply one batch, then housekeeping. Entries handled."""
         for p in sorted(self.owned - self.recovered):
             await self.recover(p)
-        owned = sorted(self.owned)
+        owned = self.readable()
         if not owned:
             await asyncio.sleep(min(1.0, self.settings.worker_block_ms / 1000 or 0.05))
             return 0
@@ -199,11 +207,24 @@ class Worker:
             p = int(_s(name).split("{p:")[1].split("}")[0])
             batch[p] = items
         t0 = time.perf_counter()
-        n = await self.process(batch) if batch else 0
+        try:
+            n = await self.process(batch) if batch else 0
+        except BaseException:
+            # Its entries stay pending; recover them before any newer entry is read, or the users' watermarks
+            # (the last entry applied) would pass them by as already applied.
+            self.recovered.difference_update(batch)
+            raise
         if any(len(items) >= count for items in batch.values()):
             self.measured(n, time.perf_counter() - t0)
         await self.housekeeping()
         return n
+
+    def readable(self) -> list[int]:
+        """Owned partitions whose lease holds for at least half a lease more. A worker whose heartbeat stalled
+        past its lease must not read new entries: the next owner may have recovered the partition already,
+        and entries read now would be left pending behind newer ones it applies (and passed by)."""
+        limit = time.monotonic() + self.settings.worker_lease_seconds / 2
+        return [p for p in sorted(self.owned) if self.lease_until.get(p, 0.0) > limit]
 
     def read_count(self, streams: int) -> int:
         """Entries to ask each owned partition for: about worker_batch_seconds of work in all."""

@@ -222,6 +222,72 @@ def test_takeover_claims_pending_entries_of_a_dead_worker(redis_url: str, tmp_pa
     assert redis_sync.xpending(keys.stream(p), keys.CONSUMER_GROUP)["pending"] == 0
 
 
+def test_a_worker_whose_lease_may_have_lapsed_reads_nothing_new(redis_url: str, tmp_path: Any,
+                                                                 redis_sync: redis.Redis) -> None:
+    """A stalled heartbeat: the lease may be gone and the partition recovered by the next owner, so entries
+    read now would sit pending behind the newer ones it applies. Reads wait for the lease to be renewed."""
+    s = _settings(redis_url, tmp_path, worker_lease_seconds=5)
+    run(ingest(s, "demo", session("u1", 6)))
+    p = keys.partition_of("demo", "u1", s.partitions)
+
+    async def scenario() -> tuple[int, int]:
+        client = store_mod.connect(redis_url)
+        w = Worker(s, client, "stalled")
+        await w.ensure_groups()
+        await w.heartbeat()
+        assert w.readable() == sorted(w.owned)
+        for q in w.owned:
+            w.lease_until[q] -= 3  # less than half a lease left, as after a heartbeat stalled for 3 s
+        stalled = await w.step()
+        await w.heartbeat()
+        renewed = await w.step()
+        await w.applier.pipe.aclose()
+        await client.aclose()
+        return stalled, renewed
+
+    assert run(scenario()) == (0, 12)
+    assert redis_sync.xpending(keys.stream(p), keys.CONSUMER_GROUP)["pending"] == 0
+
+
+def test_a_failed_round_is_applied_before_any_newer_entry(redis_url: str, tmp_path: Any,
+                                                          redis_sync: redis.Redis, monkeypatch: Any) -> None:
+    s = _settings(redis_url, tmp_path, worker_batch_size=4, worker_batch_seconds=0)
+    events = session("u1", 10)
+    run(ingest(s, "demo", events))
+    real_apply = apply_mod.Applier.apply
+    calls = {"n": 0}
+
+    async def flaky(self: Any, *args: Any, **kw: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ConnectionError("Redis went away mid-round")
+        return await real_apply(self, *args, **kw)
+
+    monkeypatch.setattr(apply_mod.Applier, "apply", flaky)
+
+    async def scenario() -> None:
+        client = store_mod.connect(redis_url)
+        w = Worker(s, client, "w")
+        await w.ensure_groups()
+        await w.heartbeat()
+        try:
+            await w.step()
+        except ConnectionError:
+            pass
+        else:
+            raise AssertionError("the first round should have failed")
+        while await w.step():
+            pass
+        await w.applier.pipe.aclose()
+        await client.aclose()
+
+    run(scenario())
+    doc = _profile(redis_sync, "u1")
+    assert doc is not None and doc["evidence"]["events_used"] == len(events)
+    p = keys.partition_of("demo", "u1", s.partitions)
+    assert redis_sync.xpending(keys.stream(p), keys.CONSUMER_GROUP)["pending"] == 0
+
+
 def test_fair_share_of_partitions_between_workers(redis_url: str, tmp_path: Any, redis_sync: redis.Redis) -> None:
     s = _settings(redis_url, tmp_path)
 
