@@ -78,14 +78,20 @@ def test_kill_9_mid_batch_ends_with_the_profiles_of_a_crash_free_run(redis_url: 
     redis_sync.flushall()
     run(ingest(s, "demo", events))
     log = tmp_path / "worker.log"
-    first = spawn_service(["-m", "workers"], _env(redis_url), log)
-    try:
-        _wait(lambda: _applied(redis_sync) > len(events) // 4, what="a quarter applied")
-        first.send_signal(signal.SIGKILL)
-        first.wait(10)
-    finally:
-        first.kill()
-    assert _applied(redis_sync) < len(events)
+    # Kill while a batch is read but not yet acknowledged. Between two batches nothing is pending and the
+    # kill would test nothing, so a kill that lands there is followed by another worker and another kill.
+    for _attempt in range(5):
+        first = spawn_service(["-m", "workers"], _env(redis_url), log)
+        try:
+            _wait(lambda: _applied(redis_sync) > len(events) // 4 and _pending(redis_sync) > 0,
+                  what="a quarter applied and a batch in flight")
+            first.send_signal(signal.SIGKILL)
+            first.wait(10)
+        finally:
+            first.kill()
+        if _pending(redis_sync) > 0:
+            break
+    assert _pending(redis_sync) > 0, "every kill landed between two batches"
     second = spawn_service(["-m", "workers"], _env(redis_url), log)
     try:
         _wait(lambda: _applied(redis_sync) == len(events) and _pending(redis_sync) == 0, 90, "all applied")
