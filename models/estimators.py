@@ -17,8 +17,13 @@ import numpy as np
 MU_GRID = np.linspace(math.log(40), math.log(4000), 70)
 W_GRID = np.array([0.22, 0.32, 0.45, 0.65])
 DS_GRID = np.linspace(0.0, 1.0, 26)
-DS_W_GRID = np.array([0.15, 0.3])
 REPEAT_SPAN = 0.5  # at most half of the replies far off the preferred length are repeated for it
+# The dialogue share is a weaker cause of repeats than the length: a reply far off the preferred share is
+# repeated for it less often, and readers differ in how far off is too far. With the length's span and only
+# narrow widths, a few repeats made for other reasons read as a sure dialogue taste (confidence 0.5+ for
+# nearly every user while the served share was no closer than the population's median).
+DS_W_GRID = np.array([0.15, 0.3, 0.5])
+DS_REPEAT_SPAN = 0.3
 DIRECTION_SLOPE = 2.5  # how sharply a stop / continue says "too long" / "too short"
 # Likelihood tempering: the simulated and real users are not exactly this model; a power below one
 # keeps the posterior from being more certain than the evidence warrants (confidence stays calibrated).
@@ -76,7 +81,7 @@ def length_posterior(
 
 
 def length_posteriors(users: Sequence[LengthEvidence], grid: np.ndarray = MU_GRID,
-                      w_grid: np.ndarray = W_GRID) -> np.ndarray:
+                      w_grid: np.ndarray = W_GRID, span: float = REPEAT_SPAN) -> np.ndarray:
     """length_posterior of many users at once: [user, grid]. The same sums, over every user's replies in
     a few large numpy operations (slabs of SLAB_REPLIES) instead of a dozen small ones per user."""
     n_u, n_w = len(users), len(w_grid)
@@ -97,10 +102,10 @@ def length_posteriors(users: Sequence[LengthEvidence], grid: np.ndarray = MU_GRI
         if not used.all():
             x, w_rep, w_suc, dirw, who = x[used], w_rep[used], w_suc[used], dirw[used], who[used]
         base = np.array([min(max(u.base_rate, 0.01), 0.9) for u in users], dtype=float)
-        # p_rep = b + (1 - b) * REPEAT_SPAN * (1 - exp(-d^2 / 2)) lies in [0.01, 0.95]: no clipping needed.
+        # p_rep = b + (1 - b) * span * (1 - exp(-d^2 / 2)) lies in [0.01, 0.95]: no clipping needed.
         # The per-user constants are rounded to float32 exactly as a scalar np.float32(...) would be.
-        scale = (-(1 - base) * REPEAT_SPAN).astype(np.float32)
-        offset = (base + (1 - base) * REPEAT_SPAN).astype(np.float32)
+        scale = (-(1 - base) * span).astype(np.float32)
+        offset = (base + (1 - base) * span).astype(np.float32)
         ll = np.zeros((n_u, len(grid) * n_w))
         for lo, hi in _slabs(who):
             part = slice(lo, hi)

@@ -24,7 +24,7 @@ class Population:
 
     mu: float = math.log(380.0)  # log preferred length
     mu_sd: float = 0.6
-    ds: float = 0.45  # preferred dialogue share
+    ds: float = 0.5  # preferred dialogue share: the middle until the population says otherwise
     ds_sd: float = 0.25
     repeat_a: float = 1.2  # Beta prior of a user's base repeat rate (mean about 0.07)
     repeat_b: float = 16.0
@@ -63,10 +63,15 @@ def refresh(current: Population, summaries: Iterable[Mapping[str, Any]], min_rep
         var = float(np.var(mus) + np.mean([s.get("mu_var", 0.0) for s in rich]))
         out.mu = float(np.median(mus))
         out.mu_sd = float(min(1.0, max(0.3, math.sqrt(max(var, 0.0)))))
-        dss = np.array([s["ds"] for s in rich if s.get("ds") is not None])
-        if len(dss) >= 20:
+        with_ds = [s for s in rich if s.get("ds") is not None]
+        if len(with_ds) >= 20:
+            # As for the length: shrunk means plus their posterior variance. From the spread of the means
+            # alone the prior narrowed refresh after refresh, and every user then carried a confident
+            # dialogue share that was only the population's median (closed loop: served shares 0.17 off).
+            dss = np.array([s["ds"] for s in with_ds])
+            ds_var = float(np.var(dss) + np.mean([s.get("ds_var", 0.0) for s in with_ds]))
             out.ds = float(np.median(dss))
-            out.ds_sd = float(min(0.35, max(0.12, np.std(dss))))
+            out.ds_sd = float(min(0.35, max(0.12, math.sqrt(max(ds_var, 0.0)))))
         rr = np.clip(np.array([s["rr"] for s in rich]), 0.005, 0.9)
         m, v = float(rr.mean()), float(rr.var())
         if 0 < v < m * (1 - m):

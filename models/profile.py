@@ -295,7 +295,7 @@ def estimate_many(jobs: list[EstimateJob]) -> list[dict[str, Any]]:
     len_posts = estimators.length_posteriors([p["length"] for p in preps])
     with_ds = [i for i, p in enumerate(preps) if p["ds"] is not None]
     found = estimators.length_posteriors([preps[i]["ds"] for i in with_ds], estimators.DS_GRID,
-                                         estimators.DS_W_GRID)
+                                         estimators.DS_W_GRID, estimators.DS_REPEAT_SPAN)
     # Users without dialogue-share evidence keep their population's prior on the grid.
     ds_mu = np.array([job[1].ds for job in jobs], dtype=float)
     ds_sd = np.array([job[1].ds_sd for job in jobs], dtype=float)
@@ -304,6 +304,7 @@ def estimate_many(jobs: list[EstimateJob]) -> list[dict[str, Any]]:
     if with_ds:
         ds_posts[with_ds] = found
     ds_values = (ds_posts * estimators.DS_GRID).sum(axis=1)
+    ds_vars = (ds_posts * (estimators.DS_GRID[None, :] - ds_values[:, None]) ** 2).sum(axis=1)
     near = np.abs(estimators.DS_GRID[None, :] - ds_values[:, None]) <= 0.1
     ds_confs = np.where(near, ds_posts, 0.0).sum(axis=1)
     summaries = estimators.grid_summaries(len_posts)
@@ -312,10 +313,10 @@ def estimate_many(jobs: list[EstimateJob]) -> list[dict[str, Any]]:
     mu_means_f = mu_means.tolist()
     paces = _pacing_label_posteriors([(job[0], prep["ev"], mu)
                                       for job, prep, mu in zip(jobs, preps, mu_means_f, strict=True)])
-    return [_finish(job, prep, summary, mu_mean, mu_var, ds_value, ds_conf, pace)
-            for job, prep, summary, mu_mean, mu_var, ds_value, ds_conf, pace
+    return [_finish(job, prep, summary, mu_mean, mu_var, ds_value, ds_conf, pace, ds_var)
+            for job, prep, summary, mu_mean, mu_var, ds_value, ds_conf, pace, ds_var
             in zip(jobs, preps, summaries, mu_means_f, mu_vars.tolist(), ds_values.tolist(), ds_confs.tolist(),
-                   paces, strict=True)]
+                   paces, ds_vars.tolist(), strict=True)]
 
 
 def _prepare(recs: list[dict[str, Any]], pop: Population, msg: list[float] | None,
@@ -356,7 +357,7 @@ def _prepare(recs: list[dict[str, Any]], pop: Population, msg: list[float] | Non
 
 
 def _finish(job: EstimateJob, prep: dict[str, Any], summary: tuple[float, float, float, float], mu_mean: float,
-            mu_var: float, ds_value: float, ds_conf: float, scores: np.ndarray) -> dict[str, Any]:
+            mu_var: float, ds_value: float, ds_conf: float, scores: np.ndarray, ds_var: float) -> dict[str, Any]:
     """One user's estimate from its evidence and what the round computed at once: the length posterior's
     summary and moments, the dialogue share's mean and confidence, the pacing label posterior."""
     recs, pop, _, _ = job
@@ -400,7 +401,7 @@ def _finish(job: EstimateJob, prep: dict[str, Any], summary: tuple[float, float,
         "target": target, "interval": (lo, hi), "len_conf": conf, "mu": mu_mean, "mu_var": mu_var,
         "pacing_label": label, "pacing_scores": dict(zip(PACINGS, score_list, strict=True)),
         "pacing_posterior": {p: [round(alpha[k], 4), round(beta[k], 4)] for k, p in enumerate(PACINGS)},
-        "ds": ds_value, "ds_conf": ds_conf, "hook": hook_value,
+        "ds": ds_value, "ds_conf": ds_conf, "ds_var": ds_var, "hook": hook_value,
         "repeat_rate": base_rate, "repeat_interval": (r_lo, r_hi),
         "confounded": ev["confounded"], "curator": ev["curator"],
     }
@@ -630,6 +631,7 @@ def recent_items(state: Mapping[str, Any]) -> list[dict[str, Any]]:
 def summary(state: Mapping[str, Any], est: Mapping[str, Any], features: Mapping[str, float]) -> dict[str, Any]:
     """What the population refresh reads about this user."""
     return {"mu": round(est["mu"], 4), "mu_var": round(est["mu_var"], 5), "ds": round(est["ds"], 4),
+            "ds_var": round(est["ds_var"], 5),
             "rr": round(est["repeat_rate"], 4), "n": len(state["closed"]), "trust": state["trust"],
             "f": {k: round(v, 4) for k, v in features.items()}}
 

@@ -51,6 +51,10 @@ ROWS = (
     ("pacing_acc_oracle", "pacing: accuracy, repeats-only oracle"),
     ("mean_conf_pacing", "pacing: mean confidence"),
     ("ece_pacing", "pacing: ECE of confidence"),
+    ("ds_err_attune", "dialogue: median abs. error, Attune"),
+    ("ds_err_naive", "dialogue: median abs. error, naive"),
+    ("mean_conf_dialogue", "dialogue: mean confidence"),
+    ("ece_dialogue", "dialogue: ECE of confidence"),
     ("bots_caught", "bots caught (trust suspect_bot)"),
     ("honest_flagged", "honest users marked as bots"),
 )

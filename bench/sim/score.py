@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-from dataclasses import replace
+import numpy as np
 
 from bench.sim.behaviour import Shown, repeat_probability
 from bench.sim.history import FOLLOWS_PACING, SHOWN_MEDIAN, ShownRecord
@@ -85,6 +86,21 @@ def score(users: list[SimUser], profiles: dict[str, dict[str, Any] | None],
     out["ece_length"] = expected_calibration_error(len_conf, len_ok)
     out["len_coverage"] = share(len_ok)
     out["mean_conf_length"] = sum(len_conf) / len(len_conf) if len_conf else float("nan")
+    # Dialogue share: the served value against the preferred share, its confidence (mass within 0.1) against
+    # how often it is that close; the naive baseline is the population's middle taste (the users' median).
+    ds_err, ds_conf, ds_ok = [], [], []
+    for u in humans:
+        d = _get(profiles.get(u.user_id), "style", "dialogue_share")
+        if isinstance(d, dict) and isinstance(d.get("value"), int | float):
+            ds_err.append(abs(float(d["value"]) - u.dialogue))
+            if isinstance(d.get("confidence"), int | float):
+                ds_conf.append(float(d["confidence"]))
+                ds_ok.append(ds_err[-1] <= 0.1)
+    middle = float(np.median([u.dialogue for u in humans])) if humans else float("nan")
+    out["ds_err_attune"] = float(np.median(ds_err)) if ds_err else float("nan")
+    out["ds_err_naive"] = float(np.median([abs(middle - u.dialogue) for u in humans])) if humans else float("nan")
+    out["ece_dialogue"] = expected_calibration_error(ds_conf, ds_ok)
+    out["mean_conf_dialogue"] = sum(ds_conf) / len(ds_conf) if ds_conf else float("nan")
     out["bots_caught"] = share([_get(profiles.get(u.user_id), "trust") == "suspect_bot" for u in bots])
     out["honest_flagged"] = share([_get(profiles.get(u.user_id), "trust") == "suspect_bot" for u in humans])
 

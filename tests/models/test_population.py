@@ -47,3 +47,13 @@ def test_the_length_prior_spread_adds_the_posterior_variance_back() -> None:
     assert abs(pop.mu_sd - 0.5) < 0.01, pop.mu_sd
     again = refresh(pop, rows)
     assert abs(again.mu_sd - 0.5) < 0.01  # stable across refreshes: no drift to the floor
+
+
+def test_the_dialogue_prior_spread_adds_the_posterior_variance_back() -> None:
+    # The same for the dialogue share: means spread 0.1 (shrunk), posterior variance 0.03 -> sd 0.2. From the
+    # means alone the prior fell to its 0.12 floor, and a prior that narrow reads as a confident taste.
+    rows = [{"mu": math.log(380.0), "mu_var": 0.1, "ds": 0.45 + 0.1 * z, "ds_var": 0.03, "rr": 0.1, "n": 40,
+             "trust": "normal"} for z in (-1.0, 1.0) * 20]
+    pop = refresh(Population(), rows)
+    assert abs(pop.ds_sd - 0.2) < 0.01, pop.ds_sd
+    assert abs(refresh(pop, rows).ds_sd - 0.2) < 0.01

@@ -216,3 +216,23 @@ def _pacing_one_user(recs: list[dict[str, Any]], ev: Any, mu: float) -> np.ndarr
     logp -= logp.max()
     post = np.exp(logp)
     return np.asarray(post / post.sum())
+
+
+def test_the_population_summary_carries_the_dialogue_shares_posterior_variance() -> None:
+    # The refresh needs it to keep the dialogue prior as wide as the tastes (models/population.py).
+    pop = Population()
+    no_evidence = estimate([], pop)
+    assert abs(math.sqrt(no_evidence["ds_var"]) - pop.ds_sd) < 0.03  # the prior itself, on the grid
+    events = []
+    for n in range(30):
+        share = [0.1, 0.5, 0.9][n % 3]
+        events.append({"type": "reply_shown", "reply_id": f"r{n}", "t": 1_000_000 + n * 70_000,
+                       "reply": {"chars": 400, "dialogue_share": share}})
+        if share != 0.9:
+            events.append({"type": "repeat", "reply_id": f"r{n}", "t": 1_009_000 + n * 70_000})
+    state, applier = feed(events)
+    applier.close_due(10**12)
+    est = estimate(state["closed"], pop)
+    assert 0 < est["ds_var"] < no_evidence["ds_var"]  # evidence narrows it
+    assert est["ds"] > pop.ds  # toward the share that was never regenerated
+    assert pm.summary(state, est, {})["ds_var"] == round(est["ds_var"], 5)
