@@ -38,11 +38,14 @@ def new_state() -> dict[str, Any]:
             "trust": "normal", "chars": [], "hist": []}
 
 
+def stream_id_key(sid: str) -> tuple[int, int]:
+    """A stream entry id as the (ms, seq) pair it sorts by."""
+    ms, _, seq = sid.partition("-")
+    return int(ms), int(seq or 0)
+
+
 def stream_id_gt(a: str, b: str) -> bool:
-    """Stream entry ids compare as (ms, seq) pairs."""
-    am, _, aseq = a.partition("-")
-    bm, _, bseq = b.partition("-")
-    return (int(am), int(aseq or 0)) > (int(bm), int(bseq or 0))
+    return stream_id_key(a) > stream_id_key(b)
 
 
 class Applier:
@@ -72,20 +75,23 @@ class Applier:
     def apply(self, ev: Mapping[str, Any]) -> bool:
         """Apply one event; False when it was discounted as a duplicate (nothing else changes)."""
         s = self.s
-        fp = f"{ev['type']}|{ev.get('reply_id', ev.get('session_id', ''))}|{ev['t']}"
-        if fp in s["fp"]:
+        kind, t = ev["type"], ev["t"]
+        fp = f"{kind}|{ev['reply_id'] if 'reply_id' in ev else ev.get('session_id', '')}|{t}"
+        fps = s["fp"]
+        if fp in fps:
             self.discount("duplicate")
             return False
-        s["fp"].append(fp)
-        del s["fp"][:-MAX_FINGERPRINTS]
+        fps.append(fp)
+        if len(fps) > MAX_FINGERPRINTS:
+            del fps[:-MAX_FINGERPRINTS]
         s["n"] += 1
         self.changed = True
-        self._behaviour(ev["t"])
-        s["max_t"] = max(s["max_t"], ev["t"])
-        kind = ev["type"]
-        handler = getattr(self, "_on_" + kind, None)
+        self._behaviour(t)
+        if t > s["max_t"]:
+            s["max_t"] = t
+        handler = _HANDLERS.get(kind)
         if handler is not None:
-            handler(ev)
+            handler(self, ev)
         return True
 
     def _behaviour(self, t: int) -> None:
@@ -104,7 +110,8 @@ class Applier:
                     "ch": ev.get("character_id"), "s": ev.get("session_id")})
         cond = ev.get("conditioning")
         if cond and (cond.get("pacing") is not None or cond.get("target_chars") is not None):
-            rec["ap"] = {k: cond.get(k) for k in ("pacing", "target_chars", "explored", "propensity")}
+            rec["ap"] = {"pacing": cond.get("pacing"), "target_chars": cond.get("target_chars"),
+                         "explored": cond.get("explored"), "propensity": cond.get("propensity")}
         self.s["replies"] += 1
         sid = ev.get("session_id")
         if sid:
@@ -232,6 +239,10 @@ class Applier:
                 for gone in closed[:-MAX_CLOSED]:
                     self._closed_index.pop(gone["id"], None)
                 del closed[:-MAX_CLOSED]
+
+
+# The event handlers by event type (a dict lookup per event instead of building the name and getattr).
+_HANDLERS = {name[len("_on_"):]: f for name, f in vars(Applier).items() if name.startswith("_on_")}
 
 
 # --- Estimation -------------------------------------------------------------------------------------

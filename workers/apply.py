@@ -111,12 +111,19 @@ def parse(partition: int, entry_id: Any, fields: Any) -> Entry:
         return Entry(partition, eid, None, f"field 'e' is not JSON: {exc}")
     if not isinstance(ev, dict):
         return Entry(partition, eid, None, "field 'e' is not a JSON object")
-    for name, kind in (("app", str), ("user_id", str), ("type", str), ("t", int), ("rt", int)):
-        if not isinstance(ev.get(name), kind):
-            return Entry(partition, eid, None, f"event lacks a valid {name!r}")
-    if ev["type"] not in ("session_start", "session_end", "user_message") and not isinstance(ev.get("reply_id"), str):
+    get = ev.get
+    # One expression for the valid event (nearly all of them); the loop below names what is missing.
+    if not (isinstance(get("app"), str) and isinstance(get("user_id"), str) and isinstance(get("type"), str)
+            and isinstance(get("t"), int) and isinstance(get("rt"), int)):
+        for name, kind in (("app", str), ("user_id", str), ("type", str), ("t", int), ("rt", int)):
+            if not isinstance(get(name), kind):
+                return Entry(partition, eid, None, f"event lacks a valid {name!r}")
+    if ev["type"] not in _NO_REPLY_ID and not isinstance(get("reply_id"), str):
         return Entry(partition, eid, None, f"event of type {ev['type']!r} lacks reply_id")
     return Entry(partition, eid, ev)
+
+
+_NO_REPLY_ID = frozenset(("session_start", "session_end", "user_message"))
 
 
 def decode_state(raw: bytes | None) -> tuple[int, dict[str, Any]]:
@@ -366,9 +373,12 @@ class Applier:
         pop = self.population(w.app)
         ap = pm.Applier(state, pop, self.close_after_ms)
         applied = skipped_deleted = 0
+        wm = pm.stream_id_key(state["wm"])
         for sid, ev in w.events:
-            if not pm.stream_id_gt(sid, state["wm"]):
+            key = pm.stream_id_key(sid)
+            if key <= wm:
                 continue  # redelivered: already in this state
+            wm = key
             state["wm"] = sid
             if sid in w.poison:
                 continue
