@@ -236,3 +236,18 @@ def test_the_population_summary_carries_the_dialogue_shares_posterior_variance()
     assert 0 < est["ds_var"] < no_evidence["ds_var"]  # evidence narrows it
     assert est["ds"] > pop.ds  # toward the share that was never regenerated
     assert pm.summary(state, est, {})["ds_var"] == round(est["ds_var"], 5)
+
+
+def test_a_duplicate_is_discounted_and_only_the_newest_fingerprints_are_kept() -> None:
+    state = new_state()
+    ap = Applier(state, Population(), 60_000)
+    msgs = [{"type": "session_start", "session_id": f"s{i}", "t": 1000 + i}
+            for i in range(pm.MAX_FINGERPRINTS + 5)]
+    assert all(ap.apply(ev) for ev in msgs)
+    assert not ap.apply(dict(msgs[-1])) and ap.discounted == {"duplicate": 1}
+    assert state["fp"] == [f"session_start|s{i}|{1000 + i}" for i in range(5, pm.MAX_FINGERPRINTS + 5)]
+    assert ap.apply(dict(msgs[0]))  # forgotten: applied again
+    assert ap.apply({"type": "repeat", "reply_id": "r", "session_id": "s9", "t": 5})
+    assert state["fp"][-1] == "repeat|r|5"  # the reply id, not the session, names a reply's event
+    assert ap.apply({"type": "no_such_type", "t": 6}) and state["fp"][-1] == "no_such_type||6"
+    assert state["n"] == pm.MAX_FINGERPRINTS + 8 and state["max_t"] == 1000 + pm.MAX_FINGERPRINTS + 4

@@ -14,7 +14,7 @@ from service import store as store_mod
 from service.profiles import delete_user
 from tests.conftest import make_settings
 from tests.workers.helpers import T0, ingest, run, session
-from workers.apply import _recent_ops
+from workers.apply import _recent_ops, parse
 from workers.consumer import Worker
 
 
@@ -83,3 +83,23 @@ def test_a_cached_user_deleted_meanwhile_is_reloaded_not_resurrected(redis_url: 
     assert doc["evidence"]["events_used"] == 6 and doc["evidence"]["replies"] == 3
     recent = [orjson.loads(x)["reply_id"] for x in redis_sync.lrange(keys.user_recent("demo", "gone"), 0, -1)]
     assert recent and all(r.startswith("after-") for r in recent)
+
+
+def test_parse_names_the_first_invalid_field_and_accepts_what_it_accepted_before() -> None:
+    good = {"app": "a", "user_id": "u", "type": "user_message", "t": 1, "rt": 2}
+    assert parse(0, b"1-0", [b"e", orjson.dumps(good)]).problem is None
+    assert parse(0, b"1-0", [b"e", orjson.dumps({**good, "t": True})]).problem is None  # bool is an int
+    for name, bad in (("app", 1), ("user_id", None), ("type", 3), ("t", "1"), ("rt", 1.5)):
+        ev = {**good, "user_id": 7, name: bad} if name == "rt" else {**good, name: bad}
+        first = "user_id" if name == "rt" else name  # the first invalid field in the checking order
+        assert parse(0, b"1-0", [b"e", orjson.dumps(ev)]).problem == f"event lacks a valid {first!r}"
+    shown = {**good, "type": "reply_shown"}
+    why = parse(0, b"1-0", [b"e", orjson.dumps(shown)]).problem
+    assert why == "event of type 'reply_shown' lacks reply_id"
+    assert parse(0, b"1-0", [b"e", orjson.dumps({**shown, "reply_id": "r"})]).problem is None
+
+
+def test_stream_ids_order_by_milliseconds_then_sequence() -> None:
+    ids = ["0-0", "5", "5-1", "5-2", "10-0", "10-10", "99-0"]
+    assert [pm.stream_id_key(i) for i in ids] == sorted(pm.stream_id_key(i) for i in ids)
+    assert pm.stream_id_gt("10-0", "9-99") and not pm.stream_id_gt("5", "5-0") and pm.stream_id_gt("5-1", "5")
