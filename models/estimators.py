@@ -83,7 +83,10 @@ def length_posterior(
 def length_posteriors(users: Sequence[LengthEvidence], grid: np.ndarray = MU_GRID,
                       w_grid: np.ndarray = W_GRID, span: float = REPEAT_SPAN) -> np.ndarray:
     """length_posterior of many users at once: [user, grid]. The same sums, over every user's replies in
-    a few large numpy operations (slabs of SLAB_REPLIES) instead of a dozen small ones per user."""
+    a few large numpy operations (slabs of SLAB_REPLIES) instead of a dozen small ones per user.
+    span: the most a mismatch adds to the repeat probability (REPEAT_SPAN for length), at most 0.5."""
+    if not 0.0 <= span <= 0.5:
+        raise ValueError(f"span must be within [0, 0.5], got {span}")
     n_u, n_w = len(users), len(w_grid)
     if not n_u:
         return np.zeros((0, len(grid)))
@@ -102,7 +105,8 @@ def length_posteriors(users: Sequence[LengthEvidence], grid: np.ndarray = MU_GRI
         if not used.all():
             x, w_rep, w_suc, dirw, who = x[used], w_rep[used], w_suc[used], dirw[used], who[used]
         base = np.array([min(max(u.base_rate, 0.01), 0.9) for u in users], dtype=float)
-        # p_rep = b + (1 - b) * span * (1 - exp(-d^2 / 2)) lies in [0.01, 0.95]: no clipping needed.
+        # p_rep = b + (1 - b) * span * (1 - exp(-d^2 / 2)) lies in [0.01, 0.95] for span <= 0.5: no clipping
+        # needed.
         # The per-user constants are rounded to float32 exactly as a scalar np.float32(...) would be.
         scale = (-(1 - base) * span).astype(np.float32)
         offset = (base + (1 - base) * span).astype(np.float32)

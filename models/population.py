@@ -49,7 +49,7 @@ class Population:
 
 
 def refresh(current: Population, summaries: Iterable[Mapping[str, Any]], min_replies: int = 8) -> Population:
-    """New priors from user summaries ({"mu", "mu_var", "ds", "rr", "n", "trust", "f": bot features})."""
+    """New priors from user summaries ({"mu", "mu_var", "ds", "ds_var", "rr", "n", "trust", "f": bot features})."""
     rows = [s for s in summaries if s.get("trust") == "normal"]
     out = Population.from_dict(current.to_dict())
     out.users = len(rows)
@@ -69,7 +69,9 @@ def refresh(current: Population, summaries: Iterable[Mapping[str, Any]], min_rep
             # alone the prior narrowed refresh after refresh, and every user then carried a confident
             # dialogue share that was only the population's median (closed loop: served shares 0.17 off).
             dss = np.array([s["ds"] for s in with_ds])
-            ds_var = float(np.var(dss) + np.mean([s.get("ds_var", 0.0) for s in with_ds]))
+            # Summaries written before the variance was kept have none: averaged over those that have it.
+            post_vars = [v for s in with_ds if isinstance(v := s.get("ds_var"), int | float)]
+            ds_var = float(np.var(dss) + (np.mean(post_vars) if post_vars else 0.0))
             out.ds = float(np.median(dss))
             out.ds_sd = float(min(0.35, max(0.12, math.sqrt(max(ds_var, 0.0)))))
         rr = np.clip(np.array([s["rr"] for s in rich]), 0.005, 0.9)

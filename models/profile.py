@@ -368,9 +368,10 @@ def _prepare(recs: list[dict[str, Any]], pop: Population, msg: list[float] | Non
 
 
 def _finish(job: EstimateJob, prep: dict[str, Any], summary: tuple[float, float, float, float], mu_mean: float,
-            mu_var: float, ds_value: float, ds_conf: float, scores: np.ndarray, ds_var: float) -> dict[str, Any]:
+            mu_var: float, ds_value: float, ds_conf: float, scores: np.ndarray,
+            ds_var: float) -> dict[str, Any]:
     """One user's estimate from its evidence and what the round computed at once: the length posterior's
-    summary and moments, the dialogue share's mean and confidence, the pacing label posterior."""
+    summary and moments, the dialogue share's mean, confidence and variance, the pacing label posterior."""
     recs, pop, _, _ = job
     ra, rb, base_rate, ev = prep["ra"], prep["rb"], prep["base_rate"], prep["ev"]
     # Python floats for the loops below: indexing numpy arrays one element at a time costs 10x more.
@@ -642,7 +643,7 @@ def recent_items(state: Mapping[str, Any]) -> list[dict[str, Any]]:
 def summary(state: Mapping[str, Any], est: Mapping[str, Any], features: Mapping[str, float]) -> dict[str, Any]:
     """What the population refresh reads about this user."""
     return {"mu": round(est["mu"], 4), "mu_var": round(est["mu_var"], 5), "ds": round(est["ds"], 4),
-            "ds_var": round(est["ds_var"], 5),
+            "ds_var": round(est["ds_var"], 5) if "ds_var" in est else None,
             "rr": round(est["repeat_rate"], 4), "n": len(state["closed"]), "trust": state["trust"],
             "f": {k: round(v, 4) for k, v in features.items()}}
 

@@ -400,7 +400,11 @@ class Applier:
                 self.stats.add(w.app, "denoise:deleted", skipped_deleted)
             return None
         feats = pm.update_trust(state, pop)
-        due = state.get("est") is None or bool(ap.amended_repeats) or bool(ap.closed_now and self._due(state))
+        # An estimate stored by an older worker lacks the dialogue share's variance the summary now carries:
+        # it is redone once rather than served or summarised without it.
+        est = state.get("est")
+        due = (est is None or "ds_var" not in est or bool(ap.amended_repeats)
+               or bool(ap.closed_now and self._due(state)))
         return {"work": w, "state": state, "pop": pop, "ap": ap, "feats": feats, "version": version,
                 "tomb": tomb, "now_ms": now_ms, "applied": applied, "deleted": skipped_deleted, "due": due}
 

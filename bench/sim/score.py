@@ -98,7 +98,8 @@ def score(users: list[SimUser], profiles: dict[str, dict[str, Any] | None],
                 ds_ok.append(ds_err[-1] <= 0.1)
     middle = float(np.median([u.dialogue for u in humans])) if humans else float("nan")
     out["ds_err_attune"] = float(np.median(ds_err)) if ds_err else float("nan")
-    out["ds_err_naive"] = float(np.median([abs(middle - u.dialogue) for u in humans])) if humans else float("nan")
+    out["ds_err_naive"] = (float(np.median([abs(middle - u.dialogue) for u in humans])) if humans
+                           else float("nan"))
     out["ece_dialogue"] = expected_calibration_error(ds_conf, ds_ok)
     out["mean_conf_dialogue"] = sum(ds_conf) / len(ds_conf) if ds_conf else float("nan")
     out["bots_caught"] = share([_get(profiles.get(u.user_id), "trust") == "suspect_bot" for u in bots])

@@ -57,3 +57,8 @@ def test_the_dialogue_prior_spread_adds_the_posterior_variance_back() -> None:
     pop = refresh(Population(), rows)
     assert abs(pop.ds_sd - 0.2) < 0.01, pop.ds_sd
     assert abs(refresh(pop, rows).ds_sd - 0.2) < 0.01
+    # Summaries written before the variance was kept (none, or null) do not count as a variance of zero.
+    for row in rows[::2]:
+        row.pop("ds_var")
+    rows[1]["ds_var"] = None
+    assert abs(refresh(Population(), rows).ds_sd - 0.2) < 0.01

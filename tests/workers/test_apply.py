@@ -13,7 +13,7 @@ from service import keys
 from service import store as store_mod
 from service.profiles import delete_user
 from tests.conftest import make_settings
-from tests.workers.helpers import T0, ingest, run, session
+from tests.workers.helpers import T0, drain, ingest, run, session
 from workers.apply import _recent_ops, parse
 from workers.consumer import Worker
 
@@ -103,3 +103,24 @@ def test_stream_ids_order_by_milliseconds_then_sequence() -> None:
     ids = ["0-0", "5", "5-1", "5-2", "10-0", "10-10", "99-0"]
     assert [pm.stream_id_key(i) for i in ids] == sorted(pm.stream_id_key(i) for i in ids)
     assert pm.stream_id_gt("10-0", "9-99") and not pm.stream_id_gt("5", "5-0") and pm.stream_id_gt("5-1", "5")
+
+
+def test_a_state_estimated_by_an_older_worker_is_re_estimated_not_dead_lettered(redis_url: str, tmp_path: Any,
+                                                                                redis_sync: redis.Redis) -> None:
+    # Estimates stored before the dialogue share's variance was kept have no "ds_var"; a batch that closes no
+    # reply used to reuse them and fail in the population summary, dead-lettering a valid event.
+    s = make_settings(redis_url, tmp_path, worker_block_ms=0, population_refresh_seconds=0)
+    run(ingest(s, "demo", session("old", 6)))
+    run(drain(s))
+    key = keys.user_state("demo", "old")
+    version, _, body = redis_sync.get(key).partition(b"|")
+    state = orjson.loads(body)
+    del state["est"]["ds_var"]
+    redis_sync.set(key, version + b"|" + orjson.dumps(state))
+    t = T0 + 3_600_000
+    run(ingest(s, "demo", [{"type": "session_start", "event_id": "old-ss2", "user_id": "old", "session_id": "s2",
+                            "t": t, "rt": t}]))
+    run(drain(s, "another-worker"))
+    assert sum(redis_sync.xlen(keys.dead_letters(p)) for p in range(s.partitions)) == 0
+    assert "ds_var" in _state(redis_sync, "old")["est"]
+    assert _state(redis_sync, "old")["sum"]["ds_var"] is not None
