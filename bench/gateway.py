@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from statistics import median, quantiles
 from typing import Any
@@ -485,35 +486,38 @@ def measure(
         print(f"== warm-up {name}", flush=True)
         asyncio.run(open_loop(url, headers, body(False), args.rate, 2))
 
-    def order(r: int) -> list[str]:
-        k = r % len(names)
-        return names[k:] + names[:k]
+    def interleaved(one_slice: Callable[[str, dict[str, str], list[int]], dict[str, Any]]
+                    ) -> dict[str, list[dict[str, Any]]]:
+        """Each target's slices, one per round, the targets' order rotating each round; after each slice
+        the target is left to go quiet (settle)."""
+        slices: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+        for r in range(rounds):
+            k = r % len(names)
+            for name in names[k:] + names[:k]:
+                url, headers, pids = targets[name]
+                slices[name].append(one_slice(url, headers, pids))
+                settle(pids)
+        return slices
 
     for stream in (False, True):
         mode = "stream" if stream else "json"
-        slices: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
-        for r in range(rounds):
-            for name in order(r):
-                url, headers, pids = targets[name]
-                slices[name].append(
-                    asyncio.run(open_loop(url, headers, body(stream), args.rate, args.seconds / rounds))
-                )
-                settle(pids)
+        slices = interleaved(lambda url, headers, _pids, stream=stream: asyncio.run(
+            open_loop(url, headers, body(stream), args.rate, args.seconds / rounds)))
         for name in names:
             res[name][mode] = pooled(slices[name])
             print(f"   {name:12s} {mode:6s} @ {args.rate:g}/s: {res[name][mode]}", flush=True)
     sat_slice = max(1, round(args.sat_seconds / rounds))
     for stream in (False, True):
         mode = "sat_stream" if stream else "sat_json"
-        per_round: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
-        for r in range(rounds):
-            for name in order(r):
-                url, headers, pids = targets[name]
-                cpu0 = tree_cpu(pids)
-                sat = wrk(url, headers, body(stream), sat_slice, tmp)
-                sat["cpu_s"] = tree_cpu(pids) - cpu0
-                per_round[name].append(sat)
-                settle(pids)
+
+        def saturate(url: str, headers: dict[str, str], pids: list[int],
+                     stream: bool = stream) -> dict[str, Any]:
+            cpu0 = tree_cpu(pids)
+            sat = wrk(url, headers, body(stream), sat_slice, tmp)
+            sat["cpu_s"] = tree_cpu(pids) - cpu0
+            return sat
+
+        per_round = interleaved(saturate)
         for name in names:
             runs = per_round[name]
             requests = sum(x["requests"] for x in runs)

@@ -44,10 +44,6 @@ def stream_id_key(sid: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def stream_id_gt(a: str, b: str) -> bool:
-    return stream_id_key(a) > stream_id_key(b)
-
-
 class Applier:
     """Applies one user's events to their state; collects counters for the caller (denoise steps, closed replies)."""
 
@@ -643,7 +639,7 @@ def recent_items(state: Mapping[str, Any]) -> list[dict[str, Any]]:
 def summary(state: Mapping[str, Any], est: Mapping[str, Any], features: Mapping[str, float]) -> dict[str, Any]:
     """What the population refresh reads about this user."""
     return {"mu": round(est["mu"], 4), "mu_var": round(est["mu_var"], 5), "ds": round(est["ds"], 4),
-            "ds_var": round(est["ds_var"], 5) if "ds_var" in est else None,
+            "ds_var": round(est["ds_var"], 5),
             "rr": round(est["repeat_rate"], 4), "n": len(state["closed"]), "trust": state["trust"],
             "f": {k: round(v, 4) for k, v in features.items()}}
 

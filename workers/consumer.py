@@ -49,8 +49,9 @@ RELEASE = Script(RELEASE_LUA)
 # batch. Caught up, a read returns what arrived, so the size only matters when there is a backlog. The
 # default 5 s stays well inside the lease and the shutdown grace (10 s), and the heartbeat still runs
 # during a long batch (the applier yields to it). INITIAL_RATE is about what one worker process applies
-# under a backlog (bench/worker.py --events 60000 measured 15.8-17.6k events/s): a lower guess sizes the first read too small,
-# and its users are estimated and committed once per small read instead of once for all their events.
+# under a backlog (bench/worker.py --events 60000 measured 15.8-17.6k events/s): a lower guess sizes the
+# first read too small, and its users are estimated and committed once per small read instead of once for
+# all their events.
 INITIAL_RATE = 12000.0
 BATCH_MAX = 10_000
 

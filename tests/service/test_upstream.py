@@ -249,13 +249,15 @@ async def test_silence_before_the_first_event_is_a_first_byte_timeout() -> None:
     )
 
 
-async def test_silence_mid_stream_is_an_idle_timeout() -> None:
-    async def stalls() -> AsyncIterator[bytes]:
-        yield sse(CHUNK)
-        await asyncio.sleep(5)
-        yield sse(CHUNK)
+async def _stalls() -> AsyncIterator[bytes]:
+    """One chunk, then five seconds of silence."""
+    yield sse(CHUNK)
+    await asyncio.sleep(5)
+    yield sse(CHUNK)
 
-    up = client(lambda r: sse_response(stalls()), timeout=UpstreamTimeout(first_byte=1.0, idle=0.2))
+
+async def test_silence_mid_stream_is_an_idle_timeout() -> None:
+    up = client(lambda r: sse_response(_stalls()), timeout=UpstreamTimeout(first_byte=1.0, idle=0.2))
     stream = await up.stream(OPENAI_PATH, {**BODY, "stream": True})
     with pytest.raises(UpstreamError) as info:
         async for _ in stream.batches():
@@ -283,12 +285,7 @@ async def test_a_slow_reader_is_not_taken_for_upstream_silence() -> None:
     await stream.aclose()
     assert got == 4
 
-    async def stalls() -> AsyncIterator[bytes]:
-        yield sse(CHUNK)
-        await asyncio.sleep(5)
-        yield sse(CHUNK)
-
-    up = client(lambda r: sse_response(stalls()), timeout=UpstreamTimeout(first_byte=1.0, idle=5.0))
+    up = client(lambda r: sse_response(_stalls()), timeout=UpstreamTimeout(first_byte=1.0, idle=5.0))
     stream = await up.stream(OPENAI_PATH, {**BODY, "stream": True})
 
     async def drain() -> None:

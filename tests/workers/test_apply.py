@@ -102,7 +102,8 @@ def test_parse_names_the_first_invalid_field_and_accepts_what_it_accepted_before
 def test_stream_ids_order_by_milliseconds_then_sequence() -> None:
     ids = ["0-0", "5", "5-1", "5-2", "10-0", "10-10", "99-0"]
     assert [pm.stream_id_key(i) for i in ids] == sorted(pm.stream_id_key(i) for i in ids)
-    assert pm.stream_id_gt("10-0", "9-99") and not pm.stream_id_gt("5", "5-0") and pm.stream_id_gt("5-1", "5")
+    key = pm.stream_id_key
+    assert key("10-0") > key("9-99") and not key("5") > key("5-0") and key("5-1") > key("5")
 
 
 def test_a_state_estimated_by_an_older_worker_is_re_estimated_not_dead_lettered(redis_url: str, tmp_path: Any,
