@@ -9,17 +9,52 @@ _DIALOGUE = re.compile(r"\"[^\"]*\"|“[^”]*”|「[^」]*」|『[^』]*』")
 _HOOK_END = re.compile(r"(\?|\?\"|\?”|…|\.\.\.|—|-{2})\s*$")
 _QUESTION_END = re.compile(r"\?[\"”」』*)]*\s*$")
 _NARRATION_ACTION = re.compile(r"\*[^*]+\*")
+# A sentence ends at . ! ? or an ellipsis, with any closing quote, bracket or emphasis mark after it.
+_SENTENCE_END = re.compile(r"[.!?…]+[\"”」』*)\]]*(?=\s|$)")
+# Pacing as a reader hears it in the prose itself (the model follows a pacing note only most of the time):
+# fast prose is short, exclamatory sentences; slow burn is long sentences of long (descriptive) words.
+# Thresholds read off the stand-in's voices (tests/models/test_features.py measures the confusion the learner
+# assumes, models/profile.py MEASURED_CONFUSION); a real model's replies need a labelled sample to check them.
+FAST_WORDS_PER_SENTENCE = 5.0
+FAST_EXCLAIMED_SHARE = 0.3
+SLOW_SCORE = 12.25  # words per sentence + SLOW_WORD_WEIGHT * (mean word length - PLAIN_WORD_LENGTH)
+SLOW_WORD_WEIGHT = 3.0
+PLAIN_WORD_LENGTH = 4.2
+PACING_MIN_WORDS = 12
 
 
-def reply_features(text: str) -> dict[str, float | int | bool]:
-    """Length, dialogue share (quoted speech / all text) and whether the reply ends on a hook."""
+def reply_features(text: str) -> dict[str, float | int | bool | str]:
+    """Dialogue share (quoted speech / all text), whether the reply ends on a hook or a question, and the
+    pacing its prose reads as (absent when the reply is too short to tell)."""
     chars = len(text)
     if chars == 0:
         return {"dialogue_share": 0.0, "hook": False, "question_end": False}
     spoken = sum(len(m) for m in _DIALOGUE.findall(text))
     tail = text[-80:]
-    return {
+    out: dict[str, float | int | bool | str] = {
         "dialogue_share": round(min(1.0, spoken / chars), 4),
         "hook": bool(_HOOK_END.search(tail)),
         "question_end": bool(_QUESTION_END.search(tail)),
     }
+    pacing = pacing_of(text)
+    if pacing is not None:
+        out["pacing"] = pacing
+    return out
+
+
+def pacing_of(text: str) -> str | None:
+    """`slow_burn`, `balanced` or `fast` from the sentences' length, their words' length and how many end in
+    '!'; None when the text has fewer than PACING_MIN_WORDS words (a line or two says little about pace)."""
+    words = text.split()
+    if len(words) < PACING_MIN_WORDS:
+        return None
+    ends = _SENTENCE_END.findall(text)
+    sentences = max(len(ends), 1)  # a text without a full stop is one (long) sentence
+    per_sentence = len(words) / sentences
+    exclaimed = sum(1 for e in ends if "!" in e) / sentences
+    if exclaimed >= FAST_EXCLAIMED_SHARE or per_sentence <= FAST_WORDS_PER_SENTENCE:
+        return "fast"
+    word_length = sum(len(w) for w in words) / len(words)
+    if per_sentence + SLOW_WORD_WEIGHT * (word_length - PLAIN_WORD_LENGTH) >= SLOW_SCORE:
+        return "slow_burn"
+    return "balanced"

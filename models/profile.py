@@ -104,6 +104,8 @@ class Applier:
         rec.update({"t": ev["t"], "c": reply.get("chars"), "ds": reply.get("dialogue_share"), "hk": reply.get("hook"),
                     "qe": reply.get("question_end"), "fr": reply.get("finish_reason"),
                     "ch": ev.get("character_id"), "s": ev.get("session_id")})
+        if "pacing" in reply:
+            rec["pm"] = reply["pacing"]  # as measured from its text (models/features.py pacing_of)
         cond = ev.get("conditioning")
         if cond and (cond.get("pacing") is not None or cond.get("target_chars") is not None):
             rec["ap"] = {"pacing": cond.get("pacing"), "target_chars": cond.get("target_chars"),
@@ -443,8 +445,9 @@ def _pacing_label_posteriors(items: list[PaceItem]) -> np.ndarray:
     A reply is repeated for its pacing (more likely the further it is from the preferred one: ordinal),
     for its length (the length mismatch explains repeats away) or for no reason (the base rate, not known:
     marginalised over BASE_GRID): any one is enough. A reply reads as the pacing asked for only most of
-    the time. Between two alternatives, the one kept says which pacing satisfies more; those pairs count
-    as a choice, not as a repeat.
+    the time; the pacing measured from its text, when the reply_shown carried it, sharpens what it read as
+    (and makes a reply nobody asked a pacing of evidence too). Between two alternatives, the one kept says
+    which pacing satisfies more; those pairs count as a choice, not as a repeat.
     Confidence is calibrated afterwards (models/calibration.py).
 
     The replies of all users go into one set of arrays (a user's sums are segment sums), so the numpy calls
@@ -458,9 +461,8 @@ def _pacing_label_posteriors(items: list[PaceItem]) -> np.ndarray:
         n = len(recs)
         by_id: dict[str, dict[str, Any]] | None = None
         for i, r in enumerate(recs):
-            ap = r.get("ap")
-            k = _PACE_INDEX.get(ap.get("pacing")) if ap else None
-            if k is None:
+            k = _perceived_row(r)
+            if not k:
                 continue
             o = r["o"]
             if "passed_over" in o:
@@ -476,15 +478,15 @@ def _pacing_label_posteriors(items: list[PaceItem]) -> np.ndarray:
                 by_id = by_id if by_id is not None else {x["id"]: x for x in recs}
                 for alt in r["alts"]:
                     other = by_id.get(alt)
-                    op = (other or {}).get("ap", {}) or {}
-                    if other is None or op.get("pacing") not in _PACE_INDEX or op["pacing"] == ap["pacing"]:
-                        continue
+                    ko = _perceived_row(other) if other is not None else 0
+                    if not ko or ko == k:
+                        continue  # nothing known of the other's pacing, or the same as the kept one's
                     ch_user.append(u)
                     ch_w.append(PACING_FORGET ** (n - 1 - i))
                     ch_mk.append(0.5 * ((math.log(max(c, 1)) - mu) / 0.4) ** 2 if c else 0.0)
                     ch_mo.append(0.5 * ((math.log(max(other["c"], 1)) - mu) / 0.4) ** 2 if other.get("c")
                                  else 0.0)
-                    ch_ko.append(_PACE_INDEX[op["pacing"]])
+                    ch_ko.append(ko)
                     ch_kk.append(k)
         offset += n
     logp = np.zeros((u_n, 3))
@@ -524,13 +526,43 @@ _PACE_INDEX = {p: k for k, p in enumerate(PACINGS)}
 _PACE_STEPS = np.abs(np.arange(3)[:, None] - np.arange(3)[None, :])
 
 
-def _followed(m: np.ndarray) -> np.ndarray:
-    """m[perceived, preferred] averaged over what is perceived given the pacing asked for (rows)."""
-    return PACING_FOLLOWED * m + (1 - PACING_FOLLOWED) * (m.sum(axis=0)[None, :] - m) / 2
+def _perceived() -> np.ndarray:
+    """What a reader perceives, [row, perceived], for each row of _perceived_row: row 0 knows nothing; then
+    (asked, measured) with either unknown. The pacing asked for is followed PACING_FOLLOWED of the time
+    (the rest split evenly); the pacing measured from the text is Bayes-combined with it through
+    MEASURED_CONFUSION (nothing asked: the measurement alone, from an even prior)."""
+    rows = [np.full(3, 1 / 3)]
+    for asked in (None, 0, 1, 2):
+        for measured in (None, 0, 1, 2):
+            if asked is None and measured is None:
+                continue
+            q = np.full(3, 1 / 3)
+            if asked is not None:
+                q = np.full(3, (1 - PACING_FOLLOWED) / 2)
+                q[asked] = PACING_FOLLOWED
+            if measured is not None:
+                q = q * MEASURED_CONFUSION[:, measured]
+            rows.append(q / q.sum())
+    return np.array(rows)
 
 
-_PACE_REPEAT_MIX = _followed(PACE_REPEAT[_PACE_STEPS])  # [asked, preferred]
-_PACE_COST_MIX = _followed(PACE_COST[_PACE_STEPS])
+def _perceived_row(r: Mapping[str, Any] | None) -> int:
+    """The row of _PERCEIVED for a reply (0: its pacing is not known at all)."""
+    if r is None:
+        return 0
+    ap = r.get("ap")
+    asked = _PACE_INDEX.get(ap.get("pacing"), -1) if ap else -1
+    measured = _PACE_INDEX.get(r.get("pm"), -1) if "pm" in r else -1
+    return (asked + 1) * 4 + measured + 1
+
+
+# [perceived, measured]: how often pacing_of names each pacing for replies a reader perceives as each
+# (6,000 stand-in replies of every length: tests/models/test_features.py checks it stays near this), a
+# little more cautious than measured; fast reads unmistakably, slow burn and balanced are confused.
+MEASURED_CONFUSION = np.array([[0.88, 0.10, 0.02], [0.18, 0.80, 0.02], [0.01, 0.02, 0.97]])
+_PERCEIVED = _perceived()
+_PACE_REPEAT_MIX = _PERCEIVED @ PACE_REPEAT[_PACE_STEPS]  # [row, preferred]
+_PACE_COST_MIX = _PERCEIVED @ PACE_COST[_PACE_STEPS]
 
 
 def _pairs(recs: list[dict[str, Any]]) -> list[tuple[float, float, float]]:

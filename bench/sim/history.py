@@ -74,7 +74,7 @@ def _reply(user: SimUser, n: int, rng: np.random.Generator) -> tuple[Shown, str,
     turning = bool(rng.random() < TURNING_SHARE)
     body: dict[str, Any] = {"chars": chars}
     if rng.random() < TEXT_SHARE:
-        text = compose_text(chars, dialogue, turning or rng.random() < 0.2, rng)
+        text = compose_text(chars, dialogue, turning or rng.random() < 0.2, rng, perceived)
         body = {"chars": len(text), "text": text}
         chars = len(text)
     shown = Shown(f"{user.user_id}-r{n}", chars, perceived, dialogue, turning)

@@ -107,6 +107,8 @@ def _random_replies(rng: np.random.Generator, n: int) -> list[dict[str, Any]]:
             r["ds"] = float(rng.random())
         if rng.random() < 0.7:
             r["ap"] = {"pacing": PACINGS[int(rng.integers(3))], "propensity": 0.8}
+        if rng.random() < 0.4:  # the pacing measured from its text: asked or not, agreeing or not
+            r["pm"] = PACINGS[int(rng.integers(3))]
         if "rating" in r["o"]:
             r["rating"] = float(rng.uniform(-1, 1))
         if "selected" in r["o"] and i:
@@ -144,6 +146,7 @@ def test_pacing_posteriors_of_many_users_at_once_equal_the_one_user_function() -
         if u % 10 == 5:  # no paced replies at all
             for r in recs:
                 r.pop("ap", None)
+                r.pop("pm", None)
         if u % 7 == 0:  # choices between alternatives of different pacings, some of unknown length
             for i, r in enumerate(recs[1:], 1):
                 if rng.random() < 0.4:
@@ -172,14 +175,14 @@ def _pacing_one_user(recs: list[dict[str, Any]], ev: Any, mu: float) -> np.ndarr
     by_id: dict[str, dict[str, Any]] | None = None
     choices = []
     for i, r in enumerate(recs):
-        pacing = (r.get("ap") or {}).get("pacing")
-        if pacing not in pm._PACE_INDEX:
+        row = pm._perceived_row(r)
+        if row == 0:
             continue
         if "passed_over" in r["o"]:
             continue  # counted through the choice of the one kept
         if "selected" in r["o"] and r.get("alts"):
             choices.append(i)
-        ks.append(pm._PACE_INDEX[pacing])
+        ks.append(row)
         ms.append(math.log(max(r["c"], 1)) if r.get("c") else math.nan)
         ws.append(i)
     n = len(recs)
@@ -204,13 +207,12 @@ def _pacing_one_user(recs: list[dict[str, Any]], ev: Any, mu: float) -> np.ndarr
         by_id = by_id if by_id is not None else {r["id"]: r for r in recs}
         for alt in kept["alts"]:
             other = by_id.get(alt)
-            op = (other or {}).get("ap", {}) or {}
-            if other is None or op.get("pacing") not in pm._PACE_INDEX or op["pacing"] == kept["ap"]["pacing"]:
+            k_o, k_k = pm._perceived_row(other), pm._perceived_row(kept)
+            if k_o == 0 or k_o == k_k:
                 continue
             m_k = 0.5 * ((math.log(max(kept["c"], 1)) - mu) / 0.4) ** 2 if kept.get("c") else 0.0
             m_o = 0.5 * ((math.log(max(other["c"], 1)) - mu) / 0.4) ** 2 if other.get("c") else 0.0
-            z = (m_o + pm._PACE_COST_MIX[pm._PACE_INDEX[op["pacing"]]] - m_k
-                 - pm._PACE_COST_MIX[pm._PACE_INDEX[kept["ap"]["pacing"]]]) / pm.CHOICE_TEMPERATURE
+            z = (m_o + pm._PACE_COST_MIX[k_o] - m_k - pm._PACE_COST_MIX[k_k]) / pm.CHOICE_TEMPERATURE
             logp = logp - pm.PACING_FORGET ** (n - 1 - i) * np.logaddexp(0.0, -z)
     logp = logp + np.log(pm.PACING_PRIOR)
     logp -= logp.max()
@@ -251,3 +253,51 @@ def test_a_duplicate_is_discounted_and_only_the_newest_fingerprints_are_kept() -
     assert state["fp"][-1] == "repeat|r|5"  # the reply id, not the session, names a reply's event
     assert ap.apply({"type": "no_such_type", "t": 6}) and state["fp"][-1] == "no_such_type||6"
     assert state["n"] == pm.MAX_FINGERPRINTS + 8 and state["max_t"] == 1000 + pm.MAX_FINGERPRINTS + 4
+
+
+def _paced_history(measured: bool, asked: str | None = None) -> list[dict[str, Any]]:
+    """Thirty replies in turn slow burn, balanced, fast as read from their text; only the slow ones are
+    regenerated. With `asked`, every reply was asked for that pacing (the model did not follow it)."""
+    events = []
+    for n in range(30):
+        pacing = PACINGS[n % 3]
+        reply: dict[str, Any] = {"chars": 400}
+        if measured:
+            reply["pacing"] = pacing
+        ev: dict[str, Any] = {"type": "reply_shown", "reply_id": f"r{n}", "t": 1_000_000 + n * 70_000,
+                              "reply": reply}
+        if asked:
+            ev["conditioning"] = {"pacing": asked, "explored": True, "propensity": 0.3}
+        events.append(ev)
+        if pacing == "slow_burn":
+            events.append({"type": "repeat", "reply_id": f"r{n}", "t": 1_009_000 + n * 70_000})
+        else:
+            events.append({"type": "user_message", "reply_id": f"r{n}", "t": 1_030_000 + n * 70_000,
+                           "chars": 40, "compose_ms": 12_000})
+    return events
+
+
+def test_the_pacing_measured_from_the_text_is_evidence_even_when_none_was_asked() -> None:
+    state, applier = feed(_paced_history(measured=True))
+    applier.close_due(10**12)
+    assert all(r.get("pm") for r in state["closed"])
+    est = estimate(state["closed"], Population())
+    blind_state, blind = feed(_paced_history(measured=False))
+    blind.close_due(10**12)
+    blind_est = estimate(blind_state["closed"], Population())
+    # Unmeasured and unasked, the replies say nothing about pacing: the prior stands.
+    assert np.allclose([blind_est["pacing_scores"][p] for p in PACINGS], pm.PACING_PRIOR, atol=1e-9)
+    assert est["pacing_scores"]["slow_burn"] < 0.05  # the regenerated pacing is ruled out
+    assert est["pacing_label"] in ("balanced", "fast")
+
+
+def test_a_measured_pacing_overrides_the_one_asked_for() -> None:
+    # Everything asked as fast, but the texts read as three pacings and only slow burn is regenerated: the
+    # asked label alone says nothing (all alike); the measured ones say "not slow burn".
+    asked_only = feed(_paced_history(measured=False, asked="fast"))
+    both = feed(_paced_history(measured=True, asked="fast"))
+    scores = []
+    for state, applier in (asked_only, both):
+        applier.close_due(10**12)
+        scores.append(estimate(state["closed"], Population())["pacing_scores"])
+    assert scores[1]["slow_burn"] < scores[0]["slow_burn"] / 3

@@ -71,7 +71,12 @@ def test_reply_text_is_replaced_by_features(api: ApiServer, redis_sync: redis.Re
     [e] = stored(redis_sync)
     assert e["reply"]["chars"] == len(text)
     assert 0 < e["reply"]["dialogue_share"] < 1 and e["reply"]["hook"] is True
+    assert "pacing" not in e["reply"]  # nine words: too few to tell the pace
     assert text not in json.dumps(e) and "rain" not in json.dumps(e)
+    fast = '*She grabs your wrist.* "Run! Now!" The door bursts open! Boots thunder down the hall. No time!'
+    r = post(api, ev("reply_shown", event_id="e-fast", reply={"text": fast}))
+    assert r.status_code == 202
+    assert stored(redis_sync)[-1]["reply"]["pacing"] == "fast"
 
 
 @pytest.mark.parametrize(("event", "code", "words"), [

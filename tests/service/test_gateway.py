@@ -13,6 +13,7 @@ import orjson
 import pytest
 import redis
 
+from models.features import pacing_of
 from service import keys
 from service.settings import Settings
 from service.standin import StandIn, running
@@ -121,6 +122,8 @@ def test_openai_sdk_non_streamed_returns_the_stand_in_reply_and_records_it(
     assert ev["reply"]["chars"] == len(si.log[-1]["reply"])
     assert "text" not in ev["reply"] and si.log[-1]["reply"][:30] not in orjson.dumps(ev).decode()
     assert ev["conditioning"]["pacing"] in ("slow_burn", "balanced", "fast")
+    # What the reply reads as, measured from its text (the model follows the note only most of the time).
+    assert ev["reply"].get("pacing") == pacing_of(si.log[-1]["reply"])
 
 
 def test_openai_sdk_streamed_text_equals_the_stand_in_reply_exactly(
