@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 from scipy.special import betainc
 
+from models.profile import pacing_repeat
+
 PACING = ("slow_burn", "balanced", "fast")
 EPSILON = 0.05  # uniform share mixed into Thompson sampling: propensities >= EPSILON / 3
 # Probability matching on the label posterior raised to this power: 1 is Thompson sampling over "which
@@ -77,6 +79,9 @@ class Decision:
     profile_version: int | None
     note: str
     max_completion_tokens: int | None
+    # The replies already served for this state of the conversation and regenerated since: (pacing asked,
+    # pacing measured from the text, None if not known), oldest first.
+    rejected: tuple[tuple[str | None, str | None], ...] = ()
 
     def applied(self) -> dict[str, Any]:
         """What was applied, in the shape of /v1/condition's `applied` and a reply_shown's `conditioning`."""
@@ -181,13 +186,47 @@ def _unique_best(values: tuple[float, ...]) -> str | None:
     return winners[0] if len(winners) == 1 else None
 
 
-def pacing_choice(profile: dict[str, Any] | None, rng: random.Random) -> tuple[str, bool, float]:
-    """(arm, explored, propensity) for one reply: the label scores, else the per-arm Betas, else the prior."""
+def pacing_choice(profile: dict[str, Any] | None, rng: random.Random,
+                  rejected: tuple[tuple[str | None, str | None], ...] = ()) -> tuple[str, bool, float]:
+    """(arm, explored, propensity) for one reply: the label scores, else the per-arm Betas, else the prior;
+    a regeneration first weighs the scores by the replies it replaces (after_rejections)."""
     scores = scores_of(profile) if profile is not None else PRIOR_SCORES
-    if scores is None and ((profile or {}).get("pacing") or {}).get("posterior"):
+    if scores is None and ((profile or {}).get("pacing") or {}).get("posterior") and not rejected:
         return sample_pacing(posterior_of(profile), rng)
     scores = scores or PRIOR_SCORES
+    if rejected:
+        scores = after_rejections(scores, rejected, _repeat_rate(profile))
     return sample_from(label_probabilities(scores), _unique_best(scores), rng)
+
+
+def after_rejections(scores: tuple[float, ...], rejected: tuple[tuple[str | None, str | None], ...],
+                     base_rate: float) -> tuple[float, ...]:
+    """The pacing scores once the user regenerated these replies: each weighs every preferred pacing by
+    the probability that a user preferring it regenerates a reply of that pacing (as asked, and as measured
+    from its text), with the user's own repeat rate standing for every other cause, the workers' model
+    (models/profile.py). Regenerating is immediate evidence, minutes before the repeat event is learnt from:
+    the next reply moves away from the pacing just refused instead of drawing it again."""
+    out = list(scores)
+    for asked, measured in rejected:
+        added = pacing_repeat(asked, measured)
+        if added is None:
+            continue  # nothing known of that reply's pacing
+        for k, p in enumerate(added):
+            out[k] *= 1 - (1 - base_rate) * (1 - p)
+    total = sum(out)
+    return tuple(v / total for v in out) if total > 0 else scores
+
+
+def _repeat_rate(profile: dict[str, Any] | None) -> float:
+    """The user's repeat rate from the profile (engagement), within [0.05, 0.5]; 0.15 when unknown."""
+    try:
+        rate = float(((profile or {}).get("engagement") or {}).get("repeat_rate"))
+    except (TypeError, ValueError):
+        return DEFAULT_REPEAT_RATE
+    return min(max(rate, 0.05), 0.5) if math.isfinite(rate) else DEFAULT_REPEAT_RATE
+
+
+DEFAULT_REPEAT_RATE = 0.15
 
 
 def sample_target(reply_length: dict[str, Any] | None, rng: random.Random) -> int | None:
@@ -249,14 +288,16 @@ def render_note(pacing: str, target_chars: int | None) -> str:
     return " ".join(parts)
 
 
-def decide(profile: dict[str, Any] | None, rng: random.Random) -> Decision:
-    """Sample the conditioning for one reply from the profile (None: the population prior).
+def decide(profile: dict[str, Any] | None, rng: random.Random,
+           rejected: tuple[tuple[str | None, str | None], ...] = ()) -> Decision:
+    """Sample the conditioning for one reply from the profile (None: the population prior); `rejected`: the
+    replies this one regenerates (see after_rejections).
 
     A profile the workers do not trust (suspected bot or flood) conditions like no profile at all."""
     version = (profile or {}).get("version")
     if profile is not None and profile.get("trust", "normal") != "normal":
         profile = None
-    arm, explored, propensity = pacing_choice(profile, rng)
+    arm, explored, propensity = pacing_choice(profile, rng, rejected)
     target = sample_target((profile or {}).get("reply_length"), rng)
     return Decision(
         pacing=arm,
@@ -266,6 +307,7 @@ def decide(profile: dict[str, Any] | None, rng: random.Random) -> Decision:
         profile_version=version if isinstance(version, int) and not isinstance(version, bool) else None,
         note=render_note(arm, target),
         max_completion_tokens=max_tokens_for(target) if target else None,
+        rejected=rejected,
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
 import random
@@ -184,38 +185,95 @@ def condition(body: dict[str, Any], decision: Decision) -> dict[str, Any]:
 
 
 async def load_decision(
-    store: Store, app: str, user: str, character: str | None, rng: random.Random
+    store: Store, app: str, user: str, character: str | None, rng: random.Random, regen: str | None = None
 ) -> tuple[Decision | None, bool]:
-    """(decision, ok): ok False when the profile could not be read; the chat then goes out unconditioned."""
+    """(decision, ok): ok False when the profile could not be read; the chat then goes out unconditioned.
+    regen: the key of the conversation's regeneration record (regen_for), read with the profile."""
     try:
         async with asyncio.timeout(PROFILE_TIMEOUT_S):  # no extra task, unlike wait_for
             profile = await read_profile(store, app, user, character)
-        return decide(profile, rng), True
+            record = await store.redis.get(regen) if regen else None
+        return decide(profile, rng, rejected_of(record)), True
     except Exception as exc:  # noqa: BLE001 - fail open on anything: the chat matters more than the note
         log.warning("conditioning skipped (fail open) for app %s: %s: %s", app, type(exc).__name__, exc)
         return None, False
 
 
-def profile_keys(app: str, user: str, character: str | None) -> list[str]:
-    """The profile documents to read, most specific first (as service/profiles.read_profile reads them)."""
-    if character:
-        return [keys.profile(app, user, character), keys.profile(app, user)]
-    return [keys.profile(app, user)]
+def profile_keys(app: str, user: str, character: str | None, regen: str | None = None) -> list[str]:
+    """The profile documents to read, most specific first (as service/profiles.read_profile reads them),
+    then the conversation's regeneration record when `regen` is given (read in the same call)."""
+    out = [keys.profile(app, user, character)] if character else []
+    out.append(keys.profile(app, user))
+    if regen:
+        out.append(regen)
+    return out
 
 
 def decide_from(
-    docs: list[bytes | None] | None, app: str, rng: random.Random
+    docs: list[bytes | None] | None, app: str, rng: random.Random, regen: bool = False
 ) -> tuple[Decision | None, bool]:
-    """load_decision for documents already read (Store.condition_checked): None means they could not be."""
+    """load_decision for documents already read (Store.condition_checked): None means they could not be;
+    regen: the last of them is the regeneration record (profile_keys)."""
     if docs is None:
         log.warning("conditioning skipped (fail open) for app %s: the profile could not be read", app)
         return None, False
     try:
-        raw = next((d for d in docs if d), None)
-        return decide(orjson.loads(raw) if raw is not None else None, rng), True
+        record = docs[-1] if regen else None
+        raw = next((d for d in (docs[:-1] if regen else docs) if d), None)
+        return decide(orjson.loads(raw) if raw is not None else None, rng, rejected_of(record)), True
     except Exception as exc:  # noqa: BLE001 - fail open on anything: the chat matters more than the note
         log.warning("conditioning skipped (fail open) for app %s: %s: %s", app, type(exc).__name__, exc)
         return None, False
+
+
+# --- regenerations: the same conversation sent again -------------------------------------------------
+# An app's "repeat" button sends the conversation again, unchanged. The gateway remembers, for a few
+# minutes, which pacing it asked for and measured in the replies it served for each state of a user's
+# conversation (keyed by a digest of the messages as M2-her gets them, before the note): the same
+# messages again mean those replies were not kept, and the next one is conditioned away from them
+# (models/conditioning.py after_rejections) without waiting for the app's repeat event to be learnt from.
+REGEN_TTL_MS = 300_000
+MAX_REJECTED = 8
+# KEYS[1] the record, KEYS[2] the user's tombstone; ARGV: record, ttl ms, when the reply was asked for (ms).
+# A user deleted after that keeps nothing (the deletion may have run while the reply streamed).
+REGEN_SET_LUA = """
+local d = redis.call('GET', KEYS[2])
+if d and tonumber(d) >= tonumber(ARGV[3]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Regen:
+    """Where a reply's regeneration record goes: its key, the user's tombstone, when it was asked for (ms)."""
+
+    key: str
+    tombstone: str
+    asked_ms: int
+
+
+def regen_for(app: str, user: str, body: dict[str, Any]) -> Regen:
+    """The regeneration record of this state of the user's conversation (its messages, before the note)."""
+    digest = hashlib.blake2b(orjson.dumps(body["messages"]), digest_size=12).hexdigest()
+    return Regen(keys.regen(app, user, digest), keys.deleted(app, user), int(time.time() * 1000))
+
+
+def rejected_of(record: bytes | None) -> tuple[tuple[str | None, str | None], ...]:
+    """The replies a regeneration record lists ([[pacing asked, pacing measured], ...]); () if none/junk."""
+    if not record:
+        return ()
+    try:
+        rows = orjson.loads(record)
+    except orjson.JSONDecodeError:
+        return ()
+    if not isinstance(rows, list):
+        return ()
+    out = []
+    for row in rows[-MAX_REJECTED:]:
+        if isinstance(row, list) and len(row) == 2:
+            out.append(tuple(x if isinstance(x, str) else None for x in row))
+    return tuple(out)  # type: ignore[return-value]
 
 
 def new_reply_id() -> str:
@@ -383,6 +441,7 @@ class Recorder:
         self.store = store
         # (app, event) or (app, the reply_shown arguments, to measure at the flush)
         self.queue: list[tuple[str, Any]] = []
+        self.regens: list[tuple[Regen, bytes]] = []  # records to write at the next flush
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.recorded = 0
@@ -400,11 +459,20 @@ class Recorder:
         capture: Capture,
         decision: Decision | None,
         finish_override: str | None = None,
+        regen: Regen | None = None,
     ) -> None:
         """Queue the reply_shown of a reply that just ended; it is built at the flush. Only the joined text
-        and the finish are kept (the capture holds one string per token: several times the memory)."""
+        and the finish are kept (the capture holds one string per token: several times the memory).
+        regen: the conversation's regeneration record, which the reply joins."""
         ended = _Ended(capture.text(), capture.finish_reason, capture.error)
-        self._queue(app, (who, reply_id, ended, decision, finish_override, int(time.time() * 1000)))
+        self._queue(app, (who, reply_id, ended, decision, finish_override, int(time.time() * 1000), regen))
+
+    def served(self, decision: Decision, regen: Regen, measured: str | None = None) -> None:
+        """Add a reply to its conversation's regeneration record (written at the next flush, off the request
+        path): /v1/condition's, whose text Attune never sees, and the chat routes' through shown()."""
+        rows = [list(r) for r in decision.rejected[-(MAX_REJECTED - 1):]] + [[decision.pacing, measured]]
+        self.regens.append((regen, orjson.dumps(rows)))
+        self.wake.set()
 
     def _queue(self, app: str, item: Any) -> None:
         if len(self.queue) >= self.MAX_QUEUE:
@@ -426,12 +494,16 @@ class Recorder:
                 if i and i % self.BUILD_SLICE == 0:
                     await asyncio.sleep(0)  # a backlog after an outage is measured without stalling the streams
                 try:
-                    by_app[app].append(item if isinstance(item, dict) else reply_shown(*item[:5], now=item[5]))
+                    event = item if isinstance(item, dict) else reply_shown(*item[:5], now=item[5])
+                    by_app[app].append(event)
+                    if not isinstance(item, dict) and item[6] is not None and item[3] is not None:
+                        self.served(item[3], item[6], event["reply"].get("pacing"))
                 except Exception as exc:  # noqa: BLE001 - one bad item must not stop the recording
                     self._lose(1, f"building it failed: {type(exc).__name__}: {exc}")
         except asyncio.CancelledError:
             self.queue[:0] = batch  # nothing of it was written: all of it goes back
             raise
+        await self._write_regens()
         apps = list(by_app)
         try:
             for app in apps:
@@ -452,8 +524,21 @@ class Recorder:
             self.queue[:0] = [(app, ev) for app, events in by_app.items() for ev in events]
             raise
 
+    async def _write_regens(self) -> None:
+        """Best effort: a record lost to an outage only means a regeneration is conditioned as a new reply."""
+        regens, self.regens = self.regens, []
+        if not regens:
+            return
+        try:
+            pipe = self.store.redis.pipeline(transaction=False)
+            for regen, record in regens:
+                pipe.eval(REGEN_SET_LUA, 2, regen.key, regen.tombstone, record, REGEN_TTL_MS, regen.asked_ms)
+            await pipe.execute()
+        except Exception as exc:  # noqa: BLE001 - never worth failing the reply_shown writes for
+            log.warning("%d regeneration record(s) not written: %s: %s", len(regens), type(exc).__name__, exc)
+
     async def _loop(self) -> None:
-        while not (self.stopping and not self.queue):
+        while not (self.stopping and not self.queue and not self.regens):
             await self.wake.wait()
             if not self.stopping:
                 await asyncio.sleep(self.LINGER)

@@ -144,6 +144,12 @@ def user_recent(app: str, user_id: str) -> str:
     return user_key(app, user_id, "recent")
 
 
+def regen(app: str, user_id: str, conversation: str) -> str:
+    """The replies the gateway served for one state of a user's conversation (JSON list of [pacing asked,
+    pacing measured]), kept a few minutes: the same conversation sent again is a regeneration of them."""
+    return user_key(app, user_id, f"regen:{conversation}")
+
+
 def population(app: str) -> str:
     """Population snapshot (JSON): priors, robust bot statistics, repeat-model coefficients; refreshed by workers."""
     return f"{PREFIX}:app:{app}:population"

@@ -96,7 +96,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 class Call:
     """One gateway call, from the request to what was applied."""
 
-    __slots__ = ("app", "who", "prep", "decision", "body", "conditioned", "reply_id", "headers")
+    __slots__ = ("app", "who", "prep", "decision", "body", "conditioned", "reply_id", "headers", "regen")
 
     def __init__(
         self,
@@ -106,8 +106,10 @@ class Call:
         decision: Decision | None,
         conditioned: bool,
         runtime: Runtime,
+        regen: gw.Regen | None = None,
     ) -> None:
         self.app, self.who, self.prep, self.decision, self.conditioned = app, who, prep, decision, conditioned
+        self.regen = regen if decision is not None else None
         self.body = gw.condition(prep.body, decision) if decision is not None else prep.body
         self.reply_id = gw.new_reply_id()
         version = decision.profile_version if decision is not None else None
@@ -184,21 +186,28 @@ async def _prepare(request: Request) -> Call:
         if problem is not None:
             raise problem
         app = require_app(principal)
-        decision, conditioned = None, False
+        decision, conditioned, regen = None, False, None
         if wanted:
-            decision, conditioned = await gw.load_decision(state.store, app, who[0], who[1], runtime.rng)
-        return Call(app, who, prep, decision, conditioned, runtime)
-    names = gw.profile_keys(key.app, who[0], who[1]) if wanted else []
+            regen = gw.regen_for(app, who[0], prep.body)
+            decision, conditioned = await gw.load_decision(state.store, app, who[0], who[1], runtime.rng,
+                                                           regen.key)
+        return Call(app, who, prep, decision, conditioned, runtime, regen)
+    regen = gw.regen_for(key.app, who[0], prep.body) if wanted else None
+    names = gw.profile_keys(key.app, who[0], who[1], regen.key) if regen is not None else []
     check, docs = await runtime.checks.condition_checked(
         key.app, key.key_id, key.secret_hash, "condition", settings.rate_limit_per_second, names
     )
     admit(key, check, "condition", settings)
-    decision, conditioned = gw.decide_from(docs, key.app, runtime.rng) if wanted else (None, False)
-    return Call(key.app, who, prep, decision, conditioned, runtime)
+    decision, conditioned = (None, False)
+    if wanted:
+        decision, conditioned = gw.decide_from(docs, key.app, runtime.rng, regen=True)
+    return Call(key.app, who, prep, decision, conditioned, runtime, regen)
 
 
 async def condition_body(request: Request) -> Response:
     call = await _prepare(request)
+    if call.decision is not None and call.regen is not None:
+        request.app.state.gateway.recorder.served(call.decision, call.regen)  # the app calls M2-her itself
     out = {
         "reply_id": call.reply_id,
         "request": call.body,
@@ -334,7 +343,7 @@ async def _chat(request: Request, route: str) -> Response:
         capture = gw.Capture()
         capture.take_full(parsed)
         # Only queued here: the Recorder measures the reply and writes it after the answer went out.
-        runtime.recorder.shown(call.app, call.who, call.reply_id, capture, call.decision)
+        runtime.recorder.shown(call.app, call.who, call.reply_id, capture, call.decision, regen=call.regen)
         return Reply(raw, headers=call.headers)
     _observe(stats, call.app, route, stream.first_byte_s, None)
     capture = gw.Capture()
@@ -344,7 +353,8 @@ async def _chat(request: Request, route: str) -> Response:
             _count_error(stats, call.app, capture.error)
         if capture.text() or not capture.error:
             finish = "client_disconnected" if disconnected else None
-            runtime.recorder.shown(call.app, call.who, call.reply_id, capture, call.decision, finish)
+            runtime.recorder.shown(call.app, call.who, call.reply_id, capture, call.decision, finish,
+                                   call.regen)
 
     return SSEResponse(stream, gw.Relay(capture, route), [*call.headers, *SSE_HEADERS], finished, watch)
 

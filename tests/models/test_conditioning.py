@@ -16,6 +16,7 @@ from models.conditioning import (
     MIN_LENGTH_CONFIDENCE,
     PACING,
     SHARPEN,
+    after_rejections,
     approx_tokens,
     arm_probabilities,
     decide,
@@ -175,3 +176,35 @@ def test_an_untrusted_profile_conditions_like_the_population_prior() -> None:
     d = decide(doc, random.Random(7))
     assert d.propensity == pytest.approx(1 / 3, abs=1e-6) and d.explored
     assert d.target_chars is None and d.profile_version == 4
+
+
+def test_a_regeneration_moves_the_scores_away_from_the_pacing_refused() -> None:
+    even = (1 / 3, 1 / 3, 1 / 3)
+    assert after_rejections(even, ((None, None),), 0.15) == even  # nothing known of the refused reply
+    once = after_rejections(even, (("balanced", "balanced"),), 0.15)
+    assert once[1] == min(once) and abs(sum(once) - 1) < 1e-12
+    assert once[0] == pytest.approx(once[2], rel=0.05)  # one step off either way (measuring is asymmetric)
+    # Read as fast although balanced was asked for: what it read as is what the user refused.
+    misread = after_rejections(even, (("balanced", "fast"),), 0.15)
+    assert misread[2] == min(misread) and misread[0] == max(misread)
+    twice = after_rejections(even, (("balanced", "balanced"), ("fast", "fast")), 0.15)
+    assert twice[0] == max(twice) and twice[0] > once[0]
+    # A user who regenerates a lot anyway says less by it.
+    often = after_rejections(even, (("balanced", "balanced"),), 0.5)
+    assert once[1] < often[1] < even[1]
+
+
+def test_decide_draws_a_regeneration_from_the_weighed_scores_and_logs_that_propensity() -> None:
+    doc = {"version": 2, "engagement": {"repeat_rate": 0.3},
+           "pacing": {"label": "balanced", "scores": {"slow_burn": 0.2, "balanced": 0.6, "fast": 0.2}}}
+    rejected = (("balanced", "balanced"),)
+    weighed = after_rejections((0.2, 0.6, 0.2), rejected, 0.3)
+    probs = label_probabilities(weighed)
+    rng = random.Random(3)
+    seen = Counter()
+    for _ in range(3000):
+        d = decide(doc, rng, rejected)
+        assert d.rejected == rejected and d.propensity == round(probs[d.pacing], 6)
+        seen[d.pacing] += 1
+    assert abs(seen["balanced"] / 3000 - probs["balanced"]) < 0.03
+    assert decide(doc, rng).rejected == ()

@@ -13,6 +13,7 @@ import orjson
 import pytest
 import redis
 
+from models.conditioning import after_rejections, label_probabilities
 from models.features import pacing_of
 from service import keys
 from service.settings import Settings
@@ -20,6 +21,7 @@ from service.standin import StandIn, running
 from tests.conftest import ApiServer, make_settings
 
 SYSTEM = "You are Mira, a cartographer in a rain-soaked harbour town. Never break character."
+PACINGS = ("slow_burn", "balanced", "fast")
 MESSAGES = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Where does the map lead?"}]
 
 
@@ -633,3 +635,66 @@ def test_a_bad_body_with_a_bad_key_is_a_401_first(api: ApiServer, si: StandIn) -
     assert r.status_code == 401 and r.json() == {
         "error": {"code": "invalid_key", "message": "unknown or revoked API key"}
     }
+
+
+def _regen_record(r: redis.Redis, user: str, rows: int, timeout: float = 3.0) -> tuple[str, list[Any]]:
+    """The user's one regeneration record once it lists `rows` replies (written off the response path)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = list(r.scan_iter(match=keys.user_tag("demo", user).replace("{", "\\{") + ":regen:*"))
+        if len(found) == 1:
+            record = orjson.loads(r.get(found[0]) or b"[]")
+            if len(record) == rows:
+                return found[0].decode(), record
+        time.sleep(0.02)
+    raise AssertionError(f"no regeneration record of {rows} replies for {user}")
+
+
+def test_a_regeneration_is_conditioned_away_from_the_replies_it_replaces(
+    api: ApiServer, si: StandIn, redis_sync: redis.Redis
+) -> None:
+    profile = put_profile(redis_sync, "u7")
+    scores = tuple(profile["pacing"]["scores"][p] for p in ("slow_burn", "balanced", "fast"))
+    client = oai(api)
+
+    def chat(messages: list[dict[str, Any]]) -> dict[str, Any]:
+        raw = client.chat.completions.with_raw_response.create(model="M2-her", messages=messages, user="u7")
+        return recorded(redis_sync, raw.headers["x-attune-reply-id"])
+
+    first = chat(MESSAGES)
+    key, record = _regen_record(redis_sync, "u7", 1)
+    assert record == [[first["conditioning"]["pacing"], first["reply"].get("pacing")]]
+    # The same conversation again (the app's "repeat"): the arm is drawn from the scores weighed by the
+    # refused reply, and the propensity logged is that draw's.
+    again = chat(MESSAGES)
+    weighed = after_rejections(scores, tuple(map(tuple, record)), 0.15)
+    refused = PACINGS.index(record[0][1] or record[0][0])  # what it read as (else what was asked)
+    assert weighed[refused] < scores[refused]
+    arm = again["conditioning"]["pacing"]
+    assert again["conditioning"]["propensity"] == round(label_probabilities(weighed)[arm], 6)
+    assert _regen_record(redis_sync, "u7", 2)[1][1] == [arm, again["reply"].get("pacing")]
+    # The next turn is another state of the conversation: a reply of its own, nothing refused yet.
+    turn = [{"role": "assistant", "content": "It leads north."}, {"role": "user", "content": "Go"}]
+    nxt = chat([*MESSAGES, *turn])
+    fresh = label_probabilities(scores)[nxt["conditioning"]["pacing"]]
+    assert nxt["conditioning"]["propensity"] == round(fresh, 6)
+    assert 0 < redis_sync.pttl(key) <= 300_000
+    # Deleting the user deletes what the gateway remembers of the conversation too.
+    with api.client(api.app_key()) as c:
+        assert c.delete("/v1/users/u7").status_code == 200
+    assert not list(redis_sync.scan_iter(match=keys.user_tag("demo", "u7").replace("{", "\\{") + ":regen:*"))
+
+
+def test_the_condition_route_remembers_what_it_asked_for_as_a_regeneration_record(
+    api: ApiServer, si: StandIn, redis_sync: redis.Redis
+) -> None:
+    put_profile(redis_sync, "u8")
+    body = {"model": "M2-her", "messages": MESSAGES}
+    with api.client(api.app_key()) as c:
+        first = c.post("/v1/condition", headers=headers("u8"), json=body).json()["applied"]
+        _, record = _regen_record(redis_sync, "u8", 1)
+        assert record == [[first["pacing"], None]]  # the app calls M2-her itself: no text, no measured pacing
+        second = c.post("/v1/condition", headers=headers("u8"), json=body).json()["applied"]
+    scores = (0.9, 0.05, 0.05)
+    weighed = after_rejections(scores, ((first["pacing"], None),), 0.15)
+    assert second["propensity"] == round(label_probabilities(weighed)[second["pacing"]], 6)

@@ -5,13 +5,15 @@ without stopping the recording."""
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import Any
 
 import orjson
 import redis
 
+from models.conditioning import decide
 from service import keys
-from service.gateway import Capture, Recorder
+from service.gateway import Capture, Recorder, Regen
 from service.store import Store, connect
 
 
@@ -83,3 +85,31 @@ def test_a_bad_item_is_counted_lost_and_the_rest_is_written(redis_url: str, redi
     rec = asyncio.run(run())
     assert [e["reply_id"] for e in stored(redis_sync)] == ["good"]
     assert rec.lost == 1 and rec.recorded == 1
+
+
+def test_a_regeneration_record_is_never_written_for_a_user_deleted_after_the_reply_was_asked_for(
+    redis_url: str, redis_sync: redis.Redis
+) -> None:
+    now = 1_900_000_000_000
+    redis_sync.set(keys.deleted("demo", "gone"), now)
+    decision = decide(None, random.Random(1))
+
+    async def run() -> None:
+        client = connect(redis_url)
+        try:
+            rec = Recorder(Store(client, 4, 60))
+            async with rec.running():
+                # Asked for before the deletion (it ran while the reply streamed): nothing may stay.
+                gone = keys.deleted("demo", "gone")
+                rec.served(decision, Regen(keys.regen("demo", "gone", "a"), gone, now - 1))
+                # Asked for after it (the user came back): remembered, with a TTL.
+                rec.served(decision, Regen(keys.regen("demo", "gone", "b"), gone, now + 1))
+                kept = keys.deleted("demo", "kept")
+                rec.served(decision, Regen(keys.regen("demo", "kept", "c"), kept, now))
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
+    assert not redis_sync.exists(keys.regen("demo", "gone", "a"))
+    assert orjson.loads(redis_sync.get(keys.regen("demo", "gone", "b"))) == [[decision.pacing, None]]
+    assert 0 < redis_sync.pttl(keys.regen("demo", "kept", "c")) <= 300_000
