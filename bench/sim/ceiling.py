@@ -6,7 +6,8 @@ noise) and, for each honest user and checkpoint, picks the pacing with the highe
 simulator's *own* model, knowing every other truth about the user: preferred length, tolerance,
 dialogue taste, base repeat rate, curator or not, which replies were turning points, each reply's
 dialogue share, and the noise levels. Only the pacing the model actually followed on each reply stays
-unknown (it follows the one asked for 80% of the time), as it does for Attune.
+unknown (it follows the one asked for 80% of the time), as it does for Attune, except on replies whose text
+the app sent: their prose reads as the pacing perceived, and Attune measures it (models/features.py).
 
 It reads every signal the simulated user leaves about pacing: repeats, the exact rating value (a
 reading of satisfaction), leaving right after a reply, and which of two alternatives was kept. That is
@@ -104,7 +105,10 @@ class Recorder:
         return reaction
 
 
-def _follow(applied: str) -> list[tuple[str, float]]:
+Dist = list[tuple[str, float]]  # what a reply's pacing may have been, with probabilities
+
+
+def _follow(applied: str) -> Dist:
     other = (1 - history.FOLLOWS_PACING) / (len(PACINGS) - 1)
     return [(q, history.FOLLOWS_PACING if q == applied else other) for q in PACINGS]
 
@@ -129,20 +133,22 @@ def _reaction_likelihood(user: SimUser, shown: Shown, obs: Observed, noise: Nois
     return like
 
 
-def log_posterior(user: SimUser, observed: list[tuple[Observed, str, list[str]]], noise: Noise) -> np.ndarray:
-    """Log posterior over PACINGS; observed holds (reaction, applied pacing, applied pacings of the options)."""
+def log_posterior(user: SimUser, observed: list[tuple[Observed, Dist, list[Dist]]], noise: Noise
+                  ) -> np.ndarray:
+    """Log posterior over PACINGS; observed holds (reaction, what its pacing may have been, the same of the
+    options)."""
     out = np.log(np.array(PACING_WEIGHTS, dtype=float))
     for k, cand in enumerate(PACINGS):
         u = replace(user, pacing=cand)
         for obs, applied, option_applied in observed:
             if obs.options is None:
                 like = sum(w * _reaction_likelihood(u, replace(obs.shown, pacing=q), obs, noise)
-                           for q, w in _follow(applied))
+                           for q, w in applied)
             else:
                 like = 0.0
                 a0, a1 = option_applied
-                for q0, w0 in _follow(a0):
-                    for q1, w1 in _follow(a1):
+                for q0, w0 in a0:
+                    for q1, w1 in a1:
                         opts = [replace(obs.options[0], pacing=q0), replace(obs.options[1], pacing=q1)]
                         logits = [math.log(max(satisfaction(u, o), 1e-9)) / CHOICE_TEMPERATURE for o in opts]
                         top = max(logits)
@@ -220,14 +226,15 @@ class Marginal:
                 like = like * (np.exp(-0.5 * ((sig.fields["value"] - (2 * s - 1)) / RATING_SD) ** 2) + 1e-12)
         return like
 
-    def log_likelihood(self, obs: Observed, applied: str, option_applied: list[str], noise: Noise) -> np.ndarray:
+    def log_likelihood(self, obs: Observed, applied: Dist, option_applied: list[Dist], noise: Noise
+                       ) -> np.ndarray:
         """[draw, preferred pacing] log-likelihood of one observed reaction."""
         out = np.empty((len(self.pref), len(PACINGS)))
         if obs.options is None:
             free = self._pacing_free(obs.shown, obs)
             likes = [self._reaction(obs.shown, obs, d, noise) for d in range(3)]
             for k in range(3):
-                total = sum(w * likes[abs(PACINGS.index(q) - k)] for q, w in _follow(applied))
+                total = sum(w * likes[abs(PACINGS.index(q) - k)] for q, w in applied)
                 out[:, k] = free + np.log(total + 1e-300)
             return out
         kept = obs.options[obs.kept]
@@ -236,8 +243,8 @@ class Marginal:
         likes = [self._reaction(kept, obs, d, noise) for d in range(3)]
         for k in range(3):
             total = np.zeros(len(self.pref))
-            for q0, w0 in _follow(option_applied[0]):
-                for q1, w1 in _follow(option_applied[1]):
+            for q0, w0 in option_applied[0]:
+                for q1, w1 in option_applied[1]:
                     steps = [abs(PACINGS.index(q) - k) for q in (q0, q1)]
                     logit = [-(m_opts[j] + PACE_COST[steps[j]]) / CHOICE_TEMPERATURE for j in range(2)]
                     chosen = 1 / (1 + np.exp(logit[1 - obs.kept] - logit[obs.kept]))
@@ -254,7 +261,13 @@ def run(users_n: int, seed: int, checkpoints: list[int], noise: Noise, marginal:
         stages = {u.user_id: history.open_loop_history(u, checkpoints, rng, noise) for u in humans}
     hits: dict[int, list[bool]] = {c: [] for c in checkpoints}
     for u in humans:
-        applied = {r.reply_id: r.pacing for st in stages[u.user_id] for r in st.shown}
+        texts = {ev["reply_id"] for st in stages[u.user_id] for _, ev in st.events
+                 if ev["type"] == "reply_shown" and "text" in ev["reply"]}
+        seen = rec.by_user.get(u.user_id, [])
+        perceived = {o.shown.reply_id: o.shown.pacing for o in seen}
+        perceived.update({x.reply_id: x.pacing for o in seen for x in o.options or []})
+        applied = {r.reply_id: [(perceived[r.reply_id], 1.0)] if r.reply_id in texts and r.reply_id in perceived
+                   else _follow(r.pacing) for st in stages[u.user_id] for r in st.shown}
         order = [r.reply_id for st in stages[u.user_id] for r in st.shown]
         rank = {rid: i for i, rid in enumerate(order)}
         items = []
