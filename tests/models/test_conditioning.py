@@ -15,7 +15,8 @@ from models.conditioning import (
     MAX_SIGMA,
     MIN_LENGTH_CONFIDENCE,
     PACING,
-    SHARPEN,
+    SHARPEN_MAX,
+    SHARPEN_REPLIES,
     after_rejections,
     approx_tokens,
     arm_probabilities,
@@ -71,9 +72,9 @@ def test_label_scores_are_probability_matched_with_exact_propensities(scores: di
                  for _ in range(n)]
     counts = Counter(d.pacing for d in decisions)
     best = max(scores, key=lambda a: scores[a])
-    total = sum(v**SHARPEN for v in scores.values())
+    total = sum(scores.values())  # no evidence behind the profile yet: plain Thompson sampling
     for arm in PACING:
-        want = (1 - EPSILON) * scores[arm] ** SHARPEN / total + EPSILON / 3
+        want = (1 - EPSILON) * scores[arm] / total + EPSILON / 3
         assert counts[arm] / n == pytest.approx(want, abs=0.015)
         assert all(d.propensity == pytest.approx(want, abs=1e-6) for d in decisions if d.pacing == arm)
         assert all(d.explored == (arm != best) for d in decisions if d.pacing == arm)
@@ -208,3 +209,19 @@ def test_decide_draws_a_regeneration_from_the_weighed_scores_and_logs_that_prope
         seen[d.pacing] += 1
     assert abs(seen["balanced"] / 3000 - probs["balanced"]) < 0.03
     assert decide(doc, rng).rejected == ()
+
+
+def test_the_more_replies_a_profile_rests_on_the_more_its_best_pacing_is_exploited() -> None:
+    scores = {"slow_burn": 0.6, "balanced": 0.3, "fast": 0.1}
+    rng = random.Random(9)
+    shares = []
+    for replies in (0, SHARPEN_REPLIES // 2, SHARPEN_REPLIES, 10 * SHARPEN_REPLIES):
+        doc = {**scored(scores, {}), "evidence": {"replies": replies}}
+        decisions = [decide(doc, rng) for _ in range(6000)]
+        share = sum(d.pacing == "slow_burn" for d in decisions) / len(decisions)
+        power = 1 + (SHARPEN_MAX - 1) * min(replies, SHARPEN_REPLIES) / SHARPEN_REPLIES
+        want = (1 - EPSILON) * 0.6**power / sum(v**power for v in scores.values()) + EPSILON / 3
+        assert share == pytest.approx(want, abs=0.02)
+        assert all(d.propensity == pytest.approx(want, abs=1e-6) for d in decisions if d.pacing == "slow_burn")
+        shares.append(share)
+    assert shares[0] < shares[1] < shares[2] and shares[3] == pytest.approx(shares[2], abs=0.03)
