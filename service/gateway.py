@@ -32,7 +32,7 @@ from service import keys
 from service.errors import BadRequest
 from service.metrics import ATTRIBUTION_LOST
 from service.profiles import read_profile
-from service.store import Store, check_hello, hello_commands, reply_error
+from service.store import Script, Store, check_hello, hello_commands, reply_error
 from service.upstream import UpstreamError, base_resp_error
 
 log = logging.getLogger("attune.gateway")
@@ -234,14 +234,21 @@ def decide_from(
 # (models/conditioning.py after_rejections) without waiting for the app's repeat event to be learnt from.
 REGEN_TTL_MS = 300_000
 MAX_REJECTED = 8
-# KEYS[1] the record, KEYS[2] the user's tombstone; ARGV: record, ttl ms, when the reply was asked for (ms).
-# A user deleted after that keeps nothing (the deletion may have run while the reply streamed).
-REGEN_SET_LUA = """
-local d = redis.call('GET', KEYS[2])
-if d and tonumber(d) >= tonumber(ARGV[3]) then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-"""
+# Every record of a flush in one call: KEYS record, tombstone, record, tombstone, ...; ARGV[1] the ttl (ms),
+# then per record its value and when its reply was asked for (ms). A user deleted after that keeps nothing
+# (the deletion may have run while the reply streamed). Like the ingest script, it needs one Redis node.
+REGEN_SET = Script("""
+local n = 0
+for i = 1, #KEYS, 2 do
+  local j = i + 1
+  local d = redis.call('GET', KEYS[j])
+  if not (d and tonumber(d) >= tonumber(ARGV[j + 1])) then
+    redis.call('SET', KEYS[i], ARGV[j], 'PX', ARGV[1])
+    n = n + 1
+  end
+end
+return n
+""")
 
 
 @dataclass(frozen=True, slots=True)
@@ -530,10 +537,8 @@ class Recorder:
         if not regens:
             return
         try:
-            pipe = self.store.redis.pipeline(transaction=False)
-            for regen, record in regens:
-                pipe.eval(REGEN_SET_LUA, 2, regen.key, regen.tombstone, record, REGEN_TTL_MS, regen.asked_ms)
-            await pipe.execute()
+            await REGEN_SET(self.store.redis, [k for r, _ in regens for k in (r.key, r.tombstone)],
+                            [REGEN_TTL_MS, *[x for r, record in regens for x in (record, r.asked_ms)]])
         except Exception as exc:  # noqa: BLE001 - never worth failing the reply_shown writes for
             log.warning("%d regeneration record(s) not written: %s: %s", len(regens), type(exc).__name__, exc)
 
