@@ -101,12 +101,13 @@ def run(users: list[SimUser], turns: int, seed: int, noise: Noise, refresh_every
                 events.append({"type": "session_start", "user_id": uid, "session_id": sid, "t": t})
             turning = bool(rng.random() < TURNING_SHARE)
             reaction = None
+            rejected: list[tuple[str | None, str | None]] = []  # the turn's regeneration record
             for regeneration in range(MAX_REGENERATIONS + 1):
                 messages: list[dict[str, Any]] = [{"role": "system", "name": "Mira", "content": CHARACTER}]
                 decision = None
                 max_tokens = None
                 if arm == "cond":
-                    decision = decide(lr.served(), drngs[uid])
+                    decision = decide(lr.served(), drngs[uid], tuple(rejected))
                     if oracle:
                         decision = _oracle(decision, u, oracle)
                     messages.append({"role": "system", "name": "Attune", "content": decision.note})
@@ -116,6 +117,8 @@ def run(users: list[SimUser], turns: int, seed: int, noise: Noise, refresh_every
                 n_reply += 1
                 rid = f"r{n_reply}"
                 feats = reply_features(text)
+                if decision is not None:
+                    rejected.append((decision.pacing, feats.get("pacing")))  # refused if regenerated next
                 shown = Shown(rid, len(text), perceived_pacing(text), float(feats["dialogue_share"]), turning)
                 reaction = react(u, shown, rng, noise, may_repeat=regeneration < MAX_REGENERATIONS)
                 applied = decision.applied() if decision else None
