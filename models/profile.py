@@ -276,10 +276,6 @@ def _forget_weights(n: int) -> np.ndarray:
     return out
 
 
-def _repeat_count(rec: Mapping[str, Any]) -> float:
-    return 1.0 if "repeat" in rec["o"] else 0.0
-
-
 def _evidence(recs: list[dict[str, Any]], pop: Population, base_rate: float) -> dict[str, Any]:
     """Per-reply weights shared by the estimators: forgetting, repeat and success weights, directions."""
     n = len(recs)
@@ -370,7 +366,7 @@ def estimate_many(jobs: list[EstimateJob]) -> list[dict[str, Any]]:
 def _prepare(recs: list[dict[str, Any]], pop: Population, msg: list[float] | None,
              prior: Mapping[str, float] | None) -> dict[str, Any]:
     """The evidence of one user's estimate, up to the grid posteriors."""
-    n_rep = sum(1.0 for r in recs if "repeat" in r["o"])  # _repeat_count of each
+    n_rep = sum(1.0 for r in recs if "repeat" in r["o"])
     ra, rb = pop.repeat_a + n_rep, pop.repeat_b + len(recs) - n_rep
     base_rate = ra / (ra + rb)
     ev = _evidence(recs, pop, base_rate)
