@@ -128,8 +128,8 @@ _NO_REPLY_ID = frozenset(("session_start", "session_end", "user_message"))
 
 
 class Grouping:
-    """Stream entries parsed and grouped by user as they are read: group() of parse() of each, without an
-    Entry per valid event (a read under a backlog holds tens of thousands of them)."""
+    """Stream entries parsed and grouped by user, a partition's read at a time: group() of parse() of each,
+    without an Entry per valid event (a read under a backlog holds tens of thousands of them)."""
 
     def __init__(self) -> None:
         self.by: dict[tuple[str, str], UserWork] = {}

@@ -27,7 +27,7 @@ from models.population import Population, RepeatModelTrainer, refresh
 from service import keys
 from service.settings import Settings
 from service.store import Script, StatsBuffer
-from workers.apply import Applier, Grouping, UserWork, parse, parse_grouped
+from workers.apply import Applier, UserWork, parse, parse_grouped
 from workers.resp import error_of, raise_first
 
 log = logging.getLogger("attune.worker")
@@ -98,9 +98,6 @@ class Worker:
         self._last_refresh = time.monotonic()
         self._apps: set[str] = set()
         self._apply_rate = INITIAL_RATE  # entries per second over full reads (a moving average)
-        # Whether the last read filled a partition's count (more is waiting): the next read is then made a
-        # partition at a time (see _read_each). True at the start: a worker starting usually has a backlog.
-        self._backlog = True
 
     # --- setup and leases ---------------------------------------------------------------------------
     async def ensure_groups(self) -> None:
@@ -204,60 +201,26 @@ class Worker:
             await asyncio.sleep(min(1.0, self.settings.worker_block_ms / 1000 or 0.05))
             return 0
         count = self.read_count(len(owned))
-        grouping: Grouping | None = None
+        block = (b"BLOCK", self.settings.worker_block_ms) if self.settings.worker_block_ms else ()
+        (res,) = raise_first(await self.applier.pipe.execute([
+            (b"XREADGROUP", b"GROUP", keys.CONSUMER_GROUP, self.id, b"COUNT", count, *block, b"STREAMS",
+             *[keys.stream(p) for p in owned], *[b">"] * len(owned))]))
         batch: dict[int, list[Any]] = {}
-        try:
-            if self._backlog:
-                batch, grouping = await self._read_each(owned, count)
-            if not batch:
-                batch, grouping = await self._read_all(owned, count), None
-        except BaseException:
-            self.recovered.difference_update(owned)  # entries of some partitions may have been delivered
-            raise
-        self._backlog = any(len(items) >= count for items in batch.values())
+        for name, items in res or []:
+            p = int(_s(name).split("{p:")[1].split("}")[0])
+            batch[p] = items
         t0 = time.perf_counter()
         try:
-            n = await self.process(batch, grouping=grouping) if batch else 0
+            n = await self.process(batch) if batch else 0
         except BaseException:
             # Its entries stay pending; recover them before any newer entry is read, or the users' watermarks
             # (the last entry applied) would pass them by as already applied.
             self.recovered.difference_update(batch)
             raise
-        if self._backlog:
+        if any(len(items) >= count for items in batch.values()):
             self.measured(n, time.perf_counter() - t0)
         await self.housekeeping()
         return n
-
-    def _read_command(self, partitions: list[int], count: int, block: bool) -> tuple[Any, ...]:
-        wait = (b"BLOCK", self.settings.worker_block_ms) if block and self.settings.worker_block_ms else ()
-        return (b"XREADGROUP", b"GROUP", keys.CONSUMER_GROUP, self.id, b"COUNT", count, *wait, b"STREAMS",
-                *[keys.stream(p) for p in partitions], *[b">"] * len(partitions))
-
-    async def _read_all(self, owned: list[int], count: int) -> dict[int, list[Any]]:
-        """One read of every owned partition, waiting up to worker_block_ms for the first new entry."""
-        (res,) = raise_first(await self.applier.pipe.execute([self._read_command(owned, count, True)]))
-        batch: dict[int, list[Any]] = {}
-        for name, items in res or []:
-            p = int(_s(name).split("{p:")[1].split("}")[0])
-            batch[p] = items
-        return batch
-
-    async def _read_each(self, owned: list[int], count: int) -> tuple[dict[int, list[Any]], Grouping]:
-        """Under a backlog: a read per partition (none waits), the next one sent before this one's entries are
-        parsed, so Redis produces each while the one before is parsed. One read of every partition has Redis
-        build the whole reply, tens of megabytes, before any of it can be parsed."""
-        grouping = Grouping()
-        batch: dict[int, list[Any]] = {}
-        replies = await self.applier.pipe.send([self._read_command(owned[:1], count, False)])
-        for i, p in enumerate(owned):
-            (res,) = raise_first(await replies)
-            if i + 1 < len(owned):
-                replies = await self.applier.pipe.send([self._read_command(owned[i + 1:i + 2], count, False)])
-            items = res[0][1] if res else []
-            if items:
-                batch[p] = items
-                grouping.add(p, items)
-        return batch, grouping
 
     def readable(self) -> list[int]:
         """Owned partitions whose lease holds for at least half a lease more. A worker whose heartbeat stalled
@@ -276,14 +239,10 @@ class Worker:
         rate = n / max(seconds, 1e-3)
         self._apply_rate = 0.5 * self._apply_rate + 0.5 * rate
 
-    async def process(self, batch: dict[int, list[Any]], from_pending: bool = False,
-                      grouping: Grouping | None = None) -> int:
-        """Apply a read (partition -> raw entries; grouping: those entries parsed already) and acknowledge it."""
+    async def process(self, batch: dict[int, list[Any]], from_pending: bool = False) -> int:
+        """Apply a read (partition -> raw entries) and acknowledge it."""
         over = await self._over_delivered(batch) if from_pending else {}
-        if grouping is not None and not over:
-            work, bad = grouping.work(), grouping.bad
-        else:
-            work, bad = parse_grouped(batch, over)
+        work, bad = parse_grouped(batch, over)
         dead: dict[str, tuple[int, str]] = {e.id: (e.partition, e.problem or "") for e in bad}
         dead.update(over)
         for w in work:
