@@ -38,6 +38,9 @@ def new_state() -> dict[str, Any]:
             "trust": "normal", "chars": [], "hist": []}
 
 
+_EMPTY: Mapping[str, Any] = {}
+
+
 def stream_id_key(sid: str) -> tuple[int, int]:
     """A stream entry id as the (ms, seq) pair it sorts by."""
     ms, _, seq = sid.partition("-")
@@ -56,16 +59,18 @@ class Applier:
         self.amended_repeats: list[dict[str, Any]] = []
         self.changed = False
         self._closed_index = {r["id"]: r for r in state["closed"]}
+        self._open = state["open"]
+        self._seen: set[str] | None = None  # state["fp"] as a set, made at the first event
 
     def discount(self, step: str, n: int = 1) -> None:
         self.discounted[step] = self.discounted.get(step, 0) + n
         self.s["disc"][step] = self.s["disc"].get(step, 0) + n
 
     def _reply(self, rid: str, create: bool = True) -> dict[str, Any] | None:
-        rec = self.s["open"].get(rid) or self._closed_index.get(rid)
+        rec = self._open.get(rid) or self._closed_index.get(rid)
         if rec is None and create:
             rec = {"id": rid, "t": None, "c": None, "o": []}
-            self.s["open"][rid] = rec
+            self._open[rid] = rec
         return rec
 
     def apply(self, ev: Mapping[str, Any]) -> bool:
@@ -73,16 +78,30 @@ class Applier:
         s = self.s
         kind, t = ev["type"], ev["t"]
         fp = f"{kind}|{ev['reply_id'] if 'reply_id' in ev else ev.get('session_id', '')}|{t}"
-        fps = s["fp"]
-        if fp in fps:
+        # The fingerprints as a set too: a state keeps MAX_FINGERPRINTS, and a list scan per event cost more
+        # than the rest of most events. The list holds no duplicates (a fingerprint seen is never added).
+        seen = self._seen
+        if seen is None:
+            seen = self._seen = set(s["fp"])
+        if fp in seen:
             self.discount("duplicate")
             return False
+        fps = s["fp"]
         fps.append(fp)
+        seen.add(fp)
         if len(fps) > MAX_FINGERPRINTS:
+            seen.difference_update(fps[:-MAX_FINGERPRINTS])
             del fps[:-MAX_FINGERPRINTS]
         s["n"] += 1
         self.changed = True
-        self._behaviour(t)
+        beh = s["beh"]  # behaviour: the gaps between events
+        last = beh["last_t"]
+        if last is not None:
+            gaps = beh["gaps"]
+            gaps.append(abs(t - last))
+            if len(gaps) > MAX_GAPS:
+                del gaps[:-MAX_GAPS]
+        beh["last_t"] = t
         if t > s["max_t"]:
             s["max_t"] = t
         handler = _HANDLERS.get(kind)
@@ -90,20 +109,19 @@ class Applier:
             handler(self, ev)
         return True
 
-    def _behaviour(self, t: int) -> None:
-        beh = self.s["beh"]
-        if beh["last_t"] is not None:
-            beh["gaps"].append(abs(t - beh["last_t"]))
-            del beh["gaps"][:-MAX_GAPS]
-        beh["last_t"] = t
-
     def _on_reply_shown(self, ev: Mapping[str, Any]) -> None:
         rec = self._reply(ev["reply_id"])
         assert rec is not None
-        reply = ev.get("reply") or {}
-        rec.update({"t": ev["t"], "c": reply.get("chars"), "ds": reply.get("dialogue_share"), "hk": reply.get("hook"),
-                    "qe": reply.get("question_end"), "fr": reply.get("finish_reason"),
-                    "ch": ev.get("character_id"), "s": ev.get("session_id")})
+        reply = ev.get("reply") or _EMPTY
+        get = reply.get
+        rec["t"] = ev["t"]
+        rec["c"] = get("chars")
+        rec["ds"] = get("dialogue_share")
+        rec["hk"] = get("hook")
+        rec["qe"] = get("question_end")
+        rec["fr"] = get("finish_reason")
+        rec["ch"] = ev.get("character_id")
+        rec["s"] = ev.get("session_id")
         if "pacing" in reply:
             rec["pm"] = reply["pacing"]  # as measured from its text (models/features.py pacing_of)
         cond = ev.get("conditioning")
@@ -207,8 +225,8 @@ class Applier:
 
     def _maybe_close(self, rec: dict[str, Any]) -> None:
         # A decisive outcome closes a reply at once: what arrives later (a late repeat, a double tap) amends it.
-        if rec["id"] in self.s["open"]:
-            if rec.get("t") is not None and DECISIVE.intersection(rec["o"]):
+        if rec["id"] in self._open:
+            if rec.get("t") is not None and not DECISIVE.isdisjoint(rec["o"]):
                 self._close(rec)
         elif "repeat" in rec["o"] and rec["o"].count("repeat") == 1 and rec["o"][-1] == "repeat":
             self.amended_repeats.append(rec)  # a late repeat of a reply already closed as not repeated
@@ -244,25 +262,38 @@ _HANDLERS = {name[len("_on_"):]: f for name, f in vars(Applier).items() if name.
 
 
 # --- Estimation -------------------------------------------------------------------------------------
-def _repeat_count(rec: Mapping[str, Any]) -> float:
-    return 1.0 if "repeat" in rec["o"] else 0.0
+_ANSWERED = frozenset(("answered", "selected", "continue", "edit_shorter", "edit_longer", "rating"))
+_DIRECTED = frozenset(("stop", "continue", "edit_shorter", "edit_longer"))
+_FORGET: dict[int, np.ndarray] = {}
+
+
+def _forget_weights(n: int) -> np.ndarray:
+    """FORGET ** age of n replies, oldest first (read-only: one array per length, shared)."""
+    out = _FORGET.get(n)
+    if out is None:
+        out = FORGET ** np.arange(n - 1, -1, -1, dtype=float) if n else np.zeros(0)
+        out.setflags(write=False)
+        if n <= 4 * MAX_CLOSED:
+            _FORGET[n] = out
+    return out
 
 
 def _evidence(recs: list[dict[str, Any]], pop: Population, base_rate: float) -> dict[str, Any]:
     """Per-reply weights shared by the estimators: forgetting, repeat and success weights, directions."""
     n = len(recs)
-    forget = FORGET ** np.arange(n - 1, -1, -1, dtype=float) if n else np.zeros(0)
-    rep = np.zeros(n)
-    suc = np.zeros(n)
-    direction = np.zeros(n)
+    forget = _forget_weights(n)
+    rep_l = [0.0] * n  # Python lists, made arrays at the end: numpy item assignment costs more than the rest
+    suc_l = [0.0] * n
+    dir_l = [0.0] * n
     confounded = 0
     curator = 0
     cur_w = denoise.curator_weight(base_rate, pop.base_rate)
+    model_of = pop.repeat_model
     for i, r in enumerate(recs):
         o = r["o"]
         if "repeat" in o or (r.get("rating") is not None and r["rating"] < 0):
             w = 1.0 if "repeat" in o else abs(r["rating"])
-            model = repeat_probability(pop.repeat_model, r)
+            model = repeat_probability(model_of, r)
             if model is not None:
                 sw = denoise.surprise_weight(*model)
                 if sw < 0.8:
@@ -270,21 +301,27 @@ def _evidence(recs: list[dict[str, Any]], pop: Population, base_rate: float) -> 
                 w *= sw
             if cur_w < 1.0:  # counted, not weighted: the likelihood's other-causes rate discounts it (denoise.py)
                 curator += 1
-            rep[i] = w
+            rep_l[i] = w
         elif "passed_over" in o:
-            rep[i] = 0.5
+            rep_l[i] = 0.5
         else:
             bad = r.get("bad")
-            answered = bool(set(o) & {"answered", "selected", "continue", "edit_shorter", "edit_longer", "rating"})
-            suc[i] = 0.3 if bad == "implausible_read" else (1.0 if answered else 0.6)
-        if "stop" in o:
-            direction[i] += 1.0
-        if "continue" in o:
-            direction[i] -= 1.0
-        if "edit_shorter" in o:
-            direction[i] += 0.5
-        if "edit_longer" in o:
-            direction[i] -= 0.5
+            answered = not _ANSWERED.isdisjoint(o)
+            suc_l[i] = 0.3 if bad == "implausible_read" else (1.0 if answered else 0.6)
+        if not _DIRECTED.isdisjoint(o):
+            d = 0.0
+            if "stop" in o:
+                d += 1.0
+            if "continue" in o:
+                d -= 1.0
+            if "edit_shorter" in o:
+                d += 0.5
+            if "edit_longer" in o:
+                d -= 0.5
+            dir_l[i] = d
+    rep = np.array(rep_l, dtype=float)
+    suc = np.array(suc_l, dtype=float)
+    direction = np.array(dir_l, dtype=float)
     return {"forget": forget, "rep": rep, "suc": suc, "dir": direction, "confounded": confounded, "curator": curator}
 
 
@@ -331,7 +368,7 @@ def estimate_many(jobs: list[EstimateJob]) -> list[dict[str, Any]]:
 def _prepare(recs: list[dict[str, Any]], pop: Population, msg: list[float] | None,
              prior: Mapping[str, float] | None) -> dict[str, Any]:
     """The evidence of one user's estimate, up to the grid posteriors."""
-    n_rep = sum(_repeat_count(r) for r in recs)
+    n_rep = sum(1.0 for r in recs if "repeat" in r["o"])
     ra, rb = pop.repeat_a + n_rep, pop.repeat_b + len(recs) - n_rep
     base_rate = ra / (ra + rb)
     ev = _evidence(recs, pop, base_rate)
@@ -573,12 +610,13 @@ def pacing_repeat(asked: str | None, measured: str | None) -> list[float] | None
 
 
 def _pairs(recs: list[dict[str, Any]]) -> list[tuple[float, float, float]]:
-    by_id = {r["id"]: r for r in recs}
+    by_id: dict[str, dict[str, Any]] | None = None
     out = []
     n = len(recs)
     for i, r in enumerate(recs):
         if not r.get("alts") or not r.get("c"):
             continue
+        by_id = by_id if by_id is not None else {x["id"]: x for x in recs}
         for alt in r["alts"]:
             other = by_id.get(alt)
             if other is not None and other.get("c"):

@@ -13,7 +13,7 @@ import functools
 import logging
 import time
 from collections import OrderedDict, defaultdict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Container, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +72,7 @@ YIELD_SECONDS = 0.05
 # Users per chunk of a round (their estimates batched, their commits sent together): big enough to batch
 # well, small enough that Redis runs a chunk's commits while the next is computed.
 ESTIMATE_CHUNK = 256
+SEND_USERS = 32  # commits written at a time as a chunk is completed, so Redis starts on them at once
 
 
 @dataclass
@@ -124,6 +125,63 @@ def parse(partition: int, entry_id: Any, fields: Any) -> Entry:
 
 
 _NO_REPLY_ID = frozenset(("session_start", "session_end", "user_message"))
+
+
+class Grouping:
+    """Stream entries parsed and grouped by user, a partition's read at a time: group() of parse() of each,
+    without an Entry per valid event (a read under a backlog holds tens of thousands of them)."""
+
+    def __init__(self) -> None:
+        self.by: dict[tuple[str, str], UserWork] = {}
+        self.bad: list[Entry] = []  # the entries that cannot be applied, with their problem
+
+    def work(self) -> list[UserWork]:
+        return list(self.by.values())
+
+    def add(self, p: int, items: list[Any], skip: Container[str] = ()) -> None:
+        """The raw entries of partition p read in order; entries whose id is in skip are left out."""
+        by, bad = self.by, self.bad
+        loads, json_error = orjson.loads, orjson.JSONDecodeError
+        for entry_id, fields in items:
+            eid = entry_id.decode() if type(entry_id) is bytes else str(entry_id)
+            if eid in skip:
+                continue
+            ev = None
+            if type(fields) is list and len(fields) == 2 and fields[0] == b"e":  # what the API writes
+                try:
+                    ev = loads(fields[1])
+                except json_error:
+                    pass
+            # parse()'s checks for the valid event; anything else goes through parse() for its verdict.
+            if type(ev) is dict:
+                get = ev.get
+                app, user = get("app"), get("user_id")
+                if not (isinstance(app, str) and isinstance(user, str) and isinstance(get("type"), str)
+                        and isinstance(get("t"), int) and isinstance(get("rt"), int)
+                        and (ev["type"] in _NO_REPLY_ID or isinstance(get("reply_id"), str))):
+                    ev = None
+            if type(ev) is not dict:
+                e = parse(p, entry_id, fields)
+                if e.problem is not None:
+                    bad.append(e)
+                    continue
+                ev = e.event
+                assert ev is not None
+                app, user = ev["app"], ev["user_id"]
+            w = by.get((app, user))
+            if w is None:
+                w = by[(app, user)] = UserWork(app, user, p)
+            w.events.append((eid, ev))
+
+
+def parse_grouped(batch: Mapping[int, list[Any]], skip: Container[str] = ()
+                  ) -> tuple[list[UserWork], list[Entry]]:
+    """group() of parse() of a whole read (partition -> raw entries), and the entries that cannot be applied;
+    entries whose id is in skip are left out of both."""
+    grouping = Grouping()
+    for p, items in batch.items():
+        grouping.add(p, items, skip)
+    return grouping.work(), grouping.bad
 
 
 def decode_state(raw: bytes | None) -> tuple[int, dict[str, Any]]:
@@ -227,8 +285,11 @@ class Applier:
         return self._compute(w, raw, tomb, now_ms, sweep, None)
 
     async def _yield(self) -> None:
-        """Let the heartbeat that renews the leases run when this batch has held the loop YIELD_SECONDS."""
-        if time.perf_counter() - self._tick > YIELD_SECONDS:
+        """Let the heartbeat that renews the leases run when this batch has held the loop YIELD_SECONDS, and
+        the loop hand Redis more of the commits sent when some are still waiting for the socket. A chunk's
+        commits are megabytes, more than the socket takes at once: they would otherwise sit in this process
+        while it computes, and Redis run them all at the end instead of alongside."""
+        if self.pipe.backlog() or time.perf_counter() - self._tick > YIELD_SECONDS:
             await asyncio.sleep(0)
             self._tick = time.perf_counter()
 
@@ -249,15 +310,16 @@ class Applier:
         # whose update raises anywhere is redone alone from the stored bytes to isolate the culprit event.
         commits: list[dict[str, Any]] = []
         sent: list[Awaitable[list[Any]]] = []
+
+        async def send(chunk: list[dict[str, Any]]) -> None:
+            if not self._script_loaded:  # else a fresh Redis answers a whole batch with NOSCRIPT
+                await self.redis.script_load(COMMIT.source)
+                self._script_loaded = True
+            commits.extend(chunk)
+            sent.append(await self.pipe.send([_commit_call(c) for c in chunk]))
+
         for i in range(0, len(work), ESTIMATE_CHUNK):
-            computed = await self._compute_chunk(work[i:i + ESTIMATE_CHUNK], hits, loaded, now_ms, sweep)
-            chunk = [c for c in computed if c is not None]
-            if chunk:
-                if not self._script_loaded:  # else a fresh Redis answers a whole batch with NOSCRIPT
-                    await self.redis.script_load(COMMIT.source)
-                    self._script_loaded = True
-                commits.extend(chunk)
-                sent.append(await self.pipe.send([_commit_call(c) for c in chunk]))
+            await self._compute_chunk(work[i:i + ESTIMATE_CHUNK], hits, loaded, now_ms, sweep, send)
         if not commits:
             return []
         results = await self._commit_results(commits, [r for waiter in sent for r in await waiter])
@@ -285,9 +347,10 @@ class Applier:
         return raise_first(results)
 
     async def _compute_chunk(self, work: list[UserWork], hits: dict[int, Cached | None],
-                             loaded: dict[int, tuple[bytes | None, bytes | None]], now_ms: int, sweep: bool
-                             ) -> list[dict[str, Any] | None]:
-        """The commits of some users (None: nothing to commit); keeps the bytes of cached users left alone."""
+                             loaded: dict[int, tuple[bytes | None, bytes | None]], now_ms: int, sweep: bool,
+                             send: Callable[[list[dict[str, Any]]], Awaitable[None]]) -> None:
+        """The commits of some users, handed to send by SEND_USERS as they are made (Redis runs them while
+        the rest are completed); keeps the bytes of cached users left alone."""
         done: dict[int, dict[str, Any] | None] = {}
         ctxs: dict[int, dict[str, Any]] = {}
         for w in work:
@@ -347,8 +410,13 @@ class Applier:
                     c["recent_ops"] = _recent_ops(hit.recent_ids, hit.recent, c["recent_ids"], c["recent"])
             elif c is not None:
                 c["recent_ops"] = (1, c["recent"], [], -1)
-            out.append(c)
-        return out
+            if c is not None:
+                out.append(c)
+                if len(out) >= SEND_USERS:
+                    await send(out)
+                    out = []
+        if out:
+            await send(out)
 
     def _compute(self, w: UserWork, raw: bytes | None, tomb: bytes | None, now_ms: int, sweep: bool,
                  cached_state: dict[str, Any] | None = None) -> dict[str, Any] | None:
@@ -375,7 +443,8 @@ class Applier:
         applied = skipped_deleted = 0
         wm = pm.stream_id_key(state["wm"])
         for sid, ev in w.events:
-            key = pm.stream_id_key(sid)
+            ms, _, seq = sid.partition("-")  # pm.stream_id_key, inline: once per event
+            key = (int(ms), int(seq or 0))
             if key <= wm:
                 continue  # redelivered: already in this state
             wm = key
@@ -468,19 +537,33 @@ class Applier:
         trainer = self.trainers.get(app)
         if trainer is None and trusted and c["closed"]:
             trainer = self.trainers[app] = RepeatModelTrainer()
+        # Counted per reply, added once per user (the same sums: the IPS terms are truncated one by one).
+        replies = {"cond": 0, "uncond": 0}
+        repeats = {"cond": 0, "uncond": 0}
+        ips_num = ips_den = ips_n = 0
+        train = trainer if trusted else None
         for rec in c["closed"]:
             repeated = "repeat" in rec["o"]
-            arm = "cond" if rec.get("ap") else "uncond"
-            fields.append((f"replies:{arm}", 1))
+            ap = rec.get("ap")
+            arm = "cond" if ap else "uncond"
+            replies[arm] += 1
             if repeated:
-                fields.append((f"repeats:{arm}", 1))
-            ap = rec.get("ap") or {}
-            if arm == "cond" and not ap.get("explored") and ap.get("propensity"):
+                repeats[arm] += 1
+            if ap and not ap.get("explored") and ap.get("propensity"):
                 # Self-normalised IPS of the greedy (non-exploring) policy: sum(r / p) / sum(1 / p).
-                fields.append(("ips:num", int((0 if repeated else 1) / ap["propensity"] * 1e6)))
-                fields.append(("ips:den", int(1 / ap["propensity"] * 1e6)))
-            if trusted and trainer is not None and rec.get("t") is not None:
-                trainer.add(rec, repeated)
+                ips_num += int((0 if repeated else 1) / ap["propensity"] * 1e6)
+                ips_den += int(1 / ap["propensity"] * 1e6)
+                ips_n += 1
+            if train is not None and rec.get("t") is not None:
+                train.add(rec, repeated)
+        for arm in ("cond", "uncond"):
+            if replies[arm]:
+                fields.append((f"replies:{arm}", replies[arm]))
+            if repeats[arm]:
+                fields.append((f"repeats:{arm}", repeats[arm]))
+        if ips_n:
+            fields.append(("ips:num", ips_num))
+            fields.append(("ips:den", ips_den))
         for rec in c["amended"]:
             arm = "cond" if rec.get("ap") else "uncond"
             fields.append((f"repeats:{arm}", 1))

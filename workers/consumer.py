@@ -27,8 +27,8 @@ from models.population import Population, RepeatModelTrainer, refresh
 from service import keys
 from service.settings import Settings
 from service.store import Script, StatsBuffer
-from workers.apply import Applier, Entry, UserWork, group, parse
-from workers.resp import raise_first
+from workers.apply import Applier, UserWork, parse, parse_grouped
+from workers.resp import error_of, raise_first
 
 log = logging.getLogger("attune.worker")
 
@@ -48,10 +48,10 @@ RELEASE = Script(RELEASE_LUA)
 # with many queued events then gets one commit and one estimate for all of them instead of one per small
 # batch. Caught up, a read returns what arrived, so the size only matters when there is a backlog. The
 # default 5 s stays well inside the lease and the shutdown grace (10 s), and the heartbeat still runs
-# during a long batch (the applier yields to it). INITIAL_RATE is about what one worker process applies
-# under a backlog (bench/worker.py --events 60000 measured 15.8-17.6k events/s): a lower guess sizes the
-# first read too small, and its users are estimated and committed once per small read instead of once for
-# all their events.
+# during a long batch (the applier yields to it). INITIAL_RATE is a little under what one worker process
+# applies under a backlog (bench/worker.py --events 60000 measured 17-24k events/s on a busy 2-core machine):
+# a lower guess sizes the first read too small, and its users are estimated and committed once per small
+# read instead of once for all their events.
 INITIAL_RATE = 12000.0
 BATCH_MAX = 10_000
 
@@ -240,49 +240,68 @@ class Worker:
         self._apply_rate = 0.5 * self._apply_rate + 0.5 * rate
 
     async def process(self, batch: dict[int, list[Any]], from_pending: bool = False) -> int:
-        entries = [parse(p, eid, fields) for p, items in batch.items() for eid, fields in items]
-        dead: dict[str, tuple[int, str]] = {e.id: (e.partition, e.problem) for e in entries if e.problem}
-        if from_pending:
-            dead.update(await self._over_delivered(entries))
-        live = [e for e in entries if e.id not in dead]
-        work = group(live)
+        """Apply a read (partition -> raw entries) and acknowledge it."""
+        over = await self._over_delivered(batch) if from_pending else {}
+        work, bad = parse_grouped(batch, over)
+        dead: dict[str, tuple[int, str]] = {e.id: (e.partition, e.problem or "") for e in bad}
+        dead.update(over)
         for w in work:
             self._apps.add(w.app)
-        poison = await self.applier.apply(work)
-        for sid, why in poison.items():
-            part = next(e.partition for e in live if e.id == sid)
-            dead[sid] = (part, why)
-        pipe = self.redis.pipeline(transaction=True)
-        by_id = {e.id: e for e in entries}
-        for sid, (part, why) in dead.items():
-            raw = by_id[sid].event
-            pipe.xadd(keys.dead_letters(part), {"id": sid, "reason": why,
-                                                "e": orjson.dumps(raw) if raw is not None else b"",
-                                                "worker": self.id, "at": int(time.time() * 1000)},
-                      maxlen=100_000, approximate=True)
-        for p, items in batch.items():
-            if items:
-                pipe.xack(keys.stream(p), keys.CONSUMER_GROUP, *[eid for eid, _ in items])
+        await self.applier.apply(work)
+        for w in work:  # the poison events (applying them raised): skipped, and dead-lettered
+            for sid, why in w.poison.items():
+                dead[sid] = (w.partition, why)
+        acks = [(b"XACK", keys.stream(p), keys.CONSUMER_GROUP, *[eid for eid, _ in items])
+                for p, items in batch.items() if items]
         # The live count with the acknowledgement (the heartbeat refreshes the rest of the info).
-        pipe.hset(keys.worker_info(self.id), "applied_total", self.applier.applied_total)
-        pipe.expire(keys.worker_info(self.id), int(self.settings.worker_heartbeat_seconds * 3) + 1)
-        await pipe.execute()
+        info = [(b"HSET", keys.worker_info(self.id), b"applied_total", self.applier.applied_total),
+                (b"EXPIRE", keys.worker_info(self.id), int(self.settings.worker_heartbeat_seconds * 3) + 1)]
+        if dead:
+            # A dead letter and the acknowledgement of its entry go together (MULTI/EXEC).
+            raws = self._events_of(batch, dead, work)
+            letters = [(b"XADD", keys.dead_letters(part), b"MAXLEN", b"~", 100_000, b"*", b"id", sid,
+                        b"reason", why, b"e", orjson.dumps(raws[sid]) if raws.get(sid) is not None else b"",
+                        b"worker", self.id, b"at", int(time.time() * 1000))
+                       for sid, (part, why) in dead.items()]
+            replies = raise_first(await self.applier.pipe.execute(
+                [(b"MULTI",), *letters, *acks, *info, (b"EXEC",)]))
+            raise_first([error_of(r) or r for r in replies[-1] or []])
+        else:
+            # Acknowledgements alone need no transaction: one lost to a crash means a redelivery, which the
+            # users' watermarks turn into nothing.
+            raise_first(await self.applier.pipe.execute([*acks, *info]))
         if dead:
             self.dead_lettered += len(dead)
             self.stats.add("_all", "worker:dead_letters", len(dead))
             log.warning("dead-lettered %d entries: %s", len(dead), "; ".join(f"{k}: {v[1]}" for k, v in list(dead.items())[:3]))
-        return len(entries)
+        return sum(len(items) for items in batch.values())
 
-    async def _over_delivered(self, entries: list[Entry]) -> dict[str, tuple[int, str]]:
+    @staticmethod
+    def _events_of(batch: dict[int, list[Any]], dead: dict[str, tuple[int, str]], work: list[UserWork]
+                   ) -> dict[str, dict[str, Any] | None]:
+        """The events of entries going to dead letters, as parsed (None: the entry holds no event)."""
+        out: dict[str, dict[str, Any] | None] = {}
+        for w in work:
+            for sid, ev in w.events:
+                if sid in dead:
+                    out[sid] = ev
+        for p, items in batch.items():
+            for eid, fields in items:
+                sid = _s(eid)
+                if sid in dead and sid not in out:
+                    out[sid] = parse(p, eid, fields).event
+        return out
+
+    async def _over_delivered(self, batch: dict[int, list[Any]]) -> dict[str, tuple[int, str]]:
         """Pending entries already delivered too often (they crashed or stalled a worker each time)."""
         limit = self.settings.worker_dead_letter_deliveries
         out: dict[str, tuple[int, str]] = {}
-        by_part: dict[int, list[Entry]] = {}
-        for e in entries:
-            by_part.setdefault(e.partition, []).append(e)
-        for p, es in by_part.items():
-            rows = await self.redis.xpending_range(keys.stream(p), keys.CONSUMER_GROUP, min=es[0].id, max=es[-1].id,
-                                                   count=len(es) + 10, consumername=self.id)
+        for p, items in batch.items():
+            if not items:
+                continue
+            rows = await self.redis.xpending_range(keys.stream(p), keys.CONSUMER_GROUP, min=_s(items[0][0]),
+                                                   max=_s(items[-1][0]), count=len(items) + 10,
+                                                   consumername=self.id)
             for row in rows:
                 if int(row["times_delivered"]) > limit:
                     sid = _s(row["message_id"])

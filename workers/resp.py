@@ -87,6 +87,12 @@ class Pipe:
             raise
         return [error_of(r) or r for r in replies]
 
+    def backlog(self) -> int:
+        """Bytes written but not yet handed to the socket: they go out only while the event loop runs."""
+        proto = self._proto
+        transport = proto.transport if proto is not None and not proto.closed else None
+        return transport.get_write_buffer_size() if transport is not None else 0
+
     async def aclose(self) -> None:
         if self._proto is not None:
             self._proto.close()

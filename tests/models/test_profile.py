@@ -253,6 +253,10 @@ def test_a_duplicate_is_discounted_and_only_the_newest_fingerprints_are_kept() -
     assert state["fp"][-1] == "repeat|r|5"  # the reply id, not the session, names a reply's event
     assert ap.apply({"type": "no_such_type", "t": 6}) and state["fp"][-1] == "no_such_type||6"
     assert state["n"] == pm.MAX_FINGERPRINTS + 8 and state["max_t"] == 1000 + pm.MAX_FINGERPRINTS + 4
+    # A later update of the stored state (a new Applier) still knows what the state remembers, and only that.
+    again = Applier(state, Population(), 60_000)
+    assert not again.apply(dict(msgs[-1])) and again.discounted == {"duplicate": 1}
+    assert again.apply(dict(msgs[1]))  # trimmed away above
 
 
 def _paced_history(measured: bool, asked: str | None = None) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ from service import store as store_mod
 from service.profiles import delete_user
 from tests.conftest import make_settings
 from tests.workers.helpers import T0, drain, ingest, run, session
-from workers.apply import _recent_ops, parse
+from workers.apply import _recent_ops, group, parse, parse_grouped
 from workers.consumer import Worker
 
 
@@ -97,6 +97,24 @@ def test_parse_names_the_first_invalid_field_and_accepts_what_it_accepted_before
     why = parse(0, b"1-0", [b"e", orjson.dumps(shown)]).problem
     assert why == "event of type 'reply_shown' lacks reply_id"
     assert parse(0, b"1-0", [b"e", orjson.dumps({**shown, "reply_id": "r"})]).problem is None
+
+
+def test_a_read_parsed_and_grouped_at_once_equals_group_of_parse() -> None:
+    good = {"app": "a", "user_id": "u1", "type": "user_message", "t": 1, "rt": 2}
+    raw = [[b"e", orjson.dumps(good)], [b"e", b"{not json"], [b"e", orjson.dumps({**good, "user_id": "u2"})],
+           [b"x", b"1", b"e", orjson.dumps({**good, "t": 3})], [], [b"e", orjson.dumps([1])],
+           {b"e": orjson.dumps({**good, "app": "b"})}, [b"e", orjson.dumps({**good, "type": "repeat"})],
+           [b"e", orjson.dumps({**good, "t": True, "app": "b"})], [b"e", orjson.dumps({**good, "t": "1"})]]
+    batch = {3: [(f"1-{i}".encode(), f) for i, f in enumerate(raw[:5])],
+             7: [(f"2-{i}".encode(), f) for i, f in enumerate(raw[5:])]}
+    entries = [parse(p, eid, fields) for p, items in batch.items() for eid, fields in items]
+    work, bad = parse_grouped(batch)
+    want = group([e for e in entries if e.problem is None])
+    assert [(w.app, w.user_id, w.partition, w.events) for w in work] == \
+        [(w.app, w.user_id, w.partition, w.events) for w in want]
+    assert bad == [e for e in entries if e.problem is not None] and len(bad) == 5
+    work, bad = parse_grouped(batch, {"1-0", "1-1"})  # skipped: in neither
+    assert [e.id for e in bad] == ["1-4", "2-0", "2-2", "2-4"] and ("1-0", good) not in work[0].events
 
 
 def test_stream_ids_order_by_milliseconds_then_sequence() -> None:
