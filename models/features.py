@@ -15,6 +15,7 @@ _NARRATION_ACTION = re.compile(r"\*[^*]+\*")
 _CLOSERS = '"”」』*)]'
 _ENDS = (". ", "? ", "… ", ".\n", "?\n", "…\n")
 _EXCLAIMED = ("! ", "!\n")
+_NOT_LATIN = re.compile("[^\x00-\u024f\u2000-\u206f]")  # beyond Latin letters and general punctuation
 # Pacing as a reader hears it in the prose itself (the model follows a pacing note only most of the time):
 # fast prose is short, exclamatory sentences; slow burn is long sentences of long (descriptive) words.
 # Thresholds read off the stand-in's voices (tests/models/test_features.py measures the confusion the learner
@@ -46,11 +47,21 @@ def reply_features(text: str) -> dict[str, float | int | bool | str]:
     return out
 
 
+def _mostly_latin(text: str) -> bool:
+    """Whether nearly all its letters are Latin: the sentence and word counts below mean nothing for Chinese
+    or Japanese (no spaces between words, other full stops), so such a reply gets no pacing rather than a
+    wrong one."""
+    if text.isascii():
+        return True
+    return len(_NOT_LATIN.findall(text)) <= 0.1 * len(text)
+
+
 def pacing_of(text: str) -> str | None:
     """`slow_burn`, `balanced` or `fast` from the sentences' length, their words' length and how many end in
-    '!'; None when the text has fewer than PACING_MIN_WORDS words (a line or two says little about pace)."""
+    '!'; None when the text has fewer than PACING_MIN_WORDS words (a line or two says little about pace) or
+    is not mostly in Latin letters."""
     words = text.split()
-    if len(words) < PACING_MIN_WORDS:
+    if len(words) < PACING_MIN_WORDS or not _mostly_latin(text):
         return None
     bare = text
     for mark in _CLOSERS:

@@ -443,6 +443,7 @@ class Recorder:
     LINGER = 0.05  # seconds a first queued reply waits for others before the write
     BUILD_SLICE = 200  # replies measured between two turns of the event loop
     DRAIN_SECONDS = 10.0  # at shutdown, how long the queued replies may take to be written
+    REGEN_CHUNK = 500  # regeneration records per script call
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -537,8 +538,10 @@ class Recorder:
         if not regens:
             return
         try:
-            await REGEN_SET(self.store.redis, [k for r, _ in regens for k in (r.key, r.tombstone)],
-                            [REGEN_TTL_MS, *[x for r, record in regens for x in (record, r.asked_ms)]])
+            for i in range(0, len(regens), self.REGEN_CHUNK):  # a backlog after an outage: no long script
+                chunk = regens[i:i + self.REGEN_CHUNK]
+                await REGEN_SET(self.store.redis, [k for r, _ in chunk for k in (r.key, r.tombstone)],
+                                [REGEN_TTL_MS, *[x for r, record in chunk for x in (record, r.asked_ms)]])
         except Exception as exc:  # noqa: BLE001 - never worth failing the reply_shown writes for
             log.warning("%d regeneration record(s) not written: %s: %s", len(regens), type(exc).__name__, exc)
 

@@ -46,11 +46,15 @@ async def _user_keys(store: Store, app: str, user_id: str) -> list[str]:
     if raw:
         state = orjson.loads(raw.partition(b"|")[2])
         found |= {keys.profile(app, user_id, c) for c in state.get("chars", [])}
-    pattern = keys.user_tag(app, user_id).replace("[", "\\[").replace("?", "\\?").replace("*", "\\*") + ":*"
-    async for k in store.redis.scan_iter(match=pattern, count=500):
+    async for k in store.redis.scan_iter(match=_pattern(app, user_id) + ":*", count=500):
         found.add(k.decode() if isinstance(k, bytes) else k)
     found.discard(keys.deleted(app, user_id))
     return sorted(found)
+
+
+def _pattern(app: str, user_id: str) -> str:
+    """The user's hash tag as a SCAN pattern (its glob characters escaped)."""
+    return keys.user_tag(app, user_id).replace("[", "\\[").replace("?", "\\?").replace("*", "\\*")
 
 
 async def delete_user(store: Store, app: str, user_id: str, retention_days: int) -> dict[str, Any]:
@@ -65,6 +69,12 @@ async def delete_user(store: Store, app: str, user_id: str, retention_days: int)
     ttl = (retention_days + 2) * 86400  # longer than any queued event can be old
     removed = await _guard(DELETE(store.redis, [keys.deleted(app, user_id), *names], [now_ms, ttl]))
     removed = [r.decode() if isinstance(r, bytes) else r for r in removed]
+    # The gateway may have written a regeneration record between the scan and the tombstone; from the
+    # tombstone on it writes none (service/gateway.py REGEN_SET), so one more look finds any left.
+    late = [k async for k in store.redis.scan_iter(match=_pattern(app, user_id) + ":regen:*", count=500)]
+    if late:
+        await _guard(store.redis.delete(*late))
+        removed += [k.decode() if isinstance(k, bytes) else k for k in late]
     pipe = store.redis.pipeline(transaction=False)
     pipe.zrem(keys.app_users(app), user_id)
     pipe.hdel(keys.population_users(app), user_id)

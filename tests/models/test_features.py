@@ -45,3 +45,11 @@ def test_the_measured_pacing_confuses_no_more_than_the_learner_assumes() -> None
     rates = counts / counts.sum(axis=1, keepdims=True)
     assert np.all(np.diag(rates) >= np.diag(pm.MEASURED_CONFUSION) - 0.05), rates
     assert np.all(np.diag(rates) > 0.75), rates
+
+
+def test_replies_not_in_latin_letters_get_no_pacing_rather_than_a_wrong_one() -> None:
+    # Chinese has no spaces between words and other full stops: the counts would read it as slow burn.
+    chinese = "她猛地推开门！ 快跑！ 没时间了！ 走廊里传来脚步声。 他们来了！ 快！ 快！ 我们必须离开这里！ 跑！ 跑！"
+    assert pacing_of(chinese) is None
+    french = "Évidemment, elle court vers la porte! Vite! Ils arrivent! Pas le temps! Cours! Allez!"
+    assert pacing_of(french) == "fast"  # accented Latin letters are Latin

@@ -98,6 +98,7 @@ def test_a_regeneration_record_is_never_written_for_a_user_deleted_after_the_rep
         client = connect(redis_url)
         try:
             rec = Recorder(Store(client, 4, 60))
+            rec.REGEN_CHUNK = 2  # three records: two script calls
             async with rec.running():
                 # Asked for before the deletion (it ran while the reply streamed): nothing may stay.
                 gone = keys.deleted("demo", "gone")
