@@ -602,11 +602,15 @@ _PACE_REPEAT_MIX = _PERCEIVED @ PACE_REPEAT[_PACE_STEPS]  # [row, preferred]
 _PACE_COST_MIX = _PERCEIVED @ PACE_COST[_PACE_STEPS]
 
 
-def pacing_repeat(asked: str | None, measured: str | None) -> list[float] | None:
+def pacing_repeat(asked: str | None, measured: str | None) -> tuple[float, ...] | None:
     """For each preferred pacing (PACINGS order), the repeat probability a reply adds by its pacing, given the
     pacing it was asked for and the one measured from its text (either may be None); None: both unknown."""
-    row = _perceived_row({"ap": {"pacing": asked}, "pm": measured})
-    return _PACE_REPEAT_MIX[row].tolist() if row else None
+    return _PACING_REPEAT.get((asked, measured))
+
+
+# Every (asked, measured) pair once: the gateway looks them up on each regeneration.
+_PACING_REPEAT = {(a, m): tuple(_PACE_REPEAT_MIX[_perceived_row({"ap": {"pacing": a}, "pm": m})].tolist())
+                  for a in (None, *PACINGS) for m in (None, *PACINGS) if a is not None or m is not None}
 
 
 def _pairs(recs: list[dict[str, Any]]) -> list[tuple[float, float, float]]:

@@ -233,7 +233,7 @@ def decide_from(
 # messages again mean those replies were not kept, and the next one is conditioned away from them
 # (models/conditioning.py after_rejections) without waiting for the app's repeat event to be learnt from.
 REGEN_TTL_MS = 300_000
-MAX_REJECTED = 8
+MAX_REJECTED = 4  # replies remembered per state: a fifth regeneration in a row is rare
 # Every record of a flush in one call: KEYS record, tombstone, record, tombstone, ...; ARGV[1] the ttl (ms),
 # then per record its value and when its reply was asked for (ms). A user deleted after that keeps nothing
 # (the deletion may have run while the reply streamed). Like the ingest script, it needs one Redis node.
