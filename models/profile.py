@@ -50,8 +50,10 @@ def stream_id_key(sid: str) -> tuple[int, int]:
 class Applier:
     """Applies one user's events to their state; collects counters for the caller (denoise steps, closed replies)."""
 
-    def __init__(self, state: dict[str, Any], population: Population, close_after_ms: int) -> None:
+    def __init__(self, state: dict[str, Any], population: Population, close_after_ms: int,
+                 pacing_from_text: bool = True) -> None:
         self.s = state
+        self.pacing_from_text = pacing_from_text
         self.pop = population
         self.close_after_ms = close_after_ms
         self.discounted: dict[str, int] = {}
@@ -122,7 +124,7 @@ class Applier:
         rec["fr"] = get("finish_reason")
         rec["ch"] = ev.get("character_id")
         rec["s"] = ev.get("session_id")
-        if "pacing" in reply:
+        if "pacing" in reply and self.pacing_from_text:
             rec["pm"] = reply["pacing"]  # as measured from its text (models/features.py pacing_of)
         cond = ev.get("conditioning")
         if cond and (cond.get("pacing") is not None or cond.get("target_chars") is not None):

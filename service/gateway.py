@@ -445,8 +445,9 @@ class Recorder:
     DRAIN_SECONDS = 10.0  # at shutdown, how long the queued replies may take to be written
     REGEN_CHUNK = 500  # regeneration records per script call
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, pacing_from_text: bool = True) -> None:
         self.store = store
+        self.pacing_from_text = pacing_from_text  # else a regeneration weighs only the pacing asked for
         # (app, event) or (app, the reply_shown arguments, to measure at the flush)
         self.queue: list[tuple[str, Any]] = []
         self.regens: list[tuple[Regen, bytes]] = []  # records to write at the next flush
@@ -505,7 +506,8 @@ class Recorder:
                     event = item if isinstance(item, dict) else reply_shown(*item[:5], now=item[5])
                     by_app[app].append(event)
                     if not isinstance(item, dict) and item[6] is not None and item[3] is not None:
-                        self.served(item[3], item[6], event["reply"].get("pacing"))
+                        measured = event["reply"].get("pacing") if self.pacing_from_text else None
+                        self.served(item[3], item[6], measured)
                 except Exception as exc:  # noqa: BLE001 - one bad item must not stop the recording
                     self._lose(1, f"building it failed: {type(exc).__name__}: {exc}")
         except asyncio.CancelledError:

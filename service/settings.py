@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     close_after: float = 120.0
     # Population priors and the repeat model are republished this often (0: never; tests use it for determinism).
     population_refresh_seconds: float = 30.0
+    # Learn from the pacing measured in a reply's text (models/features.py pacing_of) and condition
+    # regenerations by it. Its thresholds come from the stand-in: turn it off until a labelled sample of your
+    # model's replies confirms models/profile.py MEASURED_CONFUSION; the pacing asked for is used alone then.
+    pacing_from_text: bool = True
 
     @property
     def dedup_ttl_seconds(self) -> int:

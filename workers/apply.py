@@ -216,7 +216,9 @@ class Applier:
     CACHE_USERS = 4096
     CACHE_BYTES = 32 << 20  # encoded state bytes; the decoded objects take several times more
 
-    def __init__(self, client: aioredis.Redis, stats: StatsBuffer, close_after_s: float) -> None:
+    def __init__(self, client: aioredis.Redis, stats: StatsBuffer, close_after_s: float,
+                 pacing_from_text: bool = True) -> None:
+        self.pacing_from_text = pacing_from_text
         self.redis = client
         self.stats = stats
         self.close_after_ms = int(close_after_s * 1000)
@@ -439,7 +441,7 @@ class Applier:
             version, state = decode_state(raw)
         deleted_at = int(tomb) if tomb else None
         pop = self.population(w.app)
-        ap = pm.Applier(state, pop, self.close_after_ms)
+        ap = pm.Applier(state, pop, self.close_after_ms, self.pacing_from_text)
         applied = skipped_deleted = 0
         wm = pm.stream_id_key(state["wm"])
         for sid, ev in w.events:

@@ -82,7 +82,7 @@ class Worker:
         self.redis = client
         self.id = worker_id or settings.worker_name or f"{socket.gethostname()}:{os.getpid()}"
         self.stats = StatsBuffer()
-        self.applier = Applier(client, self.stats, settings.close_after)
+        self.applier = Applier(client, self.stats, settings.close_after, settings.pacing_from_text)
         self.owned: set[int] = set()
         self.recovered: set[int] = set()
         # Per owned partition, until when (monotonic) its lease surely holds: the time before the renewal

@@ -52,7 +52,7 @@ class Runtime:
             settings.upstream_retry,
             settings.upstream_connections,
         )
-        self.recorder = gw.Recorder(app.state.store)
+        self.recorder = gw.Recorder(app.state.store, settings.pacing_from_text)
         # The key check and profile read of every chat go through a bare RESP connection (gw.LeanRedis).
         store: Store = app.state.store
         self.lean = gw.LeanRedis.like(store.redis)

@@ -291,6 +291,13 @@ def test_the_pacing_measured_from_the_text_is_evidence_even_when_none_was_asked(
     blind_est = estimate(blind_state["closed"], Population())
     # Unmeasured and unasked, the replies say nothing about pacing: the prior stands.
     assert np.allclose([blind_est["pacing_scores"][p] for p in PACINGS], pm.PACING_PRIOR, atol=1e-9)
+    # So it is with the measurement turned off (ATTUNE_PACING_FROM_TEXT=false).
+    off_state = new_state()
+    off = Applier(off_state, Population(), 60_000, pacing_from_text=False)
+    for i, ev in enumerate(_paced_history(measured=True)):
+        off.apply({"event_id": f"e{i}", **ev})
+    off.close_due(10**12)
+    assert not any("pm" in r for r in off_state["closed"])
     assert est["pacing_scores"]["slow_burn"] < 0.05  # the regenerated pacing is ruled out
     assert est["pacing_label"] in ("balanced", "fast")
 

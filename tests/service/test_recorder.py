@@ -114,3 +114,27 @@ def test_a_regeneration_record_is_never_written_for_a_user_deleted_after_the_rep
     assert not redis_sync.exists(keys.regen("demo", "gone", "a"))
     assert orjson.loads(redis_sync.get(keys.regen("demo", "gone", "b"))) == [[decision.pacing, None]]
     assert 0 < redis_sync.pttl(keys.regen("demo", "kept", "c")) <= 300_000
+
+
+def test_with_the_measurement_off_a_regeneration_record_keeps_only_the_pacing_asked_for(
+    redis_url: str, redis_sync: redis.Redis
+) -> None:
+    fast = '*She grabs your wrist.* "Run! Now!" The door bursts open! Boots thunder down the hall. No time!'
+    decision = decide(None, random.Random(2))
+
+    async def run(measure: bool, user: str) -> None:
+        client = connect(redis_url)
+        try:
+            rec = Recorder(Store(client, 4, 60), pacing_from_text=measure)
+            async with rec.running():
+                cap = Capture()
+                cap.parts.append(fast)  # one chunk: the text as streamed
+                rec.shown("demo", (user, None, None), f"r-{user}", cap, decision,
+                          regen=Regen(keys.regen("demo", user, "x"), keys.deleted("demo", user), 1))
+        finally:
+            await client.aclose()
+
+    asyncio.run(run(True, "on"))
+    asyncio.run(run(False, "off"))
+    assert orjson.loads(redis_sync.get(keys.regen("demo", "on", "x"))) == [[decision.pacing, "fast"]]
+    assert orjson.loads(redis_sync.get(keys.regen("demo", "off", "x"))) == [[decision.pacing, None]]

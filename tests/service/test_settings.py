@@ -30,3 +30,9 @@ def test_secrets_never_reach_repr_or_logs(monkeypatch: pytest.MonkeyPatch, caplo
     text = caplog.text + repr(s) + str(s.masked())
     assert "super-secret-admin-key" not in text and "mm-secret-upstream-key" not in text
     assert s.admin_key is not None and s.admin_key.get_secret_value() == "super-secret-admin-key"
+
+
+def test_the_pacing_measured_from_text_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().pacing_from_text is True
+    monkeypatch.setenv("ATTUNE_PACING_FROM_TEXT", "false")
+    assert Settings().pacing_from_text is False
