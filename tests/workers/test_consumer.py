@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import orjson
+import pytest
 import redis
 
 from service import keys
@@ -118,8 +119,11 @@ def test_double_tap_is_discounted(redis_url: str, tmp_path: Any, redis_sync: red
     assert recent[0]["outcomes"] == ["repeat"]
 
 
+@pytest.mark.parametrize("lean", [True, False])  # False: the redis-py pipeline a TLS connection uses
 def test_poison_entry_goes_to_dead_letters_and_partition_flows(redis_url: str, tmp_path: Any,
-                                                                redis_sync: redis.Redis) -> None:
+                                                                redis_sync: redis.Redis, monkeypatch: Any,
+                                                                lean: bool) -> None:
+    monkeypatch.setattr(resp_mod, "lean_capable", lambda client: lean)
     s = _settings(redis_url, tmp_path)
     p = keys.partition_of("demo", "u1", s.partitions)
     run(ingest(s, "demo", session("u1", 3)))
