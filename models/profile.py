@@ -517,7 +517,7 @@ def _pacing_label_posteriors(items: list[PaceItem]) -> np.ndarray:
                 by_id = by_id if by_id is not None else {x["id"]: x for x in recs}
                 for alt in r["alts"]:
                     other = by_id.get(alt)
-                    ko = _perceived_row(other) if other is not None else 0
+                    ko = _perceived_row(other)
                     if not ko or ko == k:
                         continue  # nothing known of the other's pacing, or the same as the kept one's
                     ch_user.append(u)

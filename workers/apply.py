@@ -112,14 +112,11 @@ def parse(partition: int, entry_id: Any, fields: Any) -> Entry:
         return Entry(partition, eid, None, f"field 'e' is not JSON: {exc}")
     if not isinstance(ev, dict):
         return Entry(partition, eid, None, "field 'e' is not a JSON object")
-    get = ev.get
-    # One expression for the valid event (nearly all of them); the loop below names what is missing.
-    if not (isinstance(get("app"), str) and isinstance(get("user_id"), str) and isinstance(get("type"), str)
-            and isinstance(get("t"), int) and isinstance(get("rt"), int)):
+    if not _well_formed(ev):  # the loop below names what is wrong
+        get = ev.get
         for name, kind in (("app", str), ("user_id", str), ("type", str), ("t", int), ("rt", int)):
             if not isinstance(get(name), kind):
                 return Entry(partition, eid, None, f"event lacks a valid {name!r}")
-    if ev["type"] not in _NO_REPLY_ID and not isinstance(get("reply_id"), str):
         return Entry(partition, eid, None, f"event of type {ev['type']!r} lacks reply_id")
     return Entry(partition, eid, ev)
 
@@ -127,21 +124,23 @@ def parse(partition: int, entry_id: Any, fields: Any) -> Entry:
 _NO_REPLY_ID = frozenset(("session_start", "session_end", "user_message"))
 
 
-class Grouping:
-    """Stream entries parsed and grouped by user, a partition's read at a time: group() of parse() of each,
-    without an Entry per valid event (a read under a backlog holds tens of thousands of them)."""
+def _well_formed(ev: dict[str, Any]) -> bool:
+    """Whether a decoded event has what applying it needs: one expression, true for nearly every event."""
+    get = ev.get
+    return (isinstance(get("app"), str) and isinstance(get("user_id"), str) and isinstance(get("type"), str)
+            and isinstance(get("t"), int) and isinstance(get("rt"), int)
+            and (ev["type"] in _NO_REPLY_ID or isinstance(get("reply_id"), str)))
 
-    def __init__(self) -> None:
-        self.by: dict[tuple[str, str], UserWork] = {}
-        self.bad: list[Entry] = []  # the entries that cannot be applied, with their problem
 
-    def work(self) -> list[UserWork]:
-        return list(self.by.values())
-
-    def add(self, p: int, items: list[Any], skip: Container[str] = ()) -> None:
-        """The raw entries of partition p read in order; entries whose id is in skip are left out."""
-        by, bad = self.by, self.bad
-        loads, json_error = orjson.loads, orjson.JSONDecodeError
+def parse_grouped(batch: Mapping[int, list[Any]], skip: Container[str] = ()
+                  ) -> tuple[list[UserWork], list[Entry]]:
+    """A whole read (partition -> raw entries, in order) parsed and grouped by user, each user's events in
+    stream order, and the entries that cannot be applied (with parse()'s verdict); entries whose id is in
+    skip are left out of both. No Entry per valid event: a read under a backlog holds tens of thousands."""
+    by: dict[tuple[str, str], UserWork] = {}
+    bad: list[Entry] = []
+    loads, json_error = orjson.loads, orjson.JSONDecodeError
+    for p, items in batch.items():
         for entry_id, fields in items:
             eid = entry_id.decode() if type(entry_id) is bytes else str(entry_id)
             if eid in skip:
@@ -152,36 +151,19 @@ class Grouping:
                     ev = loads(fields[1])
                 except json_error:
                     pass
-            # parse()'s checks for the valid event; anything else goes through parse() for its verdict.
-            if type(ev) is dict:
-                get = ev.get
-                app, user = get("app"), get("user_id")
-                if not (isinstance(app, str) and isinstance(user, str) and isinstance(get("type"), str)
-                        and isinstance(get("t"), int) and isinstance(get("rt"), int)
-                        and (ev["type"] in _NO_REPLY_ID or isinstance(get("reply_id"), str))):
-                    ev = None
-            if type(ev) is not dict:
+            if type(ev) is not dict or not _well_formed(ev):  # anything else gets parse()'s verdict
                 e = parse(p, entry_id, fields)
                 if e.problem is not None:
                     bad.append(e)
                     continue
                 ev = e.event
                 assert ev is not None
-                app, user = ev["app"], ev["user_id"]
-            w = by.get((app, user))
+            key = (ev["app"], ev["user_id"])
+            w = by.get(key)
             if w is None:
-                w = by[(app, user)] = UserWork(app, user, p)
+                w = by[key] = UserWork(key[0], key[1], p)
             w.events.append((eid, ev))
-
-
-def parse_grouped(batch: Mapping[int, list[Any]], skip: Container[str] = ()
-                  ) -> tuple[list[UserWork], list[Entry]]:
-    """group() of parse() of a whole read (partition -> raw entries), and the entries that cannot be applied;
-    entries whose id is in skip are left out of both."""
-    grouping = Grouping()
-    for p, items in batch.items():
-        grouping.add(p, items, skip)
-    return grouping.work(), grouping.bad
+    return list(by.values()), bad
 
 
 def decode_state(raw: bytes | None) -> tuple[int, dict[str, Any]]:
@@ -663,25 +645,3 @@ def _default(obj: Any) -> Any:
     if hasattr(obj, "tolist"):
         return obj.tolist()
     raise TypeError(f"cannot store {type(obj).__name__} in a user state")
-
-
-def group(entries: list[Entry]) -> list[UserWork]:
-    """Entries by user, each user's in stream order (the order a partition was read in)."""
-    by: dict[tuple[str, str], UserWork] = {}
-    for e in entries:
-        if e.event is None:
-            continue
-        k = (e.event["app"], e.event["user_id"])
-        w = by.get(k)
-        if w is None:
-            w = by[k] = UserWork(k[0], k[1], e.partition)
-        w.events.append((e.id, e.event))
-    return list(by.values())
-
-
-def stats_by_app(entries: list[Entry]) -> dict[str, int]:
-    out: dict[str, int] = defaultdict(int)
-    for e in entries:
-        if e.event is not None:
-            out[e.event["app"]] += 1
-    return out

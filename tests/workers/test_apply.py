@@ -14,7 +14,7 @@ from service import store as store_mod
 from service.profiles import delete_user
 from tests.conftest import make_settings
 from tests.workers.helpers import T0, drain, ingest, run, session
-from workers.apply import _recent_ops, group, parse, parse_grouped
+from workers.apply import UserWork, _recent_ops, parse, parse_grouped
 from workers.consumer import Worker
 
 
@@ -99,6 +99,15 @@ def test_parse_names_the_first_invalid_field_and_accepts_what_it_accepted_before
     assert parse(0, b"1-0", [b"e", orjson.dumps({**shown, "reply_id": "r"})]).problem is None
 
 
+def _group(entries: list[Any]) -> list[UserWork]:
+    """The reference: parse()d entries by user, each user's in stream order."""
+    by: dict[tuple[str, str], UserWork] = {}
+    for e in entries:
+        k = (e.event["app"], e.event["user_id"])
+        by.setdefault(k, UserWork(k[0], k[1], e.partition)).events.append((e.id, e.event))
+    return list(by.values())
+
+
 def test_a_read_parsed_and_grouped_at_once_equals_group_of_parse() -> None:
     good = {"app": "a", "user_id": "u1", "type": "user_message", "t": 1, "rt": 2}
     raw = [[b"e", orjson.dumps(good)], [b"e", b"{not json"], [b"e", orjson.dumps({**good, "user_id": "u2"})],
@@ -109,7 +118,7 @@ def test_a_read_parsed_and_grouped_at_once_equals_group_of_parse() -> None:
              7: [(f"2-{i}".encode(), f) for i, f in enumerate(raw[5:])]}
     entries = [parse(p, eid, fields) for p, items in batch.items() for eid, fields in items]
     work, bad = parse_grouped(batch)
-    want = group([e for e in entries if e.problem is None])
+    want = _group([e for e in entries if e.problem is None])
     assert [(w.app, w.user_id, w.partition, w.events) for w in work] == \
         [(w.app, w.user_id, w.partition, w.events) for w in want]
     assert bad == [e for e in entries if e.problem is not None] and len(bad) == 5
