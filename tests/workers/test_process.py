@@ -26,10 +26,10 @@ def _env(redis_url: str, **kw: str) -> dict[str, str]:
     return env
 
 
-def _events() -> list[dict[str, Any]]:
+def _events(replies: int = 15) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for i in range(24):
-        out += session(f"u{i}", 15, pref=200 + 40 * i, seed=i)
+        out += session(f"u{i}", replies, pref=200 + 40 * i, seed=i)
     return out
 
 
@@ -68,7 +68,9 @@ def _pending(r: redis.Redis) -> int:
 
 def test_kill_9_mid_batch_ends_with_the_profiles_of_a_crash_free_run(redis_url: str, tmp_path: Path,
                                                                     redis_sync: redis.Redis) -> None:
-    events = _events()
+    # Enough events that the worker (batches of 10 per partition) is still at it when the polls below look:
+    # with 720 a fast worker applied and acknowledged them all between two looks.
+    events = _events(replies=60)
     s = make_settings(redis_url, tmp_path, worker_block_ms=0, population_refresh_seconds=0, close_after=3600)
     run(ingest(s, "demo", events))
     run(drain(s))
