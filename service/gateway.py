@@ -11,11 +11,11 @@ import contextlib
 import hashlib
 import logging
 import math
+import os
 import random
 import re
 import socket
 import time
-import uuid
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -284,7 +284,8 @@ def rejected_of(record: bytes | None) -> tuple[tuple[str | None, str | None], ..
 
 
 def new_reply_id() -> str:
-    return "r" + uuid.uuid4().hex
+    """'r' and 32 random hex digits, as uuid4().hex gave, without building a UUID (a quarter of the cost)."""
+    return "r" + os.urandom(16).hex()
 
 
 def latency_bucket(ms: float) -> str:
@@ -712,13 +713,19 @@ def _expire(future: asyncio.Future[Any]) -> None:
 
 
 class _Resp(asyncio.Protocol):
-    """RESP replies parsed by hiredis, handed to the waiting calls in order."""
+    """RESP replies parsed by hiredis, handed to the waiting calls in order.
+
+    The commands of one turn of the event loop go out in one write at its end: under load the chats
+    that arrived together reach their Redis call in the same turn, and a send on loopback costs more
+    than the rest of the call (Redis then also reads them at once and answers in one write). A lone
+    call waits for nothing: the write is the next thing the loop does."""
 
     def __init__(self) -> None:
         self.reader = hiredis.Reader()
         self.waiters: deque[asyncio.Future[Any]] = deque()
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.pending: list[bytes] = []  # commands to write at the end of this turn
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -726,10 +733,19 @@ class _Resp(asyncio.Protocol):
     def call(self, packed: bytes) -> asyncio.Future[Any]:
         if self.closed or self.transport is None:
             raise ConnectionError("the Redis connection is closed")
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         self.waiters.append(future)
-        self.transport.write(packed)
+        if not self.pending:
+            loop.call_soon(self._flush)
+        self.pending.append(packed)
         return future
+
+    def _flush(self) -> None:
+        pending, self.pending = self.pending, []
+        if self.transport is not None and not self.closed and not self.transport.is_closing():
+            self.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        # Else the connection is gone: connection_lost fails the waiters of these commands too.
 
     def data_received(self, data: bytes) -> None:
         try:

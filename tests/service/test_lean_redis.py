@@ -199,3 +199,45 @@ def test_an_idle_connection_is_replaced_before_use(redis_url: str, redis_sync: r
             await client.aclose()
 
     assert asyncio.run(run()) == (True, True)
+
+
+def test_the_calls_of_one_turn_go_out_in_one_write(redis_url: str, redis_sync: redis.Redis) -> None:
+    """Concurrent chats reach Redis in the same turn of the loop: their commands share one send, and each
+    still gets its own reply, in order."""
+    redis_sync.hset(keys.api_key("demo", "k1"), mapping={"hash": "h", "scopes": "condition"})
+    for i in range(12):
+        redis_sync.set(f"doc{i}", str(i))
+
+    async def run() -> tuple[list[Any], list[int]]:
+        client = connect(redis_url)
+        lean = LeanRedis.like(client)
+        assert lean is not None
+        store = Store(lean, 4, 60)  # type: ignore[arg-type]
+        try:
+            await store.condition_checked("demo", "k1", "h", "condition", 100, [])  # connected
+            proto = lean._proto
+            assert proto is not None and proto.transport is not None
+            real, writes = proto.transport, []
+
+            class Counting:
+                def write(self, data: bytes) -> None:
+                    writes.append(data.count(b"EVALSHA"))
+                    real.write(data)
+
+                def __getattr__(self, name: str) -> Any:
+                    return getattr(real, name)
+
+            proto.transport = Counting()  # type: ignore[assignment]
+            check = store.condition_checked
+            many = await asyncio.gather(*(check("demo", "k1", "h", "condition", 100, [f"doc{i}"])
+                                          for i in range(12)))
+            one = await store.condition_checked("demo", "k1", "h", "condition", 100, ["doc3"])
+            proto.transport = real
+            return [docs for _, docs in [*many, one]], writes
+        finally:
+            await lean.aclose()
+            await client.aclose()
+
+    answers, writes = asyncio.run(run())
+    assert answers == [[str(i).encode()] for i in range(12)] + [[b"3"]]
+    assert writes == [12, 1]
