@@ -22,6 +22,7 @@ from service.upstream import (
     http_error,
     with_names,
 )
+from tests.conftest import free_port
 
 BODY = {
     "model": "M2-her",
@@ -334,3 +335,36 @@ def test_canonical_sse_is_kept_verbatim_for_the_relay_and_anything_else_is_refra
         s._feed(odd)
         assert s.raw is None, odd
     assert s._feed(b"data: {") == [] and s.raw is None
+
+
+async def test_what_m2her_receives_over_the_aiohttp_transport() -> None:
+    """The request built without httpx's auto headers still carries Host, Content-Length and the client's
+    headers on the wire (aiohttp sets the first two), and the body byte for byte."""
+    from aiohttp import web  # noqa: PLC0415
+
+    seen: list[tuple[Any, bytes]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append((request.headers.copy(), await request.read()))
+        reply = {"choices": [{"message": {"content": "ok"}}], "base_resp": {"status_code": 0}}
+        return web.json_response(reply)
+
+    app = web.Application()
+    app.router.add_post(OPENAI_PATH, handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    up = Upstream(f"http://127.0.0.1:{port}", "k3y", UpstreamTimeout(), FAST)
+    try:
+        raw, parsed = await up.complete(OPENAI_PATH, BODY)
+    finally:
+        await up.aclose()
+        await runner.cleanup()
+    assert parsed["choices"][0]["message"]["content"] == "ok" and orjson.loads(raw) == parsed
+    headers, body = seen[0]
+    assert orjson.loads(body) == {**BODY, "messages": with_names(BODY["messages"])}
+    assert headers["Content-Length"] == str(len(body))
+    assert headers["Host"] == f"127.0.0.1:{port}"
+    assert headers["Authorization"] == "Bearer k3y" and headers["Content-Type"] == "application/json"
+    assert "Transfer-Encoding" not in headers
