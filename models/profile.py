@@ -471,6 +471,10 @@ PACING_FORGET = 0.99
 # repeats a wrong pacing caused (and so made every pacing look alike).
 BASE_GRID = np.array([0.04, 0.08, 0.12, 0.18, 0.25, 0.35, 0.5])
 BASE_PRIOR = np.full(len(BASE_GRID), 1 / len(BASE_GRID))
+# An explicit rating is a noisy reading of satisfaction: RATING_SD wide (a real rating is coarse; the simulator's
+# is exact), and RATING_OTHER_COST of satisfaction lost to what else differs from the taste (dialogue, hooks).
+RATING_SD = 0.3
+RATING_OTHER_COST = 0.2
 CHOICE_TEMPERATURE = 0.35  # how sharply a user keeps the more satisfying of two alternatives (log-satisfaction)
 
 
@@ -495,6 +499,7 @@ def _pacing_label_posteriors(items: list[PaceItem]) -> np.ndarray:
     u_n = len(items)
     users, ks, ms, expo, gidx = [], [], [], [], []
     ch_user, ch_w, ch_mo, ch_mk, ch_ko, ch_kk = [], [], [], [], [], []
+    rt_user, rt_w, rt_v, rt_k, rt_m, rated_kept = [], [], [], [], [], []
     offset = 0
     for u, (recs, _, mu) in enumerate(items):
         n = len(recs)
@@ -507,6 +512,15 @@ def _pacing_label_posteriors(items: list[PaceItem]) -> np.ndarray:
             if "passed_over" in o:
                 continue  # counted through the choice of the one kept
             c = r.get("c")
+            rating = r.get("rating")
+            if rating is not None:
+                rt_user.append(u)
+                rt_w.append(PACING_FORGET ** (n - 1 - i))
+                rt_v.append(rating)
+                rt_k.append(k)
+                rt_m.append(0.5 * ((math.log(max(c, 1)) - mu) / 0.4) ** 2 if c else 0.0)
+                if "repeat" not in o:
+                    rated_kept.append(len(ks))  # kept, whatever the rating: the rating itself says how much
             users.append(u)
             ks.append(k)
             ms.append(math.log(max(c, 1)) if c else math.nan)
@@ -541,6 +555,9 @@ def _pacing_label_posteriors(items: list[PaceItem]) -> np.ndarray:
         forget = PACING_FORGET ** np.array(expo, dtype=int).astype(float)
         w_rep = forget * rep[sel]
         w_suc = np.where(w_rep > 0, 0.0, forget * np.minimum(suc[sel], 1.0))
+        if rated_kept:  # a low rating is not a repeat here: the rating's own term below weighs it
+            w_rep[rated_kept] = 0.0
+            w_suc[rated_kept] = forget[rated_kept]
         keep = keep_len[:, None] * (1 - _PACE_REPEAT_MIX[np.array(ks, dtype=int)])  # [reply, preferred P]
         p_rep = 1 - (1 - BASE_GRID)[:, None, None] * keep[None, :, :]  # [base, reply, preferred P]
         p_rep = np.clip(p_rep, 1e-4, 1 - 1e-4)
@@ -555,10 +572,26 @@ def _pacing_label_posteriors(items: list[PaceItem]) -> np.ndarray:
         cost_k = _PACE_COST_MIX[np.array(ch_kk, dtype=int)]
         z = (((np.array(ch_mo)[:, None] + cost_o) - np.array(ch_mk)[:, None]) - cost_k) / CHOICE_TEMPERATURE
         np.subtract.at(logp, np.array(ch_user, dtype=int), np.array(ch_w)[:, None] * np.logaddexp(0.0, -z))
+    if rt_user:
+        logp += _rating_log_likelihood(rt_user, rt_w, rt_v, rt_k, rt_m, u_n)
     logp = logp + np.log(PACING_PRIOR)
     logp -= logp.max(axis=1, keepdims=True)
     post = np.exp(logp)
     return np.asarray(post / post.sum(axis=1, keepdims=True))
+
+
+def _rating_log_likelihood(users: list[int], w: list[float], values: list[float], rows: list[int],
+                           m_len: list[float], u_n: int) -> np.ndarray:
+    """[user, preferred pacing] log-likelihood of explicit ratings: a rating reads the reader's satisfaction
+    (2 s - 1, s = exp(-mismatch) as for choices) through RATING_SD of noise, the pacing perceived as
+    uncertain as for repeats. A rating says how much a reply pleased, where a repeat only says it did not."""
+    cost = np.asarray(m_len)[:, None, None] + RATING_OTHER_COST + PACE_COST[_PACE_STEPS][None, :, :]
+    mean = 2.0 * np.exp(-cost) - 1.0  # [rating, perceived q, preferred P]
+    dens = np.exp(-0.5 * ((np.asarray(values)[:, None, None] - mean) / RATING_SD) ** 2)
+    like = np.einsum("nq,nqp->np", _PERCEIVED[np.asarray(rows, dtype=int)], dens)
+    out = np.zeros((u_n, 3))
+    np.add.at(out, np.asarray(users, dtype=int), np.asarray(w)[:, None] * np.log(like + 1e-300))
+    return out
 
 
 _PACE_INDEX = {p: k for k, p in enumerate(PACINGS)}

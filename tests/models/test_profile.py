@@ -156,9 +156,14 @@ def test_pacing_posteriors_of_many_users_at_once_equal_the_one_user_function() -
                     recs[i - 1]["o"] = ["passed_over"]
                     if rng.random() < 0.3:
                         r["c"] = None
+        if u % 3 == 1:  # explicit ratings, on repeated replies too
+            for r in recs:
+                if rng.random() < 0.3:
+                    r["rating"] = round(float(rng.uniform(-1, 1)), 2)
         ev = pm._evidence(recs, Population(), 0.15)
         items.append((recs, ev, float(rng.normal(6.0, 0.5))))
     assert sum(1 for recs, _, _ in items if any("alts" in r for r in recs)) > 20
+    assert sum(1 for recs, _, _ in items if any("rating" in r for r in recs)) > 20
     batched = pm._pacing_label_posteriors(items)
     assert batched.shape == (len(items), len(PACINGS))
     for (recs, ev, mu), got in zip(items, batched, strict=True):
@@ -170,7 +175,8 @@ def test_pacing_posteriors_of_many_users_at_once_equal_the_one_user_function() -
 
 def _pacing_one_user(recs: list[dict[str, Any]], ev: Any, mu: float) -> np.ndarray:
     """models/profile.py _pacing_label_posteriors for one user, written plainly: the reference it must equal."""
-    ks, ms, ws = [], [], []
+    ks, ms, ws, kept_rated = [], [], [], []
+    ratings = []
     rep, suc = ev["rep"], ev["suc"]
     by_id: dict[str, dict[str, Any]] | None = None
     choices = []
@@ -182,6 +188,10 @@ def _pacing_one_user(recs: list[dict[str, Any]], ev: Any, mu: float) -> np.ndarr
             continue  # counted through the choice of the one kept
         if "selected" in r["o"] and r.get("alts"):
             choices.append(i)
+        if r.get("rating") is not None:
+            ratings.append((i, row))
+            if "repeat" not in r["o"]:
+                kept_rated.append(len(ks))
         ks.append(row)
         ms.append(math.log(max(r["c"], 1)) if r.get("c") else math.nan)
         ws.append(i)
@@ -195,6 +205,8 @@ def _pacing_one_user(recs: list[dict[str, Any]], ev: Any, mu: float) -> np.ndarr
         forget = pm.PACING_FORGET ** (n - 1 - sel).astype(float)
         w_rep = forget * rep[sel]
         w_suc = np.where(w_rep > 0, 0.0, forget * np.minimum(suc[sel], 1.0))
+        for j in kept_rated:
+            w_rep[j], w_suc[j] = 0.0, forget[j]
         keep = keep_len[:, None] * (1 - pm._PACE_REPEAT_MIX[np.array(ks, dtype=int)])  # [reply, preferred P]
         p_rep = 1 - (1 - pm.BASE_GRID)[:, None, None] * keep[None, :, :]  # [base, reply, preferred P]
         p_rep = np.clip(p_rep, 1e-4, 1 - 1e-4)
@@ -214,6 +226,15 @@ def _pacing_one_user(recs: list[dict[str, Any]], ev: Any, mu: float) -> np.ndarr
             m_o = 0.5 * ((math.log(max(other["c"], 1)) - mu) / 0.4) ** 2 if other.get("c") else 0.0
             z = (m_o + pm._PACE_COST_MIX[k_o] - m_k - pm._PACE_COST_MIX[k_k]) / pm.CHOICE_TEMPERATURE
             logp = logp - pm.PACING_FORGET ** (n - 1 - i) * np.logaddexp(0.0, -z)
+    for i, row in ratings:
+        r = recs[i]
+        m = 0.5 * ((math.log(max(r["c"], 1)) - mu) / 0.4) ** 2 if r.get("c") else 0.0
+        for p in range(3):
+            like = 0.0
+            for q in range(3):
+                s = math.exp(-(m + pm.RATING_OTHER_COST + pm.PACE_COST[abs(q - p)]))
+                like += pm._PERCEIVED[row][q] * math.exp(-0.5 * ((r["rating"] - (2 * s - 1)) / pm.RATING_SD) ** 2)
+            logp[p] += pm.PACING_FORGET ** (n - 1 - i) * math.log(like + 1e-300)
     logp = logp + np.log(pm.PACING_PRIOR)
     logp -= logp.max()
     post = np.exp(logp)
@@ -312,3 +333,24 @@ def test_a_measured_pacing_overrides_the_one_asked_for() -> None:
         applier.close_due(10**12)
         scores.append(estimate(state["closed"], Population())["pacing_scores"])
     assert scores[1]["slow_burn"] < scores[0]["slow_burn"] / 3
+
+
+def test_ratings_alone_tell_the_pacing_a_reader_prefers() -> None:
+    # No repeats at all: every reply was answered, and a few were rated. The ratings' values say which pacing
+    # pleases: high for fast replies, middling for balanced, low for slow burn.
+    value = {"fast": 0.8, "balanced": 0.3, "slow_burn": -0.3}
+    recs: list[dict[str, Any]] = []
+    for i in range(12):
+        pacing = PACINGS[i % 3]
+        recs.append({"id": f"r{i}", "t": 1000 * i, "o": ["answered", "rating"], "c": 400,
+                     "ap": {"pacing": pacing, "propensity": 0.3}, "rating": value[pacing]})
+    unrated = [{**r, "o": ["answered"]} for r in recs]
+    for r in unrated:
+        r.pop("rating")
+    mu = math.log(400)
+    post = pm._pacing_label_posteriors([(recs, pm._evidence(recs, Population(), 0.15), mu),
+                                        (unrated, pm._evidence(unrated, Population(), 0.15), mu)])
+    fast = PACINGS.index("fast")
+    assert post[0].argmax() == fast and post[0][fast] > 0.9, post[0]
+    # Without the ratings the same replies say little: the posterior stays near the prior.
+    assert post[1][fast] < 0.5, post[1]
