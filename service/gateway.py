@@ -667,7 +667,10 @@ class LeanRedis:
                     raise
         error = reply_error(reply)
         if error is not None:
-            raise error
+            try:
+                raise error
+            finally:
+                del error  # no cycle through this frame: collections are rare in a served process
         return reply
 
     async def _connect(self) -> _Resp:

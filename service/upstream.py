@@ -379,7 +379,10 @@ class Upstream:
                 parsed = _json(raw)
                 err = base_resp_error(parsed)
                 if err is not None:
-                    raise err
+                    try:
+                        raise err
+                    finally:
+                        del err  # else frame -> err -> traceback -> frame: a cycle holding the body
                 if stream:  # a JSON answer to a stream request: relay it as a one-event stream
                     return Stream(response, _empty(), [raw], first_byte_s=time.perf_counter() - start)
                 return raw, parsed
@@ -392,7 +395,10 @@ class Upstream:
                 out.first = [p for p in out._feed(chunk) if p != b"[DONE]"]
             err = base_resp_error(_json(out.first[0]))
             if err is not None:
-                raise err
+                try:
+                    raise err
+                finally:
+                    del err  # no cycle through this frame (see above)
             out.first_byte_s = time.perf_counter() - start
             response = None  # handed over to the Stream
             return out

@@ -184,7 +184,10 @@ async def _prepare(request: Request) -> Call:
     if key is None or problem is not None:
         principal = await authenticate(request, "condition")
         if problem is not None:
-            raise problem
+            try:
+                raise problem
+            finally:
+                problem = None  # else frame -> problem -> traceback -> frame: a cycle holding the body
         app = require_app(principal)
         decision, conditioned, regen = None, False, None
         if wanted:

@@ -368,3 +368,36 @@ async def test_what_m2her_receives_over_the_aiohttp_transport() -> None:
     assert headers["Host"] == f"127.0.0.1:{port}"
     assert headers["Authorization"] == "Bearer k3y" and headers["Content-Type"] == "application/json"
     assert "Transfer-Encoding" not in headers
+
+
+async def test_an_error_answer_leaves_no_garbage_cycle_holding_the_request() -> None:
+    # A served process collects garbage rarely (service/app.py tune_gc): a cycle through the raising frame
+    # would keep each failed chat's body (up to 1 MiB) alive until the next collection.
+    import gc
+
+    big = {**BODY, "messages": [{"role": "system", "content": "x" * 50_000}, {"role": "user", "content": "hi"}]}
+    answers = {
+        "base_resp": lambda: httpx.Response(200, json={"base_resp": {"status_code": 1026, "status_msg": "flagged"}}),
+        "stream_error": lambda: sse_response(sse({"base_resp": {"status_code": 1027, "status_msg": "flagged"}})),
+    }
+    for name, answer in answers.items():
+        up = client(lambda req, answer=answer: answer())  # type: ignore[misc]
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(10):
+                with pytest.raises(UpstreamError):
+                    if name == "stream_error":
+                        await up.stream(OPENAI_PATH, big)
+                    else:
+                        await up.complete(OPENAI_PATH, big)
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            gc.collect()
+            held = [o for o in gc.garbage if isinstance(o, dict) and o.get("messages") is not None]
+            frames = [o for o in gc.garbage if type(o).__name__ == "frame"]
+        finally:
+            gc.garbage.clear()
+            gc.set_debug(0)
+            gc.enable()
+        await up.aclose()
+        assert not held and not frames, (name, len(held), [f.f_code.co_name for f in frames])
