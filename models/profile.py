@@ -475,6 +475,8 @@ BASE_PRIOR = np.full(len(BASE_GRID), 1 / len(BASE_GRID))
 # is exact), and RATING_OTHER_COST of satisfaction lost to what else differs from the taste (dialogue, hooks).
 RATING_SD = 0.3
 RATING_OTHER_COST = 0.2
+RATING_FLAT_SHARE = 0.3
+_RATING_FLAT = 0.5 * RATING_SD * math.sqrt(2 * math.pi)  # a uniform value on [-1, 1], the Gaussian's scale
 CHOICE_TEMPERATURE = 0.35  # how sharply a user keeps the more satisfying of two alternatives (log-satisfaction)
 
 
@@ -499,7 +501,7 @@ def _pacing_label_posteriors(items: list[PaceItem]) -> np.ndarray:
     u_n = len(items)
     users, ks, ms, expo, gidx = [], [], [], [], []
     ch_user, ch_w, ch_mo, ch_mk, ch_ko, ch_kk = [], [], [], [], [], []
-    rt_user, rt_w, rt_v, rt_k, rt_m, rated_kept = [], [], [], [], [], []
+    rt_user, rt_w, rt_v, rt_k, rt_m, rated_kept, rated_suc = [], [], [], [], [], [], []
     offset = 0
     for u, (recs, _, mu) in enumerate(items):
         n = len(recs)
@@ -521,6 +523,7 @@ def _pacing_label_posteriors(items: list[PaceItem]) -> np.ndarray:
                 rt_m.append(0.5 * ((math.log(max(c, 1)) - mu) / 0.4) ** 2 if c else 0.0)
                 if "repeat" not in o:
                     rated_kept.append(len(ks))  # kept, whatever the rating: the rating itself says how much
+                    rated_suc.append(0.3 if r.get("bad") == "implausible_read" else 1.0)
             users.append(u)
             ks.append(k)
             ms.append(math.log(max(c, 1)) if c else math.nan)
@@ -557,7 +560,7 @@ def _pacing_label_posteriors(items: list[PaceItem]) -> np.ndarray:
         w_suc = np.where(w_rep > 0, 0.0, forget * np.minimum(suc[sel], 1.0))
         if rated_kept:  # a low rating is not a repeat here: the rating's own term below weighs it
             w_rep[rated_kept] = 0.0
-            w_suc[rated_kept] = forget[rated_kept]
+            w_suc[rated_kept] = forget[rated_kept] * np.array(rated_suc)
         keep = keep_len[:, None] * (1 - _PACE_REPEAT_MIX[np.array(ks, dtype=int)])  # [reply, preferred P]
         p_rep = 1 - (1 - BASE_GRID)[:, None, None] * keep[None, :, :]  # [base, reply, preferred P]
         p_rep = np.clip(p_rep, 1e-4, 1 - 1e-4)
@@ -584,11 +587,15 @@ def _rating_log_likelihood(users: list[int], w: list[float], values: list[float]
                            m_len: list[float], u_n: int) -> np.ndarray:
     """[user, preferred pacing] log-likelihood of explicit ratings: a rating reads the reader's satisfaction
     (2 s - 1, s = exp(-mismatch) as for choices) through RATING_SD of noise, the pacing perceived as
-    uncertain as for repeats. A rating says how much a reply pleased, where a repeat only says it did not."""
+    uncertain as for repeats. A rating says how much a reply pleased, where a repeat only says it did not.
+    RATING_FLAT_SHARE of each rating is taken as saying nothing of pacing (a uniform value): a reader who
+    rates the story, not the prose, or rates everything 1 or -1, would otherwise push every user away from
+    balanced, which explains an extreme rating worse than either end does."""
     cost = np.asarray(m_len)[:, None, None] + RATING_OTHER_COST + PACE_COST[_PACE_STEPS][None, :, :]
     mean = 2.0 * np.exp(-cost) - 1.0  # [rating, perceived q, preferred P]
     dens = np.exp(-0.5 * ((np.asarray(values)[:, None, None] - mean) / RATING_SD) ** 2)
     like = np.einsum("nq,nqp->np", _PERCEIVED[np.asarray(rows, dtype=int)], dens)
+    like = (1.0 - RATING_FLAT_SHARE) * like + RATING_FLAT_SHARE * _RATING_FLAT
     out = np.zeros((u_n, 3))
     np.add.at(out, np.asarray(users, dtype=int), np.asarray(w)[:, None] * np.log(like + 1e-300))
     return out

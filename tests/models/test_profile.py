@@ -156,10 +156,12 @@ def test_pacing_posteriors_of_many_users_at_once_equal_the_one_user_function() -
                     recs[i - 1]["o"] = ["passed_over"]
                     if rng.random() < 0.3:
                         r["c"] = None
-        if u % 3 == 1:  # explicit ratings, on repeated replies too
+        if u % 3 == 1:  # explicit ratings, on repeated and skimmed replies too
             for r in recs:
                 if rng.random() < 0.3:
                     r["rating"] = round(float(rng.uniform(-1, 1)), 2)
+                if rng.random() < 0.2:
+                    r["bad"] = "implausible_read"
         ev = pm._evidence(recs, Population(), 0.15)
         items.append((recs, ev, float(rng.normal(6.0, 0.5))))
     assert sum(1 for recs, _, _ in items if any("alts" in r for r in recs)) > 20
@@ -206,7 +208,7 @@ def _pacing_one_user(recs: list[dict[str, Any]], ev: Any, mu: float) -> np.ndarr
         w_rep = forget * rep[sel]
         w_suc = np.where(w_rep > 0, 0.0, forget * np.minimum(suc[sel], 1.0))
         for j in kept_rated:
-            w_rep[j], w_suc[j] = 0.0, forget[j]
+            w_rep[j], w_suc[j] = 0.0, forget[j] * (0.3 if recs[ws[j]].get("bad") == "implausible_read" else 1.0)
         keep = keep_len[:, None] * (1 - pm._PACE_REPEAT_MIX[np.array(ks, dtype=int)])  # [reply, preferred P]
         p_rep = 1 - (1 - pm.BASE_GRID)[:, None, None] * keep[None, :, :]  # [base, reply, preferred P]
         p_rep = np.clip(p_rep, 1e-4, 1 - 1e-4)
@@ -234,6 +236,8 @@ def _pacing_one_user(recs: list[dict[str, Any]], ev: Any, mu: float) -> np.ndarr
             for q in range(3):
                 s = math.exp(-(m + pm.RATING_OTHER_COST + pm.PACE_COST[abs(q - p)]))
                 like += pm._PERCEIVED[row][q] * math.exp(-0.5 * ((r["rating"] - (2 * s - 1)) / pm.RATING_SD) ** 2)
+            flat = 0.5 * pm.RATING_SD * math.sqrt(2 * math.pi)
+            like = (1 - pm.RATING_FLAT_SHARE) * like + pm.RATING_FLAT_SHARE * flat
             logp[p] += pm.PACING_FORGET ** (n - 1 - i) * math.log(like + 1e-300)
     logp = logp + np.log(pm.PACING_PRIOR)
     logp -= logp.max()
@@ -354,3 +358,25 @@ def test_ratings_alone_tell_the_pacing_a_reader_prefers() -> None:
     assert post[0].argmax() == fast and post[0][fast] > 0.9, post[0]
     # Without the ratings the same replies say little: the posterior stays near the prior.
     assert post[1][fast] < 0.5, post[1]
+
+
+def test_ratings_that_say_nothing_of_pacing_leave_the_pacing_near_what_the_repeats_say() -> None:
+    # Readers who rate the story, not the prose: 1 or -1 at random, whatever the pacing. Every pacing was
+    # shown alike, all answered, none repeated. An extreme rating is explained worse by balanced than by
+    # either end; without a share of each rating taken as saying nothing, users drift away from balanced.
+    rng = np.random.default_rng(5)
+    items = []
+    for _ in range(100):
+        recs = [{"id": f"r{i}", "t": 1000 * i, "o": ["answered"], "c": 400,
+                 "ap": {"pacing": PACINGS[i % 3], "propensity": 0.3}} for i in range(40)]
+        for r in recs:
+            if rng.random() < 0.3:
+                r["o"].append("rating")
+                r["rating"] = float(rng.choice([-1.0, 1.0]))
+        items.append((recs, pm._evidence(recs, Population(), 0.15), math.log(400)))
+    unrated = [([{k: v for k, v in r.items() if k != "rating"} for r in recs], ev, mu) for recs, ev, mu in items]
+    with_ratings = pm._pacing_label_posteriors(items).mean(axis=0)
+    without = pm._pacing_label_posteriors(unrated).mean(axis=0)
+    balanced = PACINGS.index("balanced")
+    assert without[balanced] > 0.6, without
+    assert with_ratings[balanced] > 0.8 * without[balanced], (with_ratings, without)
