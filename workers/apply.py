@@ -240,16 +240,20 @@ class Applier:
             self._take(key)
 
     # --- applying -----------------------------------------------------------------------------------
-    async def apply(self, work: list[UserWork], sweep: bool = False) -> dict[str, str]:
+    async def apply(self, work: list[UserWork], sweep: bool = False,
+                    prefetch: Callable[[], Awaitable[None]] | None = None) -> dict[str, str]:
         """Commit every user's events; returns {stream id: reason} of events that could not be applied (poison).
 
         A poison event is skipped (the watermark passes it) and the user's other events are applied.
+        prefetch is awaited once the users' states are loaded, before they are computed: the worker sends
+        its next read then, for Redis to run while this process computes.
         """
         pending = list(work)
         for _ in range(5):
             if not pending:
                 break
-            pending = await self._round(pending, sweep)
+            pending = await self._round(pending, sweep, prefetch)
+            prefetch = None
         if pending:
             raise CommitConflict(f"{len(pending)} user updates kept conflicting; the batch will be redelivered")
         return {sid: why for w in work for sid, why in w.poison.items()}
@@ -277,7 +281,8 @@ class Applier:
             await asyncio.sleep(0)
             self._tick = time.perf_counter()
 
-    async def _round(self, work: list[UserWork], sweep: bool) -> list[UserWork]:
+    async def _round(self, work: list[UserWork], sweep: bool,
+                     prefetch: Callable[[], Awaitable[None]] | None = None) -> list[UserWork]:
         hits = {id(w): self._take((w.app, w.user_id)) for w in work}
         need = [w for w in work if hits[id(w)] is None]
         loaded: dict[int, tuple[bytes | None, bytes | None]] = {}
@@ -286,6 +291,8 @@ class Applier:
                                                 keys.deleted(w.app, w.user_id)) for w in need])
             for w, reply in zip(need, raise_first(replies), strict=True):
                 loaded[id(w)] = (reply[0], reply[1])
+        if prefetch is not None:
+            await prefetch()
         now_ms = int(time.time() * 1000)
         self._tick = time.perf_counter()
         # By chunks of users: their events, then the estimates of all who need one together (their grid
