@@ -433,22 +433,27 @@ class Applier:
         ap = pm.Applier(state, pop, self.close_after_ms, self.pacing_from_text)
         applied = skipped_deleted = 0
         wm = pm.stream_id_key(state["wm"])
+        # Loop invariants hoisted (once per event otherwise): no event handler changes the trust, and the
+        # watermark is stored once, after the loop (a failure discards this state object anyway).
+        suspect, poison, apply, newest = state["trust"] != "normal", w.poison, ap.apply, None
         for sid, ev in w.events:
             ms, _, seq = sid.partition("-")  # pm.stream_id_key, inline: once per event
             key = (int(ms), int(seq or 0))
             if key <= wm:
                 continue  # redelivered: already in this state
             wm = key
-            state["wm"] = sid
-            if sid in w.poison:
+            newest = sid
+            if poison and sid in poison:
                 continue
             if deleted_at is not None and ev["rt"] <= deleted_at:
                 skipped_deleted += 1
                 continue
-            if state["trust"] != "normal":
+            if suspect:
                 ap.discount("bot_suspect")
-            if ap.apply(ev):
+            if apply(ev):
                 applied += 1
+        if newest is not None:
+            state["wm"] = newest
         if applied:
             state["lw"] = now_ms
         ap.close_due(now_ms if sweep else None, state.get("lw") if sweep else None)
