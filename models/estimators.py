@@ -145,8 +145,12 @@ def _slab(ll: np.ndarray, x: np.ndarray, w_rep: np.ndarray, w_suc: np.ndarray, d
     # [reply, tolerance, mu] in float32: exp and log run several times faster, and the per-reply terms
     # are summed in float64 below (the posterior moves by about 1e-6). The grid is the innermost axis:
     # numpy's broadcasting loops run along it, and with the 3 or 4 tolerances there they ran 5x slower.
-    d = (x.astype(np.float32)[:, None, None] - _f32(grid)[None, None, :]) / _f32(w_grid)[None, :, None]
-    p_rep = np.exp(np.float32(-0.5) * d * d)
+    # Reply lengths repeat (whole characters, a few hundred distinct values in a round): the distance terms
+    # and their exp are made once per distinct x and gathered, the same float32 values at a fraction of the
+    # exp work.
+    xs, inv = np.unique(x.astype(np.float32), return_inverse=True)
+    d_u = (xs[:, None, None] - _f32(grid)[None, None, :]) / _f32(w_grid)[None, :, None]
+    p_rep = np.exp(np.float32(-0.5) * d_u * d_u)[inv]
     p_rep *= scale[who][:, None, None]
     p_rep += offset[who][:, None, None]
     r, s, k = w_rep > 0, w_suc > 0, dirw != 0
@@ -155,7 +159,7 @@ def _slab(ll: np.ndarray, x: np.ndarray, w_rep: np.ndarray, w_suc: np.ndarray, d
     if s.any():
         _segment_add(ll, np.log(1 - p_rep[s]), w_suc[s], who[s])
     if k.any():
-        z = (np.sign(dirw[k]).astype(np.float32) * np.float32(DIRECTION_SLOPE))[:, None, None] * d[k]
+        z = (np.sign(dirw[k]).astype(np.float32) * np.float32(DIRECTION_SLOPE))[:, None, None] * d_u[inv[k]]
         _segment_add(ll, _log_sigmoid(z), np.abs(dirw[k]), who[k])
 
 

@@ -240,16 +240,20 @@ class Applier:
             self._take(key)
 
     # --- applying -----------------------------------------------------------------------------------
-    async def apply(self, work: list[UserWork], sweep: bool = False) -> dict[str, str]:
+    async def apply(self, work: list[UserWork], sweep: bool = False,
+                    prefetch: Callable[[], Awaitable[None]] | None = None) -> dict[str, str]:
         """Commit every user's events; returns {stream id: reason} of events that could not be applied (poison).
 
         A poison event is skipped (the watermark passes it) and the user's other events are applied.
+        prefetch is awaited once the users' states are loaded, before they are computed: the worker sends
+        its next read then, for Redis to run while this process computes.
         """
         pending = list(work)
         for _ in range(5):
             if not pending:
                 break
-            pending = await self._round(pending, sweep)
+            pending = await self._round(pending, sweep, prefetch)
+            prefetch = None
         if pending:
             raise CommitConflict(f"{len(pending)} user updates kept conflicting; the batch will be redelivered")
         return {sid: why for w in work for sid, why in w.poison.items()}
@@ -277,7 +281,8 @@ class Applier:
             await asyncio.sleep(0)
             self._tick = time.perf_counter()
 
-    async def _round(self, work: list[UserWork], sweep: bool) -> list[UserWork]:
+    async def _round(self, work: list[UserWork], sweep: bool,
+                     prefetch: Callable[[], Awaitable[None]] | None = None) -> list[UserWork]:
         hits = {id(w): self._take((w.app, w.user_id)) for w in work}
         need = [w for w in work if hits[id(w)] is None]
         loaded: dict[int, tuple[bytes | None, bytes | None]] = {}
@@ -286,6 +291,8 @@ class Applier:
                                                 keys.deleted(w.app, w.user_id)) for w in need])
             for w, reply in zip(need, raise_first(replies), strict=True):
                 loaded[id(w)] = (reply[0], reply[1])
+        if prefetch is not None:
+            await prefetch()
         now_ms = int(time.time() * 1000)
         self._tick = time.perf_counter()
         # By chunks of users: their events, then the estimates of all who need one together (their grid
@@ -426,22 +433,27 @@ class Applier:
         ap = pm.Applier(state, pop, self.close_after_ms, self.pacing_from_text)
         applied = skipped_deleted = 0
         wm = pm.stream_id_key(state["wm"])
+        # Loop invariants hoisted (once per event otherwise): no event handler changes the trust, and the
+        # watermark is stored once, after the loop (a failure discards this state object anyway).
+        suspect, poison, apply, newest = state["trust"] != "normal", w.poison, ap.apply, None
         for sid, ev in w.events:
             ms, _, seq = sid.partition("-")  # pm.stream_id_key, inline: once per event
             key = (int(ms), int(seq or 0))
             if key <= wm:
                 continue  # redelivered: already in this state
             wm = key
-            state["wm"] = sid
-            if sid in w.poison:
+            newest = sid
+            if poison and sid in poison:
                 continue
             if deleted_at is not None and ev["rt"] <= deleted_at:
                 skipped_deleted += 1
                 continue
-            if state["trust"] != "normal":
+            if suspect:
                 ap.discount("bot_suspect")
-            if ap.apply(ev):
+            if apply(ev):
                 applied += 1
+        if newest is not None:
+            state["wm"] = newest
         if applied:
             state["lw"] = now_ms
         ap.close_due(now_ms if sweep else None, state.get("lw") if sweep else None)

@@ -17,6 +17,7 @@ import math
 import os
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -49,11 +50,14 @@ RELEASE = Script(RELEASE_LUA)
 # batch. Caught up, a read returns what arrived, so the size only matters when there is a backlog. The
 # default 5 s stays well inside the lease and the shutdown grace (10 s), and the heartbeat still runs
 # during a long batch (the applier yields to it). INITIAL_RATE is a little under what one worker process
-# applies under a backlog (bench/worker.py --events 60000 measured 17-24k events/s on a busy 2-core machine):
+# applies under a backlog (bench/worker.py --events 60000 measured 20-23k events/s on a busy 2-core machine):
 # a lower guess sizes the first read too small, and its users are estimated and committed once per small
-# read instead of once for all their events.
-INITIAL_RATE = 12000.0
+# read instead of once for all their events. The count is per partition and partitions hold unequal shares:
+# at 12000 the bench's first read left ~550 entries of its larger partitions to a second read, and some 230
+# of its 2000 users were estimated and committed twice.
+INITIAL_RATE = 18000.0
 BATCH_MAX = 10_000
+READ_GROUPS = 4
 
 
 def _s(value: Any) -> str:
@@ -98,6 +102,9 @@ class Worker:
         self._last_refresh = time.monotonic()
         self._apps: set[str] = set()
         self._apply_rate = INITIAL_RATE  # entries per second over full reads (a moving average)
+        # Whether the last read filled a partition's count (more is waiting): the next is then made in groups
+        # (see step). True at the start: a worker starting usually has a backlog.
+        self._backlog = True
 
     # --- setup and leases ---------------------------------------------------------------------------
     async def ensure_groups(self) -> None:
@@ -201,26 +208,61 @@ class Worker:
             await asyncio.sleep(min(1.0, self.settings.worker_block_ms / 1000 or 0.05))
             return 0
         count = self.read_count(len(owned))
-        block = (b"BLOCK", self.settings.worker_block_ms) if self.settings.worker_block_ms else ()
-        (res,) = raise_first(await self.applier.pipe.execute([
-            (b"XREADGROUP", b"GROUP", keys.CONSUMER_GROUP, self.id, b"COUNT", count, *block, b"STREAMS",
-             *[keys.stream(p) for p in owned], *[b">"] * len(owned))]))
-        batch: dict[int, list[Any]] = {}
-        for name, items in res or []:
-            p = int(_s(name).split("{p:")[1].split("}")[0])
-            batch[p] = items
-        t0 = time.perf_counter()
+        if self._backlog and len(owned) > 1:
+            # Under a backlog: the partitions in READ_GROUPS groups, every group's read sent at once and none
+            # waiting; a group is applied while Redis builds the next groups' replies (a read of tens of
+            # thousands of entries takes Redis a good part of a second, idle time for the worker when it is
+            # one read). A user's events all sit in one partition, so each group holds all of its users'.
+            k = min(READ_GROUPS, len(owned))
+            commands = [self._read_command(owned[i * len(owned) // k:(i + 1) * len(owned) // k], count, False)
+                        for i in range(k)]
+        else:
+            commands = [self._read_command(owned, count, True)]
+        n, full, t0 = 0, False, time.perf_counter()
+        read: Awaitable[list[Any]] | None = None
         try:
-            n = await self.process(batch) if batch else 0
+            read = await self.applier.pipe.send([commands[0]])
+            for i in range(len(commands)):
+                taken, read = read, None
+                assert taken is not None
+                (res,) = raise_first(await taken)
+                following = commands[i + 1] if i + 1 < len(commands) else None
+
+                async def send_next(command: tuple[Any, ...] | None = following) -> None:
+                    nonlocal read
+                    if command is not None and read is None:
+                        read = await self.applier.pipe.send([command])
+
+                batch: dict[int, list[Any]] = {}
+                for name, items in res or []:
+                    p = int(_s(name).split("{p:")[1].split("}")[0])
+                    batch[p] = items
+                full = full or any(len(items) >= count for items in batch.values())
+                # The next group's read goes out once this group's users are loaded (see Applier.apply), so
+                # Redis builds it while they are computed; not with the first read (Redis runs a pipeline's
+                # commands before it writes any reply) nor before the loads (they would wait behind it).
+                n += await self.process(batch, prefetch=send_next) if batch else 0
+                await send_next()
         except BaseException:
             # Its entries stay pending; recover them before any newer entry is read, or the users' watermarks
-            # (the last entry applied) would pass them by as already applied.
-            self.recovered.difference_update(batch)
+            # (the last entry applied) would pass them by as already applied. The entries of a read sent and
+            # not yet taken are pending too: its reply is dropped.
+            self.recovered.difference_update(owned)
+            if asyncio.iscoroutine(read):
+                read.close()
+            elif isinstance(read, asyncio.Future):
+                read.cancel()
             raise
-        if any(len(items) >= count for items in batch.values()):
+        self._backlog = full
+        if full:
             self.measured(n, time.perf_counter() - t0)
         await self.housekeeping()
         return n
+
+    def _read_command(self, partitions: list[int], count: int, block: bool) -> tuple[Any, ...]:
+        wait = (b"BLOCK", self.settings.worker_block_ms) if block and self.settings.worker_block_ms else ()
+        return (b"XREADGROUP", b"GROUP", keys.CONSUMER_GROUP, self.id, b"COUNT", count, *wait, b"STREAMS",
+                *[keys.stream(p) for p in partitions], *[b">"] * len(partitions))
 
     def readable(self) -> list[int]:
         """Owned partitions whose lease holds for at least half a lease more. A worker whose heartbeat stalled
@@ -239,15 +281,16 @@ class Worker:
         rate = n / max(seconds, 1e-3)
         self._apply_rate = 0.5 * self._apply_rate + 0.5 * rate
 
-    async def process(self, batch: dict[int, list[Any]], from_pending: bool = False) -> int:
-        """Apply a read (partition -> raw entries) and acknowledge it."""
+    async def process(self, batch: dict[int, list[Any]], from_pending: bool = False,
+                      prefetch: Callable[[], Awaitable[None]] | None = None) -> int:
+        """Apply a read (partition -> raw entries) and acknowledge it; prefetch: see Applier.apply."""
         over = await self._over_delivered(batch) if from_pending else {}
         work, bad = parse_grouped(batch, over)
         dead: dict[str, tuple[int, str]] = {e.id: (e.partition, e.problem or "") for e in bad}
         dead.update(over)
         for w in work:
             self._apps.add(w.app)
-        await self.applier.apply(work)
+        await self.applier.apply(work, prefetch=prefetch)
         for w in work:  # the poison events (applying them raised): skipped, and dead-lettered
             for sid, why in w.poison.items():
                 dead[sid] = (w.partition, why)

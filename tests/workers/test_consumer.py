@@ -377,3 +377,56 @@ def test_a_long_batch_lets_other_tasks_run(redis_url: str, tmp_path: Any, monkey
     assert len(seen) == 20
     # Users are updated one after another without awaiting Redis in between: only the yield lets it run.
     assert all(b > a for a, b in zip(seen, seen[1:], strict=False))
+
+
+def test_a_backlog_is_read_in_groups_and_a_failed_group_loses_nothing(redis_url: str, tmp_path: Any,
+                                                                      redis_sync: redis.Redis,
+                                                                      monkeypatch: Any) -> None:
+    """Under a backlog the partitions are read in groups, the next group's read sent while one is applied.
+    A round that fails in the second group leaves its entries and the next group's (read, not taken)
+    pending; they are recovered and applied once, into the profiles an undisturbed run learns."""
+    s = _settings(redis_url, tmp_path, partitions=8)
+    events = [e for i in range(24) for e in session(f"g{i}", 8, seed=i, pref=250 + 60 * i)]
+    users = [f"g{i}" for i in range(24)]
+    assert len({keys.partition_of("demo", u, s.partitions) for u in users}) == s.partitions
+    run(ingest(s, "demo", events))
+    assert run(drain(s)) == len(events)
+    clean = {u: _strip(_profile(redis_sync, u)) for u in users}
+    redis_sync.flushall()
+
+    run(ingest(s, "demo", events))
+    real_apply = apply_mod.Applier.apply
+    calls: list[int] = []
+
+    async def flaky(self: Any, work: Any, *args: Any, **kw: Any) -> Any:
+        calls.append(len({w.partition for w in work}))
+        if len(calls) == 2:
+            await kw["prefetch"]()  # the third group's read is out when the round fails
+            raise ConnectionError("Redis went away mid-round")
+        return await real_apply(self, work, *args, **kw)
+
+    monkeypatch.setattr(apply_mod.Applier, "apply", flaky)
+
+    async def scenario() -> int:
+        client = store_mod.connect(redis_url)
+        w = Worker(s, client, "w")
+        await w.ensure_groups()
+        await w.heartbeat()
+        assert sorted(w.owned) == list(range(s.partitions))
+        with pytest.raises(ConnectionError):
+            await w.step()
+        total = 0
+        while n := await w.step():
+            total += n
+        await w.applier.pipe.aclose()
+        await client.aclose()
+        return total
+
+    owned = sorted(range(s.partitions))
+    last_group = {u for u in users if keys.partition_of("demo", u, s.partitions) in owned[6:]}
+    # After the failure the next step recovers the pending entries first, then reads the fourth group anew.
+    assert run(scenario()) == sum(1 for e in events if e["user_id"] in last_group)
+    assert calls[:2] == [2, 2]  # 8 partitions in 4 groups of 2
+    assert {u: _strip(_profile(redis_sync, u)) for u in users} == clean
+    for p in range(s.partitions):
+        assert redis_sync.xpending(keys.stream(p), keys.CONSUMER_GROUP)["pending"] == 0
