@@ -214,24 +214,36 @@ class Worker:
             # thousands of entries takes Redis a good part of a second, idle time for the worker when it is
             # one read). A user's events all sit in one partition, so each group holds all of its users'.
             k = min(READ_GROUPS, len(owned))
-            commands = [self._read_command(owned[i * len(owned) // k:(i + 1) * len(owned) // k], count, False)
-                        for i in range(k)]
+            groups = [owned[i * len(owned) // k:(i + 1) * len(owned) // k] for i in range(k)]
+            first = self._read_command(groups[0], count, False)
         else:
-            commands = [self._read_command(owned, count, True)]
+            groups = [owned]
+            first = self._read_command(owned, count, True)
         n, full, t0 = 0, False, time.perf_counter()
         read: Awaitable[list[Any]] | None = None
         try:
-            read = await self.applier.pipe.send([commands[0]])
-            for i in range(len(commands)):
+            read = await self.applier.pipe.send([first])
+            for i in range(len(groups)):
                 taken, read = read, None
-                assert taken is not None
+                if taken is None:
+                    continue  # this group's partitions were given back or their lease ran short: not read
                 (res,) = raise_first(await taken)
-                following = commands[i + 1] if i + 1 < len(commands) else None
+                following = groups[i + 1] if i + 1 < len(groups) else None
 
-                async def send_next(command: tuple[Any, ...] | None = following) -> None:
-                    nonlocal read
-                    if command is not None and read is None:
-                        read = await self.applier.pipe.send([command])
+                async def send_next(group: list[int] | None = following) -> None:
+                    nonlocal read, sent_next
+                    if group is None or sent_next:
+                        return
+                    sent_next = True
+                    # Checked again now, up to most of a step after the step's first read: the heartbeat may
+                    # have given partitions back (a new worker joined) or found a lease short meanwhile, and
+                    # a read of new entries there would be passed by the next owner (see readable()). No
+                    # await between the check and the write (Pipe.send writes at once on an open connection).
+                    live = set(self.readable())
+                    if group := [p for p in group if p in live]:
+                        read = await self.applier.pipe.send([self._read_command(group, count, False)])
+
+                sent_next = False
 
                 batch: dict[int, list[Any]] = {}
                 for name, items in res or []:

@@ -45,6 +45,11 @@ def lean_capable(client: aioredis.Redis) -> bool:
     return not issubclass(client.connection_pool.connection_class, SSLConnection)
 
 
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class Pipe:
     """One connection of the worker's own, for many commands at a time (see the module docstring)."""
 
@@ -72,8 +77,9 @@ class Pipe:
             future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
             future.set_result([])
             return future
-        return self._replies(proto, proto.send(b"".join([hiredis.pack_command(c) for c in commands]),
-                                               len(commands)))
+        future = proto.send(b"".join([hiredis.pack_command(c) for c in commands]), len(commands))
+        future.add_done_callback(_retrieved)  # a read dropped unawaited (a failed step) logs no stray error
+        return self._replies(proto, future)
 
     async def _replies(self, proto: _Replies, future: asyncio.Future[list[Any]]) -> list[Any]:
         try:

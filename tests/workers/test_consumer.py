@@ -430,3 +430,59 @@ def test_a_backlog_is_read_in_groups_and_a_failed_group_loses_nothing(redis_url:
     assert {u: _strip(_profile(redis_sync, u)) for u in users} == clean
     for p in range(s.partitions):
         assert redis_sync.xpending(keys.stream(p), keys.CONSUMER_GROUP)["pending"] == 0
+
+
+def test_a_group_is_not_read_from_partitions_given_back_during_the_step(
+        redis_url: str, tmp_path: Any, redis_sync: redis.Redis, monkeypatch: Any) -> None:
+    # A second worker joins while the first works through a backlog in groups: the first gives partitions
+    # back between its groups' reads. A later group must not read new entries there: the new owner has
+    # recovered the partition and applies newer entries, whose watermark would pass the old read's by.
+    import time
+
+    s = _settings(redis_url, tmp_path, partitions=8, worker_batch_size=4, worker_batch_seconds=0)
+    users = [f"r{i}" for i in range(24)]
+    events = [e for i, u in enumerate(users) for e in session(u, 8, seed=i, pref=250 + 60 * i)]
+    run(ingest(s, "demo", events))
+    assert run(drain(s)) == len(events)
+    clean = {u: _strip(_profile(redis_sync, u)) for u in users}
+    redis_sync.flushall()
+    run(ingest(s, "demo", events))
+    real_apply = apply_mod.Applier.apply
+    read_by_w1: list[list[int]] = []
+
+    async def scenario() -> None:
+        c1, c2 = store_mod.connect(redis_url), store_mod.connect(redis_url)
+        w1, w2 = Worker(s, c1, "w1"), Worker(s, c2, "w2")
+
+        async def patched(self: Any, work: Any, *a: Any, **kw: Any) -> Any:
+            if self is w1.applier and kw.get("prefetch") is not None:
+                read_by_w1.append(sorted({w.partition for w in work}))
+                if len(read_by_w1) == 1:  # w2 starts: w1 gives partitions back, w2 takes and recovers them
+                    redis_sync.zadd(keys.WORKERS, {"w2": int(time.time() * 1000)})
+                    await w1.heartbeat()
+                    await w2.heartbeat()
+                    for p in sorted(w2.owned):
+                        await w2.recover(p)
+                    assert w2.owned and not (w1.owned & w2.owned)
+                elif len(read_by_w1) >= 2:  # w2 goes on with its partitions meanwhile
+                    await w2.step()
+            return await real_apply(self, work, *a, **kw)
+
+        monkeypatch.setattr(apply_mod.Applier, "apply", patched)
+        await w1.ensure_groups()
+        await w1.heartbeat()
+        await w1.step()
+        given_back = set(range(8)) - w1.owned
+        assert not any(set(parts) & given_back for parts in read_by_w1[1:]), read_by_w1
+        while await w2.step():
+            pass
+        while await w1.step():
+            pass
+        for w, c in ((w1, c1), (w2, c2)):
+            await w.applier.pipe.aclose()
+            await c.aclose()
+
+    run(scenario())
+    assert len(read_by_w1) >= 2  # the backlog was read in groups
+    assert {u: _strip(_profile(redis_sync, u)) for u in users} == clean
+    assert all(redis_sync.xpending(keys.stream(p), keys.CONSUMER_GROUP)["pending"] == 0 for p in range(8))
