@@ -35,14 +35,7 @@ from scipy.special import betainc
 from models.profile import pacing_repeat
 
 PACING = ("slow_burn", "balanced", "fast")
-# Uniform share mixed into Thompson sampling: every arm keeps a propensity >= EPSILON / 3, so an offline
-# estimate of any pacing policy has support. It is kept small because Thompson sampling already explores
-# wherever the profile is unsure, so a uniform draw only matters once the profile is sure, and then it
-# mostly serves a pacing the profile all but rules out, often the opposite one (the costliest miss). At
-# 0.05 the conditioned arm applied the user's pacing in 0.76 of late replies, at 0.01 in 0.80: its late
-# repeat rate fell from 0.318 to 0.307 and the reduction rose from 0.32 to 0.34 (bench/sim/replay.py, mean
-# of seeds 1-3; with no uniform share at all, lower on each of seeds 1-3 with two draws of the choices each).
-EPSILON = 0.01
+EPSILON = 0.05  # uniform share mixed into Thompson sampling: propensities >= EPSILON / 3
 # Probability matching on the label posterior raised to a power that grows with the evidence: 1 (Thompson
 # sampling over "which pacing does the user prefer") for a new user, SHARPEN_MAX once the profile rests on
 # SHARPEN_REPLIES replies. Exploiting from the start does not pay: a fixed 2 (with a length draw sd of 0.1)

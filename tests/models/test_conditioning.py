@@ -225,19 +225,3 @@ def test_the_more_replies_a_profile_rests_on_the_more_its_best_pacing_is_exploit
         assert all(d.propensity == pytest.approx(want, abs=1e-6) for d in decisions if d.pacing == "slow_burn")
         shares.append(share)
     assert shares[0] < shares[1] < shares[2] and shares[3] == pytest.approx(shares[2], abs=0.03)
-
-
-def test_a_sure_profile_seldom_serves_the_pacing_it_rules_out_yet_never_drops_it() -> None:
-    # The uniform share is small (a uniform draw for a sure profile mostly serves the opposite pacing, the
-    # costliest miss) but positive: every arm keeps a propensity floor for offline evaluation.
-    doc = {**scored({"slow_burn": 0.96, "balanced": 0.035, "fast": 0.005}, {}),
-           "evidence": {"replies": SHARPEN_REPLIES}}
-    rng = random.Random(12)
-    decisions = [decide(doc, rng) for _ in range(20000)]
-    counts = Counter(d.pacing for d in decisions)
-    assert counts["fast"] / len(decisions) < 0.01
-    assert 0.9 < counts["slow_burn"] / len(decisions) < 1.0
-    probs = label_probabilities((0.96, 0.035, 0.005), SHARPEN_REPLIES)
-    assert probs["fast"] == pytest.approx(EPSILON / 3, rel=0.05)
-    assert min(probs.values()) >= EPSILON / 3 > 0
-    assert all(d.propensity == pytest.approx(probs[d.pacing], abs=1e-6) for d in decisions)
