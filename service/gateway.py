@@ -185,14 +185,18 @@ def condition(body: dict[str, Any], decision: Decision) -> dict[str, Any]:
 
 
 async def load_decision(
-    store: Store, app: str, user: str, character: str | None, rng: random.Random, regen: str | None = None
+    store: Store, app: str, user: str, character: str | None, rng: random.Random, regen: str | None = None,
+    recorder: Recorder | None = None,
 ) -> tuple[Decision | None, bool]:
     """(decision, ok): ok False when the profile could not be read; the chat then goes out unconditioned.
-    regen: the key of the conversation's regeneration record (regen_for), read with the profile."""
+    regen: the key of the conversation's regeneration record (regen_for), read with the profile; recorder:
+    the process's Recorder, whose record of it may be newer than Redis's (Recorder.record_for)."""
     try:
         async with asyncio.timeout(PROFILE_TIMEOUT_S):  # no extra task, unlike wait_for
             profile = await read_profile(store, app, user, character)
             record = await store.redis.get(regen) if regen else None
+            if regen and recorder is not None:
+                record = recorder.record_for(regen, record)
         return decide(profile, rng, rejected_of(record)), True
     except Exception as exc:  # noqa: BLE001 - fail open on anything: the chat matters more than the note
         log.warning("conditioning skipped (fail open) for app %s: %s: %s", app, type(exc).__name__, exc)
@@ -281,6 +285,12 @@ def rejected_of(record: bytes | None) -> tuple[tuple[str | None, str | None], ..
         if isinstance(row, list) and len(row) == 2:
             out.append(tuple(x if isinstance(x, str) else None for x in row))
     return tuple(out)  # type: ignore[return-value]
+
+
+def _rows(decision: Decision, measured: str | None) -> bytes:
+    """A conversation state's regeneration record once this decision's reply was served."""
+    rows = [list(r) for r in decision.rejected[-(MAX_REJECTED - 1):]] + [[decision.pacing, measured]]
+    return orjson.dumps(rows)
 
 
 def new_reply_id() -> str:
@@ -445,6 +455,7 @@ class Recorder:
     BUILD_SLICE = 200  # replies measured between two turns of the event loop
     DRAIN_SECONDS = 10.0  # at shutdown, how long the queued replies may take to be written
     REGEN_CHUNK = 500  # regeneration records per script call
+    MAX_PENDING = 50_000  # records held in memory until written (see pending)
 
     def __init__(self, store: Store, pacing_from_text: bool = True) -> None:
         self.store = store
@@ -452,6 +463,10 @@ class Recorder:
         # (app, event) or (app, the reply_shown arguments, to measure at the flush)
         self.queue: list[tuple[str, Any]] = []
         self.regens: list[tuple[Regen, bytes]] = []  # records to write at the next flush
+        # The newest record of each conversation state until its write was tried: a regeneration sent a few
+        # milliseconds after the reply it replaces ends (a "stop and regenerate", a client's retry) comes
+        # before the flush has written the record, and would otherwise be conditioned as a new reply.
+        self.pending: dict[str, bytes] = {}
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.recorded = 0
@@ -476,13 +491,30 @@ class Recorder:
         regen: the conversation's regeneration record, which the reply joins."""
         ended = _Ended(capture.text(), capture.finish_reason, capture.error)
         self._queue(app, (who, reply_id, ended, decision, finish_override, int(time.time() * 1000), regen))
+        if regen is not None and decision is not None:
+            # What was asked for is known now; the measured pacing replaces it at the flush.
+            self._remember(regen, _rows(decision, None))
 
     def served(self, decision: Decision, regen: Regen, measured: str | None = None) -> None:
         """Add a reply to its conversation's regeneration record (written at the next flush, off the request
         path): /v1/condition's, whose text Attune never sees, and the chat routes' through shown()."""
-        rows = [list(r) for r in decision.rejected[-(MAX_REJECTED - 1):]] + [[decision.pacing, measured]]
-        self.regens.append((regen, orjson.dumps(rows)))
+        record = _rows(decision, measured)
+        self.regens.append((regen, record))
+        self._remember(regen, record)
         self.wake.set()
+
+    def _remember(self, regen: Regen, record: bytes) -> None:
+        if len(self.pending) >= self.MAX_PENDING and regen.key not in self.pending:
+            return  # writes are failing or far behind: Redis alone decides until they catch up
+        self.pending[regen.key] = record
+
+    def record_for(self, key: str, stored: bytes | None) -> bytes | None:
+        """The regeneration record of a conversation state: the one read from Redis, or this process's own
+        newer one whose write is still to come (it lists more replies)."""
+        mine = self.pending.get(key)
+        if mine is None or (stored is not None and len(rejected_of(stored)) >= len(rejected_of(mine))):
+            return stored
+        return mine
 
     def _queue(self, app: str, item: Any) -> None:
         if len(self.queue) >= self.MAX_QUEUE:
@@ -511,6 +543,9 @@ class Recorder:
                         self.served(item[3], item[6], measured)
                 except Exception as exc:  # noqa: BLE001 - one bad item must not stop the recording
                     self._lose(1, f"building it failed: {type(exc).__name__}: {exc}")
+                    regen = item[6] if isinstance(item, tuple) and len(item) > 6 else None
+                    if isinstance(regen, Regen):
+                        self.pending.pop(regen.key, None)
         except asyncio.CancelledError:
             self.queue[:0] = batch  # nothing of it was written: all of it goes back
             raise
@@ -540,6 +575,14 @@ class Recorder:
         regens, self.regens = self.regens, []
         if not regens:
             return
+        try:
+            await self._set_regens(regens)
+        finally:
+            for r, record in regens:  # written or lost: either way Redis answers for it from now on
+                if self.pending.get(r.key) == record:
+                    del self.pending[r.key]
+
+    async def _set_regens(self, regens: list[tuple[Regen, bytes]]) -> None:
         try:
             for i in range(0, len(regens), self.REGEN_CHUNK):  # a backlog after an outage: no long script
                 chunk = regens[i:i + self.REGEN_CHUNK]

@@ -193,7 +193,7 @@ async def _prepare(request: Request) -> Call:
         if wanted:
             regen = gw.regen_for(app, who[0], prep.body)
             decision, conditioned = await gw.load_decision(state.store, app, who[0], who[1], runtime.rng,
-                                                           regen.key)
+                                                           regen.key, runtime.recorder)
         return Call(app, who, prep, decision, conditioned, runtime, regen)
     regen = gw.regen_for(key.app, who[0], prep.body) if wanted else None
     names = gw.profile_keys(key.app, who[0], who[1], regen.key) if regen is not None else []
@@ -203,6 +203,8 @@ async def _prepare(request: Request) -> Call:
     admit(key, check, "condition", settings)
     decision, conditioned = (None, False)
     if wanted:
+        if docs and regen is not None:  # this process's own record may be newer than the one just read
+            docs = [*docs[:-1], runtime.recorder.record_for(regen.key, docs[-1])]
         decision, conditioned = gw.decide_from(docs, key.app, runtime.rng, regen=True)
     return Call(key.app, who, prep, decision, conditioned, runtime, regen)
 

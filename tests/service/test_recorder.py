@@ -13,7 +13,7 @@ import redis
 
 from models.conditioning import decide
 from service import keys
-from service.gateway import Capture, Recorder, Regen
+from service.gateway import Capture, Recorder, Regen, rejected_of
 from service.store import Store, connect
 
 
@@ -138,3 +138,39 @@ def test_with_the_measurement_off_a_regeneration_record_keeps_only_the_pacing_as
     asyncio.run(run(False, "off"))
     assert orjson.loads(redis_sync.get(keys.regen("demo", "on", "x"))) == [[decision.pacing, "fast"]]
     assert orjson.loads(redis_sync.get(keys.regen("demo", "off", "x"))) == [[decision.pacing, None]]
+
+
+def test_a_regeneration_before_the_flush_finds_the_record_in_the_process(
+    redis_url: str, redis_sync: redis.Redis
+) -> None:
+    # A "stop and regenerate" comes milliseconds after the reply ended, before the flush wrote its record:
+    # the process's own record answers until then, and once written (or lost) Redis's does.
+    first = decide(None, random.Random(3))
+    regen = Regen(keys.regen("demo", "quick", "s"), keys.deleted("demo", "quick"), 1)
+    seen: dict[str, Any] = {}
+
+    async def run() -> Recorder:
+        client = connect(redis_url)
+        rec = Recorder(Store(client, 4, 60))
+        rec.LINGER = 0.5  # the write comes well after the regeneration below
+        try:
+            async with rec.running():
+                rec.shown("demo", ("quick", None, None), "r1", capture_of("Fine."), first, regen=regen)
+                stored_now = redis_sync.get(regen.key)
+                seen["before"] = (stored_now, rec.record_for(regen.key, stored_now))
+                # A record in Redis listing as many replies wins over the process's own.
+                seen["stale"] = rec.record_for(regen.key, orjson.dumps([["fast", "fast"]]))
+                await asyncio.sleep(1.0)
+                seen["after"] = (redis_sync.get(regen.key), dict(rec.pending))
+        finally:
+            await client.aclose()
+        return rec
+
+    asyncio.run(run())
+    stored_then, mine = seen["before"]
+    assert stored_then is None and orjson.loads(mine) == [[first.pacing, None]]
+    assert orjson.loads(seen["stale"]) == [["fast", "fast"]]
+    written, pending = seen["after"]
+    assert orjson.loads(written)[0][0] == first.pacing and pending == {}
+    second = decide(None, random.Random(4), rejected_of(mine))
+    assert second.rejected == ((first.pacing, None),)
