@@ -501,7 +501,7 @@ def _pacing_label_posteriors(items: list[PaceItem]) -> np.ndarray:
     u_n = len(items)
     users, ks, ms, expo, gidx = [], [], [], [], []
     ch_user, ch_w, ch_mo, ch_mk, ch_ko, ch_kk = [], [], [], [], [], []
-    rt_user, rt_w, rt_v, rt_k, rt_m, rated_kept, rated_suc = [], [], [], [], [], [], []
+    rated, ratings, rated_kept, rated_suc = [], [], [], []  # rated: their places among the replies below
     offset = 0
     for u, (recs, _, mu) in enumerate(items):
         n = len(recs)
@@ -516,11 +516,8 @@ def _pacing_label_posteriors(items: list[PaceItem]) -> np.ndarray:
             c = r.get("c")
             rating = r.get("rating")
             if rating is not None:
-                rt_user.append(u)
-                rt_w.append(PACING_FORGET ** (n - 1 - i))
-                rt_v.append(rating)
-                rt_k.append(k)
-                rt_m.append(0.5 * ((math.log(max(c, 1)) - mu) / 0.4) ** 2 if c else 0.0)
+                rated.append(len(ks))
+                ratings.append(rating)
                 if "repeat" not in o:
                     rated_kept.append(len(ks))  # kept, whatever the rating: the rating itself says how much
                     rated_suc.append(0.3 if r.get("bad") == "implausible_read" else 1.0)
@@ -570,34 +567,36 @@ def _pacing_label_posteriors(items: list[PaceItem]) -> np.ndarray:
         ll = np.add.reduceat(terms, starts, axis=1) + np.log(BASE_PRIOR)[:, None, None]  # [base, user, P]
         top = ll.max(axis=(0, 2))
         logp[has] = np.log(np.exp(ll - top[None, :, None]).sum(axis=0)) + top[:, None]
+        if rated:  # a rated reply is one of these replies: its user, weight, pacing row and length mismatch
+            at = np.array(rated, dtype=int)
+            logp += _rating_log_likelihood(u_idx[at], forget[at], ratings, np.array(ks, dtype=int)[at],
+                                           m_len[at], u_n)
     if ch_user:
         cost_o = _PACE_COST_MIX[np.array(ch_ko, dtype=int)]
         cost_k = _PACE_COST_MIX[np.array(ch_kk, dtype=int)]
         z = (((np.array(ch_mo)[:, None] + cost_o) - np.array(ch_mk)[:, None]) - cost_k) / CHOICE_TEMPERATURE
         np.subtract.at(logp, np.array(ch_user, dtype=int), np.array(ch_w)[:, None] * np.logaddexp(0.0, -z))
-    if rt_user:
-        logp += _rating_log_likelihood(rt_user, rt_w, rt_v, rt_k, rt_m, u_n)
     logp = logp + np.log(PACING_PRIOR)
     logp -= logp.max(axis=1, keepdims=True)
     post = np.exp(logp)
     return np.asarray(post / post.sum(axis=1, keepdims=True))
 
 
-def _rating_log_likelihood(users: list[int], w: list[float], values: list[float], rows: list[int],
-                           m_len: list[float], u_n: int) -> np.ndarray:
+def _rating_log_likelihood(users: np.ndarray, w: np.ndarray, values: list[float], rows: np.ndarray,
+                           m_len: np.ndarray, u_n: int) -> np.ndarray:
     """[user, preferred pacing] log-likelihood of explicit ratings: a rating reads the reader's satisfaction
     (2 s - 1, s = exp(-mismatch) as for choices) through RATING_SD of noise, the pacing perceived as
     uncertain as for repeats. A rating says how much a reply pleased, where a repeat only says it did not.
     RATING_FLAT_SHARE of each rating is taken as saying nothing of pacing (a uniform value): a reader who
     rates the story, not the prose, or rates everything 1 or -1, would otherwise push every user away from
     balanced, which explains an extreme rating worse than either end does."""
-    cost = np.asarray(m_len)[:, None, None] + RATING_OTHER_COST + PACE_COST[_PACE_STEPS][None, :, :]
+    cost = m_len[:, None, None] + RATING_OTHER_COST + PACE_COST[_PACE_STEPS][None, :, :]
     mean = 2.0 * np.exp(-cost) - 1.0  # [rating, perceived q, preferred P]
     dens = np.exp(-0.5 * ((np.asarray(values)[:, None, None] - mean) / RATING_SD) ** 2)
-    like = np.einsum("nq,nqp->np", _PERCEIVED[np.asarray(rows, dtype=int)], dens)
+    like = np.einsum("nq,nqp->np", _PERCEIVED[rows], dens)
     like = (1.0 - RATING_FLAT_SHARE) * like + RATING_FLAT_SHARE * _RATING_FLAT
     out = np.zeros((u_n, 3))
-    np.add.at(out, np.asarray(users, dtype=int), np.asarray(w)[:, None] * np.log(like + 1e-300))
+    np.add.at(out, users, w[:, None] * np.log(like + 1e-300))
     return out
 
 
