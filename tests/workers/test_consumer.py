@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import orjson
@@ -27,6 +28,18 @@ def _settings(redis_url: str, tmp_path: Any, **kw: Any) -> Settings:
 def _profile(r: redis.Redis, user: str, app: str = "demo") -> dict[str, Any] | None:
     raw = r.get(keys.profile(app, user))
     return orjson.loads(raw) if raw else None
+
+
+def _undisturbed_then_queued_again(s: Settings, events: list[dict[str, Any]], users: list[str],
+                                   redis_sync: redis.Redis) -> dict[str, Any]:
+    """The profiles one worker learns from the events undisturbed; then a fresh Redis with the same events
+    queued, for a run with something in the way to end in the same profiles."""
+    run(ingest(s, "demo", events))
+    assert run(drain(s)) == len(events)
+    clean = {u: _strip(_profile(redis_sync, u)) for u in users}
+    redis_sync.flushall()
+    run(ingest(s, "demo", events))
+    return clean
 
 
 def _strip(doc: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -389,12 +402,7 @@ def test_a_backlog_is_read_in_groups_and_a_failed_group_loses_nothing(redis_url:
     events = [e for i in range(24) for e in session(f"g{i}", 8, seed=i, pref=250 + 60 * i)]
     users = [f"g{i}" for i in range(24)]
     assert len({keys.partition_of("demo", u, s.partitions) for u in users}) == s.partitions
-    run(ingest(s, "demo", events))
-    assert run(drain(s)) == len(events)
-    clean = {u: _strip(_profile(redis_sync, u)) for u in users}
-    redis_sync.flushall()
-
-    run(ingest(s, "demo", events))
+    clean = _undisturbed_then_queued_again(s, events, users, redis_sync)
     real_apply = apply_mod.Applier.apply
     calls: list[int] = []
 
@@ -437,16 +445,10 @@ def test_a_group_is_not_read_from_partitions_given_back_during_the_step(
     # A second worker joins while the first works through a backlog in groups: the first gives partitions
     # back between its groups' reads. A later group must not read new entries there: the new owner has
     # recovered the partition and applies newer entries, whose watermark would pass the old read's by.
-    import time
-
     s = _settings(redis_url, tmp_path, partitions=8, worker_batch_size=4, worker_batch_seconds=0)
     users = [f"r{i}" for i in range(24)]
     events = [e for i, u in enumerate(users) for e in session(u, 8, seed=i, pref=250 + 60 * i)]
-    run(ingest(s, "demo", events))
-    assert run(drain(s)) == len(events)
-    clean = {u: _strip(_profile(redis_sync, u)) for u in users}
-    redis_sync.flushall()
-    run(ingest(s, "demo", events))
+    clean = _undisturbed_then_queued_again(s, events, users, redis_sync)
     real_apply = apply_mod.Applier.apply
     read_by_w1: list[list[int]] = []
 
