@@ -101,7 +101,7 @@ def _keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attune", description="Online preference learning for role-play on M2-her.")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="start the HTTP API (against ATTUNE_REDIS_URL, or an embedded Redis)")
@@ -109,25 +109,34 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="API processes (default 1)")
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)
-    sub.add_parser("worker", help="start one stream worker").add_argument("rest", nargs=argparse.REMAINDER)
-    run = sub.add_parser("run", help="everything on one machine: embedded Redis, API, a worker, the M2-her stand-in")
-    run.add_argument("rest", nargs=argparse.REMAINDER)
-    sub.add_parser("standin", help="start the offline M2-her stand-in server").add_argument("rest", nargs=argparse.REMAINDER)
+    sub.add_parser("worker", help="start one stream worker")
+    sub.add_parser("run", help="everything on one machine: embedded Redis, API, a worker, the M2-her stand-in")
+    # Listed for `attune --help`; main() hands its arguments to the stand-in's own parser.
+    sub.add_parser("standin", help="start the offline M2-her stand-in server (`attune standin --help`)")
     keys = sub.add_parser("keys", help="manage API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="create an app key (printed once)")
     create.add_argument("--app", required=True)
     create.add_argument("--scopes", required=True, help="comma-separated: ingest,read,condition,manage")
+    return parser
 
-    args = parser.parse_args(argv)
+
+# A command that is a module's own program with its own options: `attune standin --host 0.0.0.0` reaches the
+# stand-in's parser whole (an argparse REMAINDER positional refused every option given to it).
+PROGRAMS = {"standin": "service.standin"}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PROGRAMS:
+        return _exec_module(PROGRAMS[argv[0]], argv[1:])
+    args = build_parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
     if args.command == "worker":
-        return _exec_module("workers", args.rest)
+        return _exec_module("workers", [])
     if args.command == "run":
-        return _exec_module("service.supervisor", args.rest)
-    if args.command == "standin":
-        return _exec_module("service.standin", args.rest)
+        return _exec_module("service.supervisor", [])
     if args.command == "keys":
         return _keys_create(args)
     return 2

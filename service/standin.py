@@ -523,7 +523,7 @@ def running(host: str = "127.0.0.1", port: int = 0, **kw: Any):  # noqa: ANN201 
         loop.close()
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attune standin", description="The offline M2-her stand-in server.")
     parser.add_argument("--host", default=os.environ.get("ATTUNE_STANDIN_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("ATTUNE_STANDIN_PORT", "8010")))
@@ -538,7 +538,11 @@ def main(argv: list[str] | None = None) -> None:
         "--lenient", action="store_true", help="ignore fields M2-her does not take (benchmarks)"
     )
     parser.add_argument("--reuse-port", action="store_true", help="several stand-in processes on one port")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     with contextlib.suppress(ImportError):
         import uvloop  # noqa: PLC0415
 
