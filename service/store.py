@@ -164,7 +164,16 @@ async def _guard(awaitable: Awaitable[T]) -> T:
     try:
         return await awaitable
     except (RedisError, OSError) as exc:
-        raise StoreUnavailable() from exc
+        raise unavailable(exc) from exc
+
+
+def unavailable(exc: BaseException) -> StoreUnavailable:
+    """The 503 for a Redis failure: unreachable, or full (maxmemory reached under noeviction, where Redis
+    refuses every write and Attune must not say "unreachable" to an operator looking for the cause)."""
+    if isinstance(exc, ResponseError) and "OOM command not allowed" in str(exc):
+        return StoreUnavailable("the event store (Redis) is out of memory (maxmemory) and refuses writes; "
+                                "retry later (operators: raise maxmemory or add memory)", retry_after=10)
+    return StoreUnavailable()
 
 
 @dataclass(frozen=True, slots=True)

@@ -121,10 +121,20 @@ def test_every_variable_the_deploy_files_set_is_one_attune_reads() -> None:
     for where, names in set_by_files.items():
         ours = {n for n in names if n.startswith(("ATTUNE_", "MINIMAX_"))}
         assert ours <= known, f"{where} sets {sorted(ours - known)}, which Attune never reads"
-    # API and workers must route a user to the same partition.
-    config = next(o for o in k8s_objects() if o["kind"] == "ConfigMap")["data"]
-    assert config["ATTUNE_PARTITIONS"] == compose()["x-attune-env"]["ATTUNE_PARTITIONS"]
-    assert config["ATTUNE_HOST"] == "0.0.0.0"
+    # API and workers of one deployment route a user to the same partition: they read one configuration.
+    config = next(o for o in k8s_objects() if o["kind"] == "ConfigMap")
+    assert "ATTUNE_PARTITIONS" in config["data"] and config["data"]["ATTUNE_HOST"] == "0.0.0.0"
+    for name in ("attune-api", "attune-worker"):
+        c = workloads()[name]["spec"]["template"]["spec"]["containers"][0]
+        assert {"configMapRef": {"name": config["metadata"]["name"]}} in c["envFrom"], name
+        assert not any(e["name"] == "ATTUNE_PARTITIONS" for e in c.get("env", [])), name
+    shared = compose()["x-attune-env"]
+    for name in ("api", "worker"):
+        assert compose()["services"][name]["environment"]["ATTUNE_PARTITIONS"] == shared["ATTUNE_PARTITIONS"]
+    # The secrets reach the API only.
+    assert "ATTUNE_ADMIN_KEY" not in compose()["services"]["worker"]["environment"]
+    worker = workloads()["attune-worker"]["spec"]["template"]["spec"]["containers"][0]
+    assert not any("secretRef" in source for source in worker["envFrom"])
 
 
 def check_command(args: list[str]) -> None:
@@ -170,10 +180,14 @@ def test_every_command_is_one_attune_takes_and_the_ports_meet() -> None:
     health = " ".join(services["api"]["healthcheck"]["test"])
     assert f":{services['api']['environment']['ATTUNE_PORT']}/healthz" in health
     assert "redis" in services and services["redis"]["image"].startswith("redis:7")
-    # A stopping worker gets its grace period (finish or hand back the batch) before SIGKILL.
-    grace = Settings.model_fields["worker_grace_seconds"].default
-    assert int(services["worker"]["stop_grace_period"].rstrip("s")) > grace
-    assert workloads()["attune-worker"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > grace
+    # A stopping worker gets its grace period (finish the batch), then 2 s to hand it back and its leases
+    # (workers/__main__.py), before SIGKILL; the API its preStop pause, then uvicorn's 10 s drain.
+    needed = Settings.model_fields["worker_grace_seconds"].default + 2 + 5
+    assert int(services["worker"]["stop_grace_period"].rstrip("s")) >= needed
+    assert workloads()["attune-worker"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= needed
+    pause = int(api["lifecycle"]["preStop"]["exec"]["command"][1])
+    api_grace = workloads()["attune-api"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert api_grace >= pause + 10 + 5
 
 
 def test_the_image_copies_what_exists_and_its_ignore_file_lets_it_through() -> None:

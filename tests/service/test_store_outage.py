@@ -68,3 +68,31 @@ def test_redis_stopped_mid_traffic_gives_503_and_nothing_half_written(tmp_path: 
     finally:
         api_server.__exit__(None, None, None)
         server.stop()
+
+
+def test_a_full_redis_gives_a_503_that_says_so_and_nothing_half_written(tmp_path: Path) -> None:
+    """maxmemory reached under noeviction (deploy/ sets it): Redis refuses every write. The answer says the
+    store is full, not unreachable, and once memory is freed the same batch goes in whole, once."""
+    server = EmbeddedRedis(tmp_path / "redis")
+    url = server.start()
+    api_server, api = start_api(make_settings(url, tmp_path))
+    check = redis.Redis.from_url(url)
+    try:
+        key = api.app_key(("ingest",))
+        batch = [ev(user=f"u{i}", event_id=uuid.uuid4().hex) for i in range(20)]
+        check.config_set("maxmemory-policy", "noeviction")
+        check.config_set("maxmemory", "1")  # every write is over the bound
+        with httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {key}"}, timeout=20) as c:
+            r = c.post("/v1/events", json={"events": batch})
+            assert r.status_code == 503, r.text
+            assert "out of memory" in r.json()["error"]["message"] and int(r.headers["Retry-After"]) >= 2
+            assert _entries(check) == [] and check.keys("attune:*:seen:*") == []
+            check.config_set("maxmemory", "0")
+            r = c.post("/v1/events", json={"events": batch})
+            assert r.status_code == 202 and r.json()["accepted"] == len(batch), r.text
+        assert len(_entries(check)) == len(batch)
+    finally:
+        check.config_set("maxmemory", "0")
+        check.close()
+        api_server.__exit__(None, None, None)
+        server.stop()
