@@ -16,7 +16,9 @@ from typing import Any, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import AuthenticationError, DataError, NoScriptError, RedisError, ResponseError
+from redis.exceptions import (
+    AuthenticationError, DataError, NoScriptError, OutOfMemoryError, RedisError, ResponseError,
+)
 
 try:
     import hiredis
@@ -47,12 +49,17 @@ return out
 # the app's own limit if it has one), `n` (this second's use after this call) and `limit` (the app's
 # limit, else the default). The stored and given values are SHA-256 digests of a 256-bit secret:
 # comparing digests leaks nothing an attacker could use (a timing difference would reveal digest
-# bytes, not the secret).
+# bytes, not the secret). A Redis at its memory bound (maxmemory, noeviction) refuses the count, a write: the
+# call then goes on uncounted, so profiles and chats are still served while Redis is full (the writes that
+# follow, an ingestion's, still fail whole).
 KEY_CHECK_LUA = """
 local rec = redis.call('HMGET', KEYS[1], 'hash', 'scopes', 'rate_limit')
 if not rec[1] or rec[1] ~= ARGV[1] then return {0} end
-local n = redis.call('INCRBY', KEYS[2], ARGV[2])
-if n == tonumber(ARGV[2]) then redis.call('EXPIRE', KEYS[2], 3) end
+local n = redis.pcall('INCRBY', KEYS[2], ARGV[2])
+if type(n) == 'table' then
+  if not string.find(n.err or '', 'OOM', 1, true) then return redis.error_reply(n.err) end
+  n = tonumber(ARGV[2])
+elseif n == tonumber(ARGV[2]) then redis.call('EXPIRE', KEYS[2], 3) end
 local limit = tonumber(rec[3]) or tonumber(ARGV[4])
 local refused = n > limit or not string.find(',' .. (rec[2] or '') .. ',', ',' .. ARGV[3] .. ',', 1, true)
 """
@@ -167,10 +174,18 @@ async def _guard(awaitable: Awaitable[T]) -> T:
         raise unavailable(exc) from exc
 
 
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether Redis refused a write for its memory bound (maxmemory under noeviction)."""
+    # redis-py names the error OutOfMemoryError when the reply starts with OOM (Redis 7 in a script); Redis 6.2
+    # wraps it in a script error ("ERR Error running script ... OOM command not allowed"), and so do raw replies.
+    return isinstance(exc, OutOfMemoryError) or (
+        isinstance(exc, ResponseError) and "OOM command not allowed" in str(exc))
+
+
 def unavailable(exc: BaseException) -> StoreUnavailable:
     """The 503 for a Redis failure: unreachable, or full (maxmemory reached under noeviction, where Redis
     refuses every write and Attune must not say "unreachable" to an operator looking for the cause)."""
-    if isinstance(exc, ResponseError) and "OOM command not allowed" in str(exc):
+    if out_of_memory(exc):
         return StoreUnavailable("the event store (Redis) is out of memory (maxmemory) and refuses writes; "
                                 "retry later (operators: raise maxmemory or add memory)", retry_after=10)
     return StoreUnavailable()

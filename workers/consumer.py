@@ -27,7 +27,7 @@ from redis.exceptions import RedisError, ResponseError
 from models.population import Population, RepeatModelTrainer, refresh
 from service import keys
 from service.settings import Settings
-from service.store import Script, StatsBuffer
+from service.store import Script, StatsBuffer, out_of_memory
 from workers.apply import Applier, UserWork, parse, parse_grouped
 from workers.resp import error_of, raise_first
 
@@ -449,12 +449,7 @@ class Worker:
         beat = asyncio.create_task(self._beat_loop())
         try:
             async with self.stats.running(self.redis):
-                while not self.stopping.is_set():
-                    try:
-                        await self.step()
-                    except (OSError, RedisError) as exc:
-                        log.warning("redis error (%s: %s); retrying in 1 s", type(exc).__name__, exc)
-                        await asyncio.sleep(1)
+                await self.loop()
         finally:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -463,6 +458,32 @@ class Worker:
                 await self.release_all()
             log.info("worker %s stopped: %d events applied, %d dead-lettered", self.id,
                      self.applier.applied_total, self.dead_lettered)
+
+    async def loop(self) -> None:
+        """Steps until stopped; a Redis failure is retried after a pause."""
+        while not self.stopping.is_set():
+            try:
+                await self.step()
+            except (OSError, RedisError) as exc:
+                if out_of_memory(exc):
+                    await self._until_writable(exc)
+                    continue
+                log.warning("redis error (%s: %s); retrying in 1 s", type(exc).__name__, exc)
+                await asyncio.sleep(1)
+
+    async def _until_writable(self, exc: BaseException) -> None:
+        """Redis at its memory bound (maxmemory, noeviction) refuses every write, so no commit can succeed.
+        Each read of the pending entries would count one more delivery toward dead letters, and once memory
+        is freed they would be dead-lettered instead of applied: so no reading until a write goes through."""
+        log.warning("Redis is out of memory and refuses writes (%s); reading again once it takes them", exc)
+        while not self.stopping.is_set():
+            await asyncio.sleep(1)
+            try:
+                await self.redis.hset(keys.worker_info(self.id), "writable_at", int(time.time() * 1000))
+                return
+            except (OSError, RedisError) as again:
+                if not out_of_memory(again):
+                    return  # another failure: the step's own retry handles it
 
     async def _beat_loop(self) -> None:
         every = max(0.2, min(2.0, self.settings.worker_lease_seconds / 4))

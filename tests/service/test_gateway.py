@@ -698,3 +698,28 @@ def test_the_condition_route_remembers_what_it_asked_for_as_a_regeneration_recor
     scores = (0.9, 0.05, 0.05)
     weighed = after_rejections(scores, ((first["pacing"], None),), 0.15)
     assert second["propensity"] == round(label_probabilities(weighed)[second["pacing"]], 6)
+
+
+
+def test_a_full_redis_still_serves_profiles_and_chats(api: ApiServer, si: StandIn, redis_sync: redis.Redis) -> None:
+    """maxmemory reached under noeviction: Redis refuses the key check's rate count (a write), but the key
+    record and the profile can still be read, so a chat is conditioned and answered and a profile served;
+    events are refused whole (503) until memory is freed."""
+    put_profile(redis_sync, "u1")
+    key = api.app_key()
+    redis_sync.config_set("maxmemory-policy", "noeviction")
+    redis_sync.config_set("maxmemory", "1")
+    try:
+        with api.client(key) as c:
+            chat = c.post("/v1/chat/completions", headers=headers(), json={"model": "M2-her", "messages": MESSAGES})
+            profile = c.get("/v1/users/u1/profile")
+            events = c.post("/v1/events", json={"events": [{
+                "event_id": "full-1", "type": "repeat", "user_id": "u1", "reply_id": "r1",
+                "timestamp": int(time.time() * 1000)}]})
+    finally:
+        redis_sync.config_set("maxmemory", "0")
+    assert chat.status_code == 200 and chat.headers["x-attune-conditioned"] == "true", chat.text
+    assert chat.json()["choices"][0]["message"]["content"]
+    assert profile.status_code == 200 and profile.json()["user_id"] == "u1"
+    assert events.status_code == 503 and "out of memory" in events.json()["error"]["message"]
+    assert redis_sync.keys("attune:*:seen:demo:full-1") == []

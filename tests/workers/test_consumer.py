@@ -488,3 +488,40 @@ def test_a_group_is_not_read_from_partitions_given_back_during_the_step(
     assert len(read_by_w1) >= 2  # the backlog was read in groups
     assert {u: _strip(_profile(redis_sync, u)) for u in users} == clean
     assert all(redis_sync.xpending(keys.stream(p), keys.CONSUMER_GROUP)["pending"] == 0 for p in range(8))
+
+
+def test_a_full_redis_stalls_the_worker_without_dead_lettering_its_events(redis_url: str, tmp_path: Any,
+                                                                         redis_sync: redis.Redis) -> None:
+    """Redis at its memory bound (maxmemory, noeviction) refuses every commit. Reading the pending entries
+    again each retry would count deliveries toward dead letters, so once memory is freed they would be
+    dead-lettered instead of applied. The worker waits for Redis to take writes again, then applies them."""
+    s = _settings(redis_url, tmp_path, worker_lease_seconds=60)
+    # A recovery counts two deliveries (the claim and the read), so 4 retries would reach 9, over the 5 allowed.
+    assert s.worker_dead_letter_deliveries == 5
+    run(ingest(s, "demo", session("u1", 5)))
+
+    async def scenario() -> None:
+        client = store_mod.connect(redis_url)
+        w = Worker(s, client, "full")
+        await w.ensure_groups()
+        await w.heartbeat()
+        redis_sync.config_set("maxmemory-policy", "noeviction")
+        redis_sync.config_set("maxmemory", "1")
+        try:
+            task = asyncio.create_task(w.loop())
+            await asyncio.sleep(4.5)  # four retries' worth
+            assert _profile(redis_sync, "u1") is None
+        finally:
+            redis_sync.config_set("maxmemory", "0")
+        deadline = time.monotonic() + 20
+        while _profile(redis_sync, "u1") is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        w.stopping.set()
+        await task
+        await w.release_all()
+        await client.aclose()
+
+    run(scenario())
+    assert sum(redis_sync.xlen(keys.dead_letters(p)) for p in range(s.partitions)) == 0
+    doc = _profile(redis_sync, "u1")
+    assert doc is not None and doc["evidence"]["events_used"] == 10
