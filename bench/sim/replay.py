@@ -5,7 +5,7 @@ conditioning in seconds instead of minutes; the figures to report come from benc
 What it leaves out: delivery noise (duplicates, late events, clock skew) and batch boundaries (a user's
 events of one turn are applied in time order after the turn, as the closed loop sends them).
 
-    .venv/bin/python -m bench.sim.replay --users 200 --turns 40 --seed 1
+    .venv/bin/python -m bench.sim.replay --users 200 --turns 40 --seed 1 [--breakdown: where it fails]
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from bench.sim.behaviour import (
 from bench.sim.closedloop import CHARACTER, MAX_REGENERATIONS, TURNING_SHARE
 from bench.sim.users import PACINGS, Noise, SimUser, make_population
 from models import profile as pm
-from models.conditioning import decide
+from models.conditioning import PACING, decide, scores_of
 from models.features import reply_features
 from models.population import Population, RepeatModelTrainer, refresh
-from service.standin import compose, perceived_pacing
+from service.standin import FOLLOW_PACING, compose, perceived_pacing
 
 CLOSE_AFTER_MS = 120_000  # as workers/apply.py: the character profile's estimate mirrors its _compute
 
@@ -123,6 +123,7 @@ def run(users: list[SimUser], turns: int, seed: int, noise: Noise, refresh_every
                 reaction = react(u, shown, rng, noise, may_repeat=regeneration < MAX_REGENERATIONS)
                 applied = decision.applied() if decision else None
                 served = lr.served()
+                scores = scores_of(served) if decision and served and served.get("trust") == "normal" else None
                 rows.append({"user": uid, "arm": arm, "turn": turn, "chars": len(text),
                              "pacing": shown.pacing,
                              "served": served["reply_length"]["target_chars"] if served else None,
@@ -133,7 +134,7 @@ def run(users: list[SimUser], turns: int, seed: int, noise: Noise, refresh_every
                              "p_dia": DIALOGUE_REPEAT * (1 - math.exp(-DIALOGUE_COST * (shown.dialogue_share
                                                                                         - u.dialogue) ** 2)),
                              "repeated": reaction.repeated, "applied": applied, "regeneration": regeneration,
-                             "asked": reply["pacing"]})
+                             "asked": reply["pacing"], "scores": scores})
                 events.append({"type": "reply_shown", "user_id": uid, "reply_id": rid, "t": t, "rt": t,
                                "session_id": sid, "character_id": "mira",
                                "reply": {"chars": len(text), **feats,
@@ -210,6 +211,34 @@ def figures(rows: list[dict[str, Any]], users: list[SimUser], turns: int) -> dic
     return out
 
 
+def pacing_headroom(rows: list[dict[str, Any]], users: list[SimUser], turns: int) -> dict[str, float]:
+    """Where the conditioned arm's pacing repeats come from, late turns: how often the profile's top label
+    (greedy) is the user's pacing, against how often the applied arm is; and the pacing-caused repeat
+    probability expected from the arm applied, from the greedy arm and from the true pacing, each through
+    the stand-in's compliance (FOLLOW_PACING, else one of the other two). The gap applied -> greedy is all a
+    policy over the same beliefs can win without better learning; greedy -> truth is the learner's."""
+    truth = {u.user_id: u for u in users}
+    late = [r for r in rows if r["arm"] == "cond" and r["turn"] > turns // 2 and r["scores"]]
+
+    def expected(asked: str, preferred: str) -> float:
+        a, k = PACINGS.index(asked), PACINGS.index(preferred)
+        return sum((FOLLOW_PACING if b == a else (1 - FOLLOW_PACING) / 2) * PACE_REPEAT[abs(b - k)]
+                   for b in range(len(PACINGS)))
+
+    if not late:
+        return {}
+    greedy = [PACING[int(np.argmax(r["scores"]))] for r in late]
+    prefs = [truth[r["user"]].pacing for r in late]
+    return {
+        "greedy_right": float(np.mean([g == p for g, p in zip(greedy, prefs, strict=True)])),
+        "applied_right": float(np.mean([r["applied"]["pacing"] == p for r, p in zip(late, prefs, strict=True)])),
+        "p_pace_applied": float(np.mean([expected(r["applied"]["pacing"], p)
+                                         for r, p in zip(late, prefs, strict=True)])),
+        "p_pace_greedy": float(np.mean([expected(g, p) for g, p in zip(greedy, prefs, strict=True)])),
+        "p_pace_truth": float(np.mean([expected(p, p) for p in prefs])),
+    }
+
+
 def breakdown(rows: list[dict[str, Any]], users: list[SimUser], turns: int) -> str:
     """Late repeat rates by true pacing and by preferred length, per arm: where the conditioned arm fails."""
     truth = {u.user_id: u for u in users}
@@ -257,6 +286,8 @@ def main() -> None:
         print(f"seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in f.items()))
         if args.breakdown:
             print(breakdown(res["rows"], users, args.turns))
+            print("pacing headroom: " + ", ".join(f"{k} {v:.3f}"
+                                                  for k, v in pacing_headroom(res["rows"], users, args.turns).items()))
     if len(allf) > 1:
         keys = allf[0].keys()
         print("mean: " + ", ".join(f"{k} {np.mean([f[k] for f in allf]):.3f}" for k in keys))

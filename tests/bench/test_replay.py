@@ -30,3 +30,24 @@ def test_open_loop_replay_scores_each_checkpoint() -> None:
     for figures in out.values():
         assert 0.0 <= figures["pacing_acc"] <= 1.0
         assert figures["len_err"] >= 0.0
+
+
+def test_pacing_headroom_splits_the_policy_gap_from_the_learner_gap() -> None:
+    users = make_population(2, np.random.default_rng(5), bot_share=0.0, prefix="h")
+    pref = {u.user_id: u.pacing for u in users}
+    other = {p: next(q for q in ("slow_burn", "balanced", "fast") if q != p) for p in pref.values()}
+
+    def row(uid: str, turn: int, applied: str, top: str) -> dict:
+        scores = tuple(0.8 if p == top else 0.1 for p in ("slow_burn", "balanced", "fast"))
+        return {"user": uid, "arm": "cond", "turn": turn, "applied": {"pacing": applied}, "scores": scores}
+
+    a, b = (u.user_id for u in users)
+    rows = [row(a, 9, pref[a], pref[a]),  # early: left out
+            row(a, 12, other[pref[a]], pref[a]),  # the belief is right, the arm drawn is not (exploration)
+            row(b, 12, pref[b], pref[b]),
+            row(b, 13, other[pref[b]], other[pref[b]]),  # a wrong belief, applied
+            {**row(b, 14, pref[b], pref[b]), "scores": None}]  # no profile: left out
+    out = replay.pacing_headroom(rows, users, 20)
+    assert out["greedy_right"] == 2 / 3 and out["applied_right"] == 1 / 3
+    # Asking for the preferred pacing still costs the stand-in's misses; anything else costs more.
+    assert 0.0 < out["p_pace_truth"] < out["p_pace_greedy"] < out["p_pace_applied"]
