@@ -89,6 +89,9 @@ class Worker:
         self.applier = Applier(client, self.stats, settings.close_after, settings.pacing_from_text)
         self.owned: set[int] = set()
         self.recovered: set[int] = set()
+        # Per partition, the recoveries this process owes to Redis refusing its writes for memory: each one
+        # counts two deliveries (claim and read) that are not the entries' fault (see _over_delivered).
+        self._oom_retries: dict[int, int] = {}
         # Per owned partition, until when (monotonic) its lease surely holds: the time before the renewal
         # or take that Redis acknowledged, plus the lease. See readable().
         self.lease_until: dict[int, float] = {}
@@ -119,10 +122,8 @@ class Worker:
         """Announce this worker, renew owned leases, and take or give back partitions toward a fair share."""
         now_ms = int(time.time() * 1000)
         lease_ms = int(self.settings.worker_lease_seconds * 1000)
-        await self.redis.zadd(keys.WORKERS, {self.id: now_ms})
-        window = int(self.settings.worker_heartbeat_seconds * 1000)
-        alive = max(1, int(await self.redis.zcount(keys.WORKERS, now_ms - window, "+inf")))
-        share = math.ceil(self.settings.partitions / alive)
+        # Leases first: a Redis at its memory bound refuses the announcement (ZADD) but not the renewal
+        # (PEXPIRE), so the leases outlive an out-of-memory spell however long it lasts.
         for p in sorted(self.owned):
             asked = time.monotonic()
             if int(await RENEW(self.redis, [keys.lease(p)], [self.id, lease_ms])):
@@ -132,6 +133,10 @@ class Worker:
                 self.owned.discard(p)
                 self.recovered.discard(p)
                 self.applier.forget_partition(p)
+        await self.redis.zadd(keys.WORKERS, {self.id: now_ms})
+        window = int(self.settings.worker_heartbeat_seconds * 1000)
+        alive = max(1, int(await self.redis.zcount(keys.WORKERS, now_ms - window, "+inf")))
+        share = math.ceil(self.settings.partitions / alive)
         while len(self.owned) > share:
             p = max(self.owned)
             self.owned.discard(p)
@@ -195,13 +200,14 @@ class Worker:
             after = _s(items[-1][0])
             done += await self.process({p: items}, from_pending=True)
         self.recovered.add(p)
+        self._oom_retries.pop(p, None)
         if claimed or done:
             log.info("partition %d: recovered %d pending entries (%d claimed from others)", p, done, claimed)
         return done
 
     async def step(self) -> int:
         """One round: recover new partitions, read and apply one batch, then housekeeping. Entries handled."""
-        for p in sorted(self.owned - self.recovered):
+        for p in sorted(set(self.readable()) - self.recovered):  # a lease running short: after the renewal
             await self.recover(p)
         owned = self.readable()
         if not owned:
@@ -349,11 +355,12 @@ class Worker:
 
     async def _over_delivered(self, batch: dict[int, list[Any]]) -> dict[str, tuple[int, str]]:
         """Pending entries already delivered too often (they crashed or stalled a worker each time)."""
-        limit = self.settings.worker_dead_letter_deliveries
         out: dict[str, tuple[int, str]] = {}
         for p, items in batch.items():
             if not items:
                 continue
+            # Recoveries after Redis refused this process's writes for memory are not the entries' fault.
+            limit = self.settings.worker_dead_letter_deliveries + 2 * self._oom_retries.get(p, 0)
             rows = await self.redis.xpending_range(keys.stream(p), keys.CONSUMER_GROUP, min=_s(items[0][0]),
                                                    max=_s(items[-1][0]), count=len(items) + 10,
                                                    consumername=self.id)
@@ -466,6 +473,8 @@ class Worker:
                 await self.step()
             except (OSError, RedisError) as exc:
                 if out_of_memory(exc):
+                    for p in self.owned - self.recovered:
+                        self._oom_retries[p] = self._oom_retries.get(p, 0) + 1
                     await self._until_writable(exc)
                     continue
                 log.warning("redis error (%s: %s); retrying in 1 s", type(exc).__name__, exc)
@@ -479,7 +488,7 @@ class Worker:
         while not self.stopping.is_set():
             await asyncio.sleep(1)
             try:
-                await self.redis.hset(keys.worker_info(self.id), "writable_at", int(time.time() * 1000))
+                await self.redis.set(f"{keys.worker_info(self.id)}:writable", 1, px=10_000)
                 return
             except (OSError, RedisError) as again:
                 if not out_of_memory(again):

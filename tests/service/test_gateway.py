@@ -707,6 +707,7 @@ def test_a_full_redis_still_serves_profiles_and_chats(api: ApiServer, si: StandI
     events are refused whole (503) until memory is freed."""
     put_profile(redis_sync, "u1")
     key = api.app_key()
+    policy = redis_sync.config_get("maxmemory-policy")["maxmemory-policy"]
     redis_sync.config_set("maxmemory-policy", "noeviction")
     redis_sync.config_set("maxmemory", "1")
     try:
@@ -718,6 +719,7 @@ def test_a_full_redis_still_serves_profiles_and_chats(api: ApiServer, si: StandI
                 "timestamp": int(time.time() * 1000)}]})
     finally:
         redis_sync.config_set("maxmemory", "0")
+        redis_sync.config_set("maxmemory-policy", policy)
     assert chat.status_code == 200 and chat.headers["x-attune-conditioned"] == "true", chat.text
     assert chat.json()["choices"][0]["message"]["content"]
     assert profile.status_code == 200 and profile.json()["user_id"] == "u1"

@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 import pytest
 import redis
+from redis.exceptions import OutOfMemoryError, RedisError
 
 from service import keys
 from service import store as store_mod
@@ -505,6 +506,7 @@ def test_a_full_redis_stalls_the_worker_without_dead_lettering_its_events(redis_
         w = Worker(s, client, "full")
         await w.ensure_groups()
         await w.heartbeat()
+        policy = redis_sync.config_get("maxmemory-policy")["maxmemory-policy"]
         redis_sync.config_set("maxmemory-policy", "noeviction")
         redis_sync.config_set("maxmemory", "1")
         try:
@@ -513,6 +515,7 @@ def test_a_full_redis_stalls_the_worker_without_dead_lettering_its_events(redis_
             assert _profile(redis_sync, "u1") is None
         finally:
             redis_sync.config_set("maxmemory", "0")
+            redis_sync.config_set("maxmemory-policy", policy)
         deadline = time.monotonic() + 20
         while _profile(redis_sync, "u1") is None and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
@@ -525,3 +528,71 @@ def test_a_full_redis_stalls_the_worker_without_dead_lettering_its_events(redis_
     assert sum(redis_sync.xlen(keys.dead_letters(p)) for p in range(s.partitions)) == 0
     doc = _profile(redis_sync, "u1")
     assert doc is not None and doc["evidence"]["events_used"] == 10
+
+
+def test_commits_refused_for_memory_again_and_again_do_not_dead_letter(redis_url: str, tmp_path: Any,
+                                                                     redis_sync: redis.Redis) -> None:
+    """Memory hovering at the bound: a probe write goes through, the next commit is refused again. Each retry
+    recovers the pending entries (two deliveries); retries the worker owes to Redis's memory do not count
+    toward dead letters, and the entries are applied once commits go through."""
+    s = _settings(redis_url, tmp_path, worker_lease_seconds=60)
+    run(ingest(s, "demo", session("u1", 5)))
+
+    async def scenario() -> None:
+        client = store_mod.connect(redis_url)
+        w = Worker(s, client, "hovering")
+        await w.ensure_groups()
+        await w.heartbeat()
+        apply, refusals = w.applier.apply, [3]
+
+        async def refused_at_first(*args: Any, **kw: Any) -> Any:
+            if refusals[0]:
+                refusals[0] -= 1
+                raise OutOfMemoryError("command not allowed when used memory > 'maxmemory'.")
+            return await apply(*args, **kw)
+
+        w.applier.apply = refused_at_first  # type: ignore[method-assign]
+        task = asyncio.create_task(w.loop())
+        deadline = time.monotonic() + 20
+        while _profile(redis_sync, "u1") is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        w.stopping.set()
+        await task
+        await w.release_all()
+        await client.aclose()
+        assert refusals == [0]
+
+    run(scenario())
+    assert sum(redis_sync.xlen(keys.dead_letters(p)) for p in range(s.partitions)) == 0
+    doc = _profile(redis_sync, "u1")
+    assert doc is not None and doc["evidence"]["events_used"] == 10
+
+
+def test_a_heartbeat_in_a_full_redis_still_renews_the_leases(redis_url: str, tmp_path: Any,
+                                                             redis_sync: redis.Redis) -> None:
+    """Redis refuses the announcement (a write) but not the renewal: the leases outlive the spell."""
+    s = _settings(redis_url, tmp_path, worker_lease_seconds=30)
+
+    async def scenario() -> list[int]:
+        client = store_mod.connect(redis_url)
+        w = Worker(s, client, "beating")
+        await w.ensure_groups()
+        await w.heartbeat()
+        for p in w.owned:
+            redis_sync.pexpire(keys.lease(p), 2_000)  # as if the last renewal were long ago
+        policy = redis_sync.config_get("maxmemory-policy")["maxmemory-policy"]
+        redis_sync.config_set("maxmemory-policy", "noeviction")
+        redis_sync.config_set("maxmemory", "1")
+        try:
+            with pytest.raises(RedisError):
+                await w.heartbeat()
+        finally:
+            redis_sync.config_set("maxmemory", "0")
+            redis_sync.config_set("maxmemory-policy", policy)
+        ttls = [redis_sync.pttl(keys.lease(p)) for p in sorted(w.owned)]
+        await w.release_all()
+        await client.aclose()
+        return ttls
+
+    ttls = run(scenario())
+    assert len(ttls) == s.partitions and min(ttls) > 20_000, ttls
