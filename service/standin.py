@@ -85,6 +85,43 @@ SENTENCES = {
         '"Faster! They\'re right behind us!"',
     ],
 }
+# Spoken lines in each voice, for replies asked for mostly dialogue or a balance (SENTENCES alone hold a few).
+SPOKEN = {
+    "slow_burn": [
+        '"Stay with me a little longer, while the evening settles and the candles burn down slowly," '
+        'she murmurs.',
+        '"I keep remembering the winters of my childhood, the frost on the windows and the patient fires," '
+        'she says softly.',
+        '"Whatever brought you here tonight can wait until the tea has cooled and the rain has quieted," '
+        'she whispers.',
+        '"There is something comforting about an old house at midnight, everything breathing gently '
+        'around us," she murmurs.',
+        '"Tell me everything about the journey, every winding road and every lingering conversation," '
+        'she says quietly.',
+        '"Sometimes silence says more than any explanation, especially between people who understand each '
+        'other," she murmurs.',
+    ],
+    "balanced": [
+        '"The bridge is out, so we take the ford," she says, tracing the route on the map.',
+        '"I trust you, but I need to know what you saw," she adds, her voice steady.',
+        '"If we ride hard, we reach the village by nightfall," she offers.',
+        '"Tell me the truth, and we can plan from there," she says, and meets your eyes.',
+        '"Two guards at the gate, one on the wall," she says. "We can manage that."',
+        '"Bring the lantern," she adds. "And the map, in case the trail splits."',
+    ],
+    "fast": [
+        '"Move! Now!"',
+        '"Duck!"',
+        '"Behind you! Go!"',
+        '"Run! Don\'t look back!"',
+        '"Take the stairs! Hurry!"',
+        '"They\'re here! Faster!"',
+    ],
+}
+FOLLOW_DIALOGUE = 0.8  # the share of replies that take the requested balance of speech and narration
+# Each sentence's chance of being spoken, per balance asked for (a model asked for mostly dialogue still
+# narrates a little).
+SPOKEN_SHARE = {"mostly_dialogue": 0.75, "balanced": 0.4, "mostly_narration": 0.0}
 HOOKS = {
     "slow_burn": '"What are you thinking about?" she asks quietly, after a long, lingering silence.',
     "balanced": '"So, are you with me?"',
@@ -106,6 +143,7 @@ _MARKS = {
     ),
 }
 _NOTE_PACE = re.compile(r"Pace:\s*(slow burn|balanced|fast)", re.I)
+_NOTE_DIALOGUE = re.compile(r"Dialogue:\s*(mostly dialogue|mostly narration|balanced)", re.I)
 _NOTE_LENGTH = re.compile(r"about\s+(\d{1,5})\s+characters", re.I)
 
 
@@ -133,9 +171,22 @@ def read_note(messages: list[dict[str, Any]]) -> tuple[str | None, int | None]:
     return pacing, target
 
 
+def read_dialogue(messages: list[dict[str, Any]]) -> str | None:
+    """The balance of speech and narration a note asks for: mostly_dialogue, balanced or mostly_narration."""
+    asked = None
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, str) and "Dialogue:" in content and (dm := _NOTE_DIALOGUE.search(content)):
+            asked = dm.group(1).lower().replace(" ", "_")
+    return asked
+
+
 def compose(messages: list[dict[str, Any]], max_tokens: int | None, rng: random.Random) -> dict[str, Any]:
     """The reply a model might write: pacing and length follow the note imperfectly; cut at max_tokens."""
     asked_pacing, asked_chars = read_note(messages)
+    asked_dialogue = read_dialogue(messages)
+    # Drawn only when asked, so a reply without that note is the same as before it existed.
+    balance = asked_dialogue if asked_dialogue and rng.random() < FOLLOW_DIALOGUE else None
     if asked_pacing in PACING and rng.random() < FOLLOW_PACING:
         pacing = asked_pacing
     elif asked_pacing in PACING:
@@ -149,13 +200,23 @@ def compose(messages: list[dict[str, Any]], max_tokens: int | None, rng: random.
     parts: list[str] = []
     size = 0
     pool: list[str] = []
+    spoken_pool: list[str] = []
     while size < want - 40 or not parts:
-        if not pool:  # each sentence once before any repeats, like a model that does not loop
-            pool = rng.sample(SENTENCES[pacing], len(SENTENCES[pacing]))
-        s = pool.pop()
+        if balance is not None and rng.random() < SPOKEN_SHARE[balance]:
+            if not spoken_pool:
+                lines = SPOKEN[pacing] + [s for s in SENTENCES[pacing] if s.startswith('"')]
+                spoken_pool = rng.sample(lines, len(lines))
+            s = spoken_pool.pop()
+        else:
+            if not pool:  # each sentence once before any repeats, like a model that does not loop
+                voice = SENTENCES[pacing]
+                if balance is not None:  # its spoken lines come from the other pool
+                    voice = [s for s in voice if not s.startswith('"')]
+                pool = rng.sample(voice, len(voice))
+            s = pool.pop()
         parts.append(s)
         size += len(s) + 1
-    if rng.random() < 0.5:
+    if rng.random() < 0.5 and balance != "mostly_narration":
         parts.append(HOOKS[pacing])
     text = " ".join(parts)
     finish = "stop"
@@ -171,6 +232,7 @@ def compose(messages: list[dict[str, Any]], max_tokens: int | None, rng: random.
         "finish_reason": finish,
         "asked_pacing": asked_pacing,
         "asked_chars": asked_chars,
+        "asked_dialogue": asked_dialogue,
     }
 
 

@@ -17,10 +17,13 @@ from models.conditioning import (
     PACING,
     SHARPEN_MAX,
     SHARPEN_REPLIES,
+    DIALOGUE_NOTES,
+    MIN_DIALOGUE_CONFIDENCE,
     after_rejections,
     approx_tokens,
     arm_probabilities,
     decide,
+    dialogue_of,
     label_probabilities,
     max_tokens_for,
     posterior_of,
@@ -147,6 +150,8 @@ def test_max_completion_tokens_has_headroom_and_stays_in_range(target: int) -> N
 def test_the_note_is_short_and_its_token_count_stable() -> None:
     counts = {approx_tokens(render_note(p, t)) for p in PACING for t in (120, 380, 990)}
     bare = {approx_tokens(render_note(p, None)) for p in PACING}
+    whole = {approx_tokens(render_note(p, t, d)) for p in PACING for t in (120, 990) for d in DIALOGUE_NOTES}
+    assert max(whole) <= 58 and max(whole) - min(whole) <= 5
     assert max(counts) <= 45 and max(counts) - min(counts) <= 3
     assert max(bare) <= 40 and max(bare) - min(bare) <= 3
     assert render_note("fast", 300) == render_note("fast", 300)  # deterministic: same input, same bytes
@@ -165,7 +170,9 @@ def test_applied_has_the_contract_fields() -> None:
     d = decide(
         profile(SURE, {"target_chars": 380, "interval": [300, 470], "confidence": 0.9}), random.Random(6)
     )
-    assert set(d.applied()) == {"pacing", "target_chars", "explored", "propensity", "profile_version"}
+    # The contract's fields, and the balance of speech asked for (an extension; None here: no style).
+    fields = {"pacing", "target_chars", "explored", "propensity", "profile_version", "dialogue"}
+    assert set(d.applied()) == fields
     assert d.applied()["profile_version"] == 4
 
 
@@ -225,3 +232,24 @@ def test_the_more_replies_a_profile_rests_on_the_more_its_best_pacing_is_exploit
         assert all(d.propensity == pytest.approx(want, abs=1e-6) for d in decisions if d.pacing == "slow_burn")
         shares.append(share)
     assert shares[0] < shares[1] < shares[2] and shares[3] == pytest.approx(shares[2], abs=0.03)
+
+
+@pytest.mark.parametrize(("value", "confidence", "asked"), [
+    (0.7, 0.8, "mostly_dialogue"), (0.1, 0.8, "mostly_narration"), (0.3, 0.8, "balanced"),
+    (0.7, MIN_DIALOGUE_CONFIDENCE - 0.01, None), (float("nan"), 0.9, None), ("x", 0.9, None),
+])
+def test_the_balance_of_speech_is_asked_for_only_when_the_profile_is_sure(value: Any, confidence: float,
+                                                                        asked: str | None) -> None:
+    style = {"dialogue_share": {"value": value, "confidence": confidence}}
+    assert dialogue_of(style) == asked
+    d = decide({"version": 3, "style": style}, random.Random(1))
+    assert d.dialogue == asked and d.applied()["dialogue"] == asked
+    assert ("Dialogue:" in d.note) == (asked is not None)
+    if asked is not None:
+        assert DIALOGUE_NOTES[asked] in d.note
+    assert dialogue_of(None) is None and dialogue_of({"dialogue_share": {"value": 0.5}}) is None
+
+
+def test_an_untrusted_profile_asks_for_no_balance_of_speech() -> None:
+    style = {"dialogue_share": {"value": 0.8, "confidence": 0.9}}
+    assert decide({"version": 3, "trust": "suspect_bot", "style": style}, random.Random(1)).dialogue is None

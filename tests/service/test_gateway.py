@@ -369,6 +369,21 @@ def test_profile_conditions_the_request_without_touching_the_character(
         cond["profile_version"] == 17 and 250 <= cond["target_chars"] <= 350 and 0 < cond["propensity"] <= 1
     )
     assert cond["pacing"] in note["content"].lower().replace(" ", "_") or cond["explored"]
+    assert "Dialogue:" not in note["content"] and cond.get("dialogue") is None  # no style in this profile
+
+
+def test_a_sure_dialogue_taste_asks_for_mostly_dialogue_and_is_recorded(
+    api: ApiServer, si: StandIn, redis_sync: redis.Redis
+) -> None:
+    put_profile(redis_sync, "u1", style={"dialogue_share": {"value": 0.7, "confidence": 0.8}})
+    with api.client(api.app_key()) as c:
+        r = c.post("/v1/chat/completions", headers=headers(), json={"model": "M2-her", "messages": MESSAGES})
+        cond = c.post("/v1/condition", headers=headers(), json={"model": "M2-her", "messages": MESSAGES})
+    note = si.log[-1]["body"]["messages"][1]
+    assert note["name"] == "reader_preferences" and "Dialogue: mostly dialogue" in note["content"]
+    assert recorded(redis_sync, r.headers["x-attune-reply-id"])["conditioning"]["dialogue"] == "mostly_dialogue"
+    assert cond.json()["applied"]["dialogue"] == "mostly_dialogue"
+    assert any("Dialogue: mostly dialogue" in m["content"] for m in cond.json()["request"]["messages"])
 
 
 def test_profile_read_failure_fails_open(api: ApiServer, si: StandIn, redis_sync: redis.Redis) -> None:

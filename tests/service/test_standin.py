@@ -15,7 +15,8 @@ import httpx
 import orjson
 import pytest
 
-from service.standin import FOLLOW_PACING, PACING, StandIn, compose, perceived_pacing, running
+from models.features import pacing_of, reply_features
+from service.standin import FOLLOW_DIALOGUE, FOLLOW_PACING, PACING, StandIn, compose, perceived_pacing, running
 from tests.conftest import ROOT, free_port, wait_http
 
 AUTH = {"Authorization": "Bearer test"}
@@ -188,3 +189,26 @@ def test_python_m_service_standin_reads_its_port_from_the_environment(tmp_path: 
         proc.terminate()
         proc.wait(10)
         log.close()
+
+
+def test_the_balance_of_speech_asked_for_is_followed_imperfectly_in_the_same_voice() -> None:
+    """More speech when asked for mostly dialogue, less for mostly narration, the model's own mix without a
+    note; the pacing still reads from the text (the gateway measures it)."""
+    shares: dict[str | None, list[float]] = {}
+    for asked in (None, "mostly dialogue", "balanced", "mostly narration"):
+        rng = random.Random(4)
+        right = measured = 0
+        for i in range(900):
+            pace = PACING[i % 3].replace("_", " ")
+            note = f"Pace: {pace}. Length: about 400 characters." + (f" Dialogue: {asked}." if asked else "")
+            reply = compose([{"role": "system", "content": note}], None, rng)
+            shares.setdefault(asked, []).append(float(reply_features(reply["text"])["dialogue_share"]))
+            if (read := pacing_of(reply["text"])) is not None:
+                measured += 1
+                right += read == reply["pacing"]
+        assert right / measured > 0.85, (asked, right / measured)
+    mean = {k: sum(v) / len(v) for k, v in shares.items()}
+    assert mean["mostly dialogue"] > mean["balanced"] > mean[None] > mean["mostly narration"], mean
+    assert mean["mostly dialogue"] > 0.45 and mean["mostly narration"] < 0.1, mean
+    # Followed imperfectly: some replies asked for narration still carry the model's own speech.
+    assert 0 < sum(s > 0.1 for s in shares["mostly narration"]) / 900 < 2 * (1 - FOLLOW_DIALOGUE)
