@@ -217,8 +217,8 @@ class Worker:
         """One round: recover new partitions, read and apply one batch, then housekeeping. Entries handled."""
         # The cyclic collector waits for the end of the round: a backlog's round holds tens of thousands of
         # parsed entries and events alive until it ends, and every collection during it walked them again
-        # (bench/worker.py: a quarter of the round's time, though the collections themselves measured only
-        # 5%). Nearly all the round allocates is freed by reference counting; the rest is collected after.
+        # (about 4% of a 60,000-event round's CPU in 46 collections; held off, about 2% in two). Nearly all
+        # the round allocates is freed by reference counting; the rest is collected after.
         enabled = gc.isenabled()
         gc.disable()
         try:
