@@ -111,9 +111,15 @@ def length_posteriors(users: Sequence[LengthEvidence], grid: np.ndarray = MU_GRI
         scale = (-(1 - base) * span).astype(np.float32)
         offset = (base + (1 - base) * span).astype(np.float32)
         ll = np.zeros((n_u, n_w * len(grid)))  # [user, tolerance * mu]: see _slab
+        # Reply lengths repeat (whole characters, a few hundred distinct values in a round): the distance
+        # terms and their exp are made once per distinct x of the whole call and gathered by each slab, the
+        # same float32 values at a fraction of the exp work.
+        xs, inv = np.unique(x.astype(np.float32), return_inverse=True)
+        d_u = (xs[:, None, None] - _f32(grid)[None, None, :]) / _f32(w_grid)[None, :, None]
+        e_u = np.exp(np.float32(-0.5) * d_u * d_u)
         for lo, hi in _slabs(who):
             part = slice(lo, hi)
-            _slab(ll, x[part], w_rep[part], w_suc[part], dirw[part], who[part], scale, offset, grid, w_grid)
+            _slab(ll, inv[part], d_u, e_u, w_rep[part], w_suc[part], dirw[part], who[part], scale, offset)
         total = total + TEMPER * ll.reshape(n_u, n_w, len(grid)).transpose(0, 2, 1)
     for j, u in enumerate(users):
         if u.pairs:
@@ -138,26 +144,26 @@ def _slabs(who: np.ndarray) -> list[tuple[int, int]]:
     return out
 
 
-def _slab(ll: np.ndarray, x: np.ndarray, w_rep: np.ndarray, w_suc: np.ndarray, dirw: np.ndarray,
-          who: np.ndarray, scale: np.ndarray, offset: np.ndarray, grid: np.ndarray,
-          w_grid: np.ndarray) -> None:
-    """Add the log-likelihood of some users' replies to their rows of ll ([user, tolerance * mu])."""
+def _slab(ll: np.ndarray, inv: np.ndarray, d_u: np.ndarray, e_u: np.ndarray, w_rep: np.ndarray,
+          w_suc: np.ndarray, dirw: np.ndarray, who: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> None:
+    """Add the log-likelihood of some users' replies to their rows of ll ([user, tolerance * mu]); inv: each
+    reply's row of d_u (distances of its x to the grid, [distinct x, tolerance, mu]) and e_u (their exp)."""
     # [reply, tolerance, mu] in float32: exp and log run several times faster, and the per-reply terms
     # are summed in float64 below (the posterior moves by about 1e-6). The grid is the innermost axis:
     # numpy's broadcasting loops run along it, and with the 3 or 4 tolerances there they ran 5x slower.
-    # Reply lengths repeat (whole characters, a few hundred distinct values in a round): the distance terms
-    # and their exp are made once per distinct x and gathered, the same float32 values at a fraction of the
-    # exp work.
-    xs, inv = np.unique(x.astype(np.float32), return_inverse=True)
-    d_u = (xs[:, None, None] - _f32(grid)[None, None, :]) / _f32(w_grid)[None, :, None]
-    p_rep = np.exp(np.float32(-0.5) * d_u * d_u)[inv]
+    # The temporaries are changed in place: they are megabytes, and a fresh one per step cost as much as
+    # the step.
+    p_rep = e_u[inv]
     p_rep *= scale[who][:, None, None]
     p_rep += offset[who][:, None, None]
     r, s, k = w_rep > 0, w_suc > 0, dirw != 0
     if r.any():
-        _segment_add(ll, np.log(p_rep[r]), w_rep[r], who[r])
+        part = p_rep[r]
+        _segment_add(ll, np.log(part, out=part), w_rep[r], who[r])
     if s.any():
-        _segment_add(ll, np.log(1 - p_rep[s]), w_suc[s], who[s])
+        part = p_rep[s]
+        np.subtract(1, part, out=part)
+        _segment_add(ll, np.log(part, out=part), w_suc[s], who[s])
     if k.any():
         z = (np.sign(dirw[k]).astype(np.float32) * np.float32(DIRECTION_SLOPE))[:, None, None] * d_u[inv[k]]
         _segment_add(ll, _log_sigmoid(z), np.abs(dirw[k]), who[k])
@@ -165,8 +171,8 @@ def _slab(ll: np.ndarray, x: np.ndarray, w_rep: np.ndarray, w_suc: np.ndarray, d
 
 def _segment_add(ll: np.ndarray, terms: np.ndarray, weight: np.ndarray, who: np.ndarray) -> None:
     """ll[user] += the weighted sum (in float64) of that user's rows of terms; who is sorted."""
-    flat = terms.reshape(len(terms), -1).astype(float)
-    flat *= weight[:, None]
+    # The float64 cast and the weighting in one pass (the same products as astype, then *=).
+    flat = np.multiply(terms.reshape(len(terms), -1), weight[:, None], dtype=np.float64)
     starts = np.flatnonzero(np.r_[True, who[1:] != who[:-1]])
     ll[who[starts]] += np.add.reduceat(flat, starts, axis=0)
 

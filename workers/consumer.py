@@ -60,6 +60,20 @@ BATCH_MAX = 10_000
 READ_GROUPS = 4
 
 
+def read_groups(owned: list[int], k: int) -> list[list[int]]:
+    """The partitions in min(k, len(owned)) groups, in order, none empty, the first about half as large as
+    the others: the worker waits idle for the first group's reply only (it computes a group while Redis
+    builds the next), and a half-size read comes back in about half the time."""
+    k = min(k, len(owned))
+    weights = 2 * k - 1  # the first group weighs 1, the others 2
+    bounds = [0]
+    for i in range(1, k):
+        cut = len(owned) * (2 * i - 1) // weights
+        bounds.append(min(max(bounds[-1] + 1, cut), len(owned) - (k - i)))
+    bounds.append(len(owned))
+    return [owned[bounds[i]:bounds[i + 1]] for i in range(k)]
+
+
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -207,6 +221,19 @@ class Worker:
 
     async def step(self) -> int:
         """One round: recover new partitions, read and apply one batch, then housekeeping. Entries handled."""
+        # The cyclic collector waits for the end of the round: a backlog's round holds tens of thousands of
+        # parsed entries and events alive until it ends, and every collection during it walked them again
+        # (about 4% of a 60,000-event round's CPU in 46 collections; held off, about 2% in two). Nearly all
+        # the round allocates is freed by reference counting; the rest is collected after.
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return await self._step()
+        finally:
+            if enabled:
+                gc.enable()
+
+    async def _step(self) -> int:
         for p in sorted(set(self.readable()) - self.recovered):  # a lease running short: after the renewal
             await self.recover(p)
         owned = self.readable()
@@ -215,12 +242,11 @@ class Worker:
             return 0
         count = self.read_count(len(owned))
         if self._backlog and len(owned) > 1:
-            # Under a backlog: the partitions in READ_GROUPS groups, every group's read sent at once and none
-            # waiting; a group is applied while Redis builds the next groups' replies (a read of tens of
-            # thousands of entries takes Redis a good part of a second, idle time for the worker when it is
-            # one read). A user's events all sit in one partition, so each group holds all of its users'.
-            k = min(READ_GROUPS, len(owned))
-            groups = [owned[i * len(owned) // k:(i + 1) * len(owned) // k] for i in range(k)]
+            # Under a backlog: the partitions in READ_GROUPS groups, none of their reads waiting; a group is
+            # applied while Redis builds the next group's reply (a read of tens of thousands of entries takes
+            # Redis a good part of a second, idle time for the worker when it is one read). A user's events
+            # all sit in one partition, so each group holds all of its users'.
+            groups = read_groups(owned, READ_GROUPS)
             first = self._read_command(groups[0], count, False)
         else:
             groups = [owned]

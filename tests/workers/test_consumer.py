@@ -19,7 +19,7 @@ from tests.conftest import make_settings
 from tests.workers.helpers import drain, ingest, run, session
 from workers import apply as apply_mod
 from workers import resp as resp_mod
-from workers.consumer import BATCH_MAX, INITIAL_RATE, Worker
+from workers.consumer import BATCH_MAX, INITIAL_RATE, READ_GROUPS, Worker, read_groups
 
 
 def _settings(redis_url: str, tmp_path: Any, **kw: Any) -> Settings:
@@ -431,11 +431,12 @@ def test_a_backlog_is_read_in_groups_and_a_failed_group_loses_nothing(redis_url:
         await client.aclose()
         return total
 
-    owned = sorted(range(s.partitions))
-    last_group = {u for u in users if keys.partition_of("demo", u, s.partitions) in owned[6:]}
+    groups = read_groups(sorted(range(s.partitions)), READ_GROUPS)
+    assert [len(g) for g in groups] == [1, 2, 2, 3]  # 8 partitions, the first group half the others
+    last_group = {u for u in users if keys.partition_of("demo", u, s.partitions) in groups[3]}
     # After the failure the next step recovers the pending entries first, then reads the fourth group anew.
     assert run(scenario()) == sum(1 for e in events if e["user_id"] in last_group)
-    assert calls[:2] == [2, 2]  # 8 partitions in 4 groups of 2
+    assert calls[:2] == [1, 2]
     assert {u: _strip(_profile(redis_sync, u)) for u in users} == clean
     for p in range(s.partitions):
         assert redis_sync.xpending(keys.stream(p), keys.CONSUMER_GROUP)["pending"] == 0
