@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from scipy.special import betainc
 
-from models.profile import pacing_repeat
+from models.profile import dialogue_balance, pacing_repeat
 
 PACING = ("slow_burn", "balanced", "fast")
 EPSILON = 0.05  # uniform share mixed into Thompson sampling: propensities >= EPSILON / 3
@@ -74,13 +74,11 @@ PACING_NOTES = {
     "fast": "Pace: fast. Keep it brisk: short sentences, quick action and dialogue; move events along.",
 }
 LENGTH_NOTE = "Length: about {n} characters."
-# The balance of speech and narration, from the profile's dialogue share (style.dialogue_share) once it is
-# sure enough: its confidence is the probability that the preferred share lies within 0.1 of the value. Under
-# NARRATION_BELOW the reader prefers little speech, over DIALOGUE_ABOVE mostly speech. Asking for a balance
-# a model does not meet costs little (it writes its own mix); a reader who loves dialogue and gets narration
-# regenerates (bench/sim: the conditioned arm repeated for dialogue 0.055 of late replies without this note).
-MIN_DIALOGUE_CONFIDENCE = 0.5
-NARRATION_BELOW, DIALOGUE_ABOVE = 0.2, 0.45
+# The balance of speech and narration, from the profile's dialogue share (style.dialogue_share; its confidence
+# is the probability that the preferred share lies within 0.1 of the value), by the rule the profile's own
+# instructions use (models/profile.py dialogue_balance). The pacing voices carry their own mix of speech, so
+# without this line a reader who loves dialogue and is served a slow burn regenerates for it (bench/sim
+# replay: the conditioned arm repeated for dialogue in 0.055 of late replies, the unconditioned 0.049).
 DIALOGUE_NOTES = {
     "mostly_dialogue": "Dialogue: mostly dialogue; let the characters speak.",
     "balanced": "Dialogue: balanced between speech and narration.",
@@ -330,14 +328,9 @@ def dialogue_of(style: dict[str, Any] | None) -> str | None:
     """The balance of speech and narration to ask for from a profile's style, None when unsure."""
     try:
         ds = (style or {})["dialogue_share"]
-        value, confidence = float(ds["value"]), float(ds["confidence"])
+        return dialogue_balance(float(ds["value"]), float(ds["confidence"]))
     except (KeyError, TypeError, ValueError):
         return None
-    if not (math.isfinite(value) and confidence >= MIN_DIALOGUE_CONFIDENCE):
-        return None
-    if value < NARRATION_BELOW:
-        return "mostly_narration"
-    return "mostly_dialogue" if value > DIALOGUE_ABOVE else "balanced"
 
 
 def decide(profile: dict[str, Any] | None, rng: random.Random,

@@ -14,6 +14,7 @@ from typing import Any
 from models.features import reply_features
 
 PACING_LABELS = ("slow_burn", "balanced", "fast")
+DIALOGUE_LABELS = ("mostly_dialogue", "balanced", "mostly_narration")  # the note's balance of speech
 
 # Which reply_id rule each type follows, and its own fields.
 EVENT_TYPES: dict[str, str] = {
@@ -246,4 +247,10 @@ def _conditioning(cond: Any) -> dict[str, Any]:
     version = cond.get("profile_version")
     if isinstance(version, int) and not isinstance(version, bool):
         out["profile_version"] = version
+    dialogue = cond.get("dialogue")
+    if dialogue is not None:
+        if dialogue not in DIALOGUE_LABELS:
+            raise EventError("invalid_field",
+                             f"conditioning.dialogue {dialogue!r} must be one of {', '.join(DIALOGUE_LABELS)} or null")
+        out["dialogue"] = dialogue
     return out

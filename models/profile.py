@@ -689,6 +689,43 @@ def behaviour_features(state: Mapping[str, Any]) -> dict[str, float]:
 
 
 # --- Documents ------------------------------------------------------------------------------------
+_UNIT = statistics.NormalDist()
+# The balance of speech and narration a reader prefers, said to the model (the gateway's note, the profile's
+# instructions): under NARRATION_BELOW of the text quoted, mostly narration; over DIALOGUE_ABOVE, mostly
+# dialogue (more speech than narration, taken literally); a balance between. Said only when the profile is
+# sure of that instruction: the probability that the preferred share lies in the instruction's range, from
+# the value and its confidence (the probability of lying within 0.1 of the value, calibrated) read as a
+# normal, is at least BALANCE_CONFIDENCE. Sure of the range is less than sure of the value: a reader at
+# 0.7 +- 0.24 (confidence 0.32) prefers mostly dialogue with probability 0.8.
+BALANCE_CONFIDENCE = 0.75
+NARRATION_BELOW, DIALOGUE_ABOVE = 0.2, 0.5
+_RANGES = {"mostly_narration": (-math.inf, NARRATION_BELOW), "balanced": (NARRATION_BELOW, DIALOGUE_ABOVE),
+           "mostly_dialogue": (DIALOGUE_ABOVE, math.inf)}
+# A character's dialogue share starts from its user's, at least this unsure (a character may be read otherwise).
+CHARACTER_DS_SD = 0.15
+
+
+def dialogue_balance(value: float, confidence: float) -> str | None:
+    """`mostly_dialogue`, `balanced` or `mostly_narration` for a dialogue share and its confidence; None when
+    unsure of it (see BALANCE_CONFIDENCE)."""
+    if not (math.isfinite(value) and math.isfinite(confidence) and 0 < confidence < 1):
+        return None
+    sd = 0.1 / _UNIT.inv_cdf((1 + confidence) / 2)
+    if value < NARRATION_BELOW:
+        best = "mostly_narration"
+    else:
+        best = "mostly_dialogue" if value > DIALOGUE_ABOVE else "balanced"
+    lo, hi = _RANGES[best]
+    inside = _UNIT.cdf((hi - value) / sd) - _UNIT.cdf((lo - value) / sd)
+    return best if inside >= BALANCE_CONFIDENCE else None
+
+
+def character_prior(est: Mapping[str, Any]) -> dict[str, float]:
+    """The prior of a character's profile: its user's length and dialogue share, no surer than the user's."""
+    ds_sd = max(CHARACTER_DS_SD, math.sqrt(max(float(est.get("ds_var") or 0.0), 0.0)))
+    return {"mu": est["mu"], "mu_sd": 0.35, "ds": est["ds"], "ds_sd": ds_sd}
+
+
 def render_conditioning(est: Mapping[str, Any], trust: str) -> dict[str, Any]:
     """The short reader-preference note and token budget; only what is confident enough is said."""
     parts = []
@@ -699,9 +736,9 @@ def render_conditioning(est: Mapping[str, Any], trust: str) -> dict[str, Any]:
             parts.append({"slow_burn": "slow-burn pacing: linger on moments, let tension build",
                           "balanced": "balanced pacing", "fast": "fast pacing: move the story forward briskly"}
                          [est["pacing_label"]])
-        if est["ds_conf"] >= 0.6:
-            parts.append("mostly dialogue" if est["ds"] >= 0.55 else "mostly narration" if est["ds"] <= 0.35
-                         else "a mix of dialogue and narration")
+        if balance := dialogue_balance(est["ds"], est["ds_conf"]):
+            parts.append({"mostly_dialogue": "mostly dialogue", "mostly_narration": "mostly narration",
+                          "balanced": "a mix of dialogue and narration"}[balance])
         if est["hook"] >= 0.8:
             parts.append("end on a hook")
     instructions = ("Reader preference: " + "; ".join(parts) + ".") if parts else ""

@@ -34,6 +34,8 @@ class Applied(BaseModel):
     explored: bool | None = None
     propensity: float | None = Field(None, gt=0, le=1)
     profile_version: int | None = None
+    dialogue: Literal["mostly_dialogue", "balanced", "mostly_narration"] | None = Field(
+        None, description="the balance of speech and narration asked for, if any")
 
 
 class ReplyShown(_Common):

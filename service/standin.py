@@ -120,7 +120,7 @@ SPOKEN = {
 }
 FOLLOW_DIALOGUE = 0.8  # the share of replies that take the requested balance of speech and narration
 # Each sentence's chance of being spoken, per balance asked for (a model asked for mostly dialogue still
-# narrates a little).
+# narrates a little, and tags its lines: about half the text ends up quoted, as in dialogue-heavy role-play).
 SPOKEN_SHARE = {"mostly_dialogue": 0.75, "balanced": 0.4, "mostly_narration": 0.0}
 HOOKS = {
     "slow_burn": '"What are you thinking about?" she asks quietly, after a long, lingering silence.',
@@ -216,7 +216,7 @@ def compose(messages: list[dict[str, Any]], max_tokens: int | None, rng: random.
             s = pool.pop()
         parts.append(s)
         size += len(s) + 1
-    if rng.random() < 0.5 and balance != "mostly_narration":
+    if rng.random() < 0.5 and balance != "mostly_narration":  # the hooks are spoken: none in narration
         parts.append(HOOKS[pacing])
     text = " ".join(parts)
     finish = "stop"

@@ -482,7 +482,7 @@ class Applier:
         doc = pm.profile_document(w.app, w.user_id, None, version, updated, state, est, state["replies"], state["n"])
         char_keys, char_docs = [], []
         for cid, recs in pm.characters_ready(state).items():
-            cest = pm.estimate(recs, pop, prior={"mu": est["mu"], "mu_sd": 0.35, "ds": est["ds"], "ds_sd": 0.15})
+            cest = pm.estimate(recs, pop, prior=pm.character_prior(est))
             cdoc = pm.profile_document(w.app, w.user_id, cid, version, updated, state, cest,
                                        sum(1 for r in recs), state["n"])
             char_keys.append(keys.profile(w.app, w.user_id, cid))

@@ -228,11 +228,13 @@ async def run_closed_loop(cluster: Cluster, users: list[SimUser], turns: int, rn
 
 
 def ceiling(users: list[SimUser], rng: np.random.Generator, noise: Noise, replies: int = 40) -> dict[str, float]:
-    """Repeat rates with perfect knowledge (the true pacing and length always applied) and with none, from the
-    stand-in's own reply model in this process: what the closed loop could reach at best in this simulator."""
+    """Repeat rates with perfect knowledge (the true pacing, length and balance of speech always applied) and
+    with none, from the stand-in's own reply model in this process: what the closed loop could reach at best
+    in this simulator."""
     import random  # noqa: PLC0415
 
     from models.conditioning import max_tokens_for, render_note  # noqa: PLC0415
+    from models.profile import dialogue_balance  # noqa: PLC0415
     from service.standin import compose, perceived_pacing  # noqa: PLC0415
 
     local = random.Random(int(rng.integers(1 << 30)))
@@ -245,7 +247,9 @@ def ceiling(users: list[SimUser], rng: np.random.Generator, noise: Noise, replie
                 max_tokens = None
                 if arm == "oracle":
                     target = int(round(u.preferred_chars / 10) * 10)
-                    messages.append({"role": "system", "name": "Attune", "content": render_note(u.pacing, target)})
+                    balance = dialogue_balance(u.dialogue, 1.0)
+                    messages.append({"role": "system", "name": "Attune",
+                                     "content": render_note(u.pacing, target, balance)})
                     max_tokens = max_tokens_for(target)
                 reply = compose(messages, max_tokens, local)
                 text = reply["text"]
@@ -330,7 +334,7 @@ def closed_loop_table(res: ClosedLoopResult, header: str) -> str:
     verdict = "n/a" if math.isnan(red) else ("PASS" if red >= 0.35 else "FAIL")
     lines.append(f"{'repeat reduction, late turns':<44}{fmt(red):>12}   goal >= 0.35   {verdict}")
     if "reduction_ceiling" in f:
-        lines.append(f"{'ceiling: true pacing+length always applied':<44}{fmt(f['repeat_ceiling[oracle]']):>12}"
+        lines.append(f"{'ceiling: true pacing+length+dialogue applied':<44}{fmt(f['repeat_ceiling[oracle]']):>12}"
                      f"{fmt(f['repeat_ceiling[off]']):>15}   reduction {fmt(f['reduction_ceiling'])}")
     lines.append("")
     lines.append(f"offline estimate (greedy conditioned policy, from the gateway's logged propensities, late turns): "

@@ -57,7 +57,7 @@ class Learner:
         ready = pm.characters_ready(st)
         if "mira" in ready:
             recs = ready["mira"]
-            prior = {"mu": est["mu"], "mu_sd": 0.35, "ds": est["ds"], "ds_sd": 0.15}
+            prior = pm.character_prior(est)
             cest = pm.estimate(recs, pop, prior=prior)
             self.char_profile = pm.profile_document("a", self.user_id, "mira", self.version, "", st, cest,
                                                     len(recs), st["n"])
@@ -173,7 +173,8 @@ def _oracle(decision: Any, u: SimUser, what: str) -> Any:
 
     pacing = u.pacing if "pacing" in what else decision.pacing
     target = int(round(u.preferred_chars / 10) * 10) if "length" in what else decision.target_chars
-    return replace(decision, pacing=pacing, target_chars=target, note=render_note(pacing, target),
+    note = render_note(pacing, target, decision.dialogue)
+    return replace(decision, pacing=pacing, target_chars=target, note=note,
                    max_completion_tokens=max_tokens_for(target) if target else None)
 
 

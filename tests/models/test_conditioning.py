@@ -10,6 +10,9 @@ from typing import Any
 
 import pytest
 
+from models.profile import (
+    BALANCE_CONFIDENCE, CHARACTER_DS_SD, DIALOGUE_ABOVE, NARRATION_BELOW, dialogue_balance,
+)
 from models.conditioning import (
     EPSILON,
     MAX_SIGMA,
@@ -18,7 +21,6 @@ from models.conditioning import (
     SHARPEN_MAX,
     SHARPEN_REPLIES,
     DIALOGUE_NOTES,
-    MIN_DIALOGUE_CONFIDENCE,
     after_rejections,
     approx_tokens,
     arm_probabilities,
@@ -151,7 +153,7 @@ def test_the_note_is_short_and_its_token_count_stable() -> None:
     counts = {approx_tokens(render_note(p, t)) for p in PACING for t in (120, 380, 990)}
     bare = {approx_tokens(render_note(p, None)) for p in PACING}
     whole = {approx_tokens(render_note(p, t, d)) for p in PACING for t in (120, 990) for d in DIALOGUE_NOTES}
-    assert max(whole) <= 58 and max(whole) - min(whole) <= 5
+    assert max(whole) <= 55 and max(whole) - min(whole) <= 5
     assert max(counts) <= 45 and max(counts) - min(counts) <= 3
     assert max(bare) <= 40 and max(bare) - min(bare) <= 3
     assert render_note("fast", 300) == render_note("fast", 300)  # deterministic: same input, same bytes
@@ -235,8 +237,12 @@ def test_the_more_replies_a_profile_rests_on_the_more_its_best_pacing_is_exploit
 
 
 @pytest.mark.parametrize(("value", "confidence", "asked"), [
-    (0.7, 0.8, "mostly_dialogue"), (0.1, 0.8, "mostly_narration"), (0.3, 0.8, "balanced"),
-    (0.7, MIN_DIALOGUE_CONFIDENCE - 0.01, None), (float("nan"), 0.9, None), ("x", 0.9, None),
+    (0.7, 0.8, "mostly_dialogue"), (0.1, 0.8, "mostly_narration"), (0.35, 0.8, "balanced"),
+    # sure of the range, not of the value: 0.7 +- 0.24 lies over 0.5 with probability 0.8
+    (0.7, 0.32, "mostly_dialogue"), (0.6, 0.32, None), (0.35, 0.32, None), (0.7, 0.2, None),
+    (NARRATION_BELOW, 0.99, None), (DIALOGUE_ABOVE, 0.99, None),  # on an edge: either side as likely
+    (float("nan"), 0.9, None), ("x", 0.9, None), (0.7, float("nan"), None),
+    (0.7, 1.0, None), (0.7, 0.0, None),
 ])
 def test_the_balance_of_speech_is_asked_for_only_when_the_profile_is_sure(value: Any, confidence: float,
                                                                         asked: str | None) -> None:
@@ -253,3 +259,22 @@ def test_the_balance_of_speech_is_asked_for_only_when_the_profile_is_sure(value:
 def test_an_untrusted_profile_asks_for_no_balance_of_speech() -> None:
     style = {"dialogue_share": {"value": 0.8, "confidence": 0.9}}
     assert decide({"version": 3, "trust": "suspect_bot", "style": style}, random.Random(1)).dialogue is None
+
+
+def test_the_bar_is_the_probability_of_the_range_asked_for() -> None:
+    """Just under and just over BALANCE_CONFIDENCE for a reader at 0.7: the value's confidence that puts
+    the normal's mass over 0.5 at the bar, found by bisection, decides."""
+    lo, hi = 0.01, 0.99
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if dialogue_balance(0.7, mid) else (mid, hi)
+    sd = 0.1 / statistics.NormalDist().inv_cdf((1 + hi) / 2)
+    assert statistics.NormalDist(0.7, sd).cdf(0.5) == pytest.approx(1 - BALANCE_CONFIDENCE, abs=1e-3)
+
+
+def test_a_character_is_never_surer_of_the_dialogue_share_than_its_user() -> None:
+    from models.profile import character_prior  # noqa: PLC0415
+
+    assert character_prior({"mu": 6.0, "ds": 0.4, "ds_var": 0.04})["ds_sd"] == pytest.approx(0.2)
+    assert character_prior({"mu": 6.0, "ds": 0.4, "ds_var": 0.0001})["ds_sd"] == CHARACTER_DS_SD
+    assert character_prior({"mu": 6.0, "ds": 0.4})["ds_sd"] == CHARACTER_DS_SD  # an estimate without it

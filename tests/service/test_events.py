@@ -101,6 +101,7 @@ def test_reply_text_is_replaced_by_features(api: ApiServer, redis_sync: redis.Re
     (ev(timestamp=now_iso(-8 * 86400)), "timestamp_too_old", "retention"),
     (ev("reply_shown", conditioning={"pacing": "turbo"}), "invalid_field", "slow_burn"),
     (ev("reply_shown", conditioning={"propensity": 0}), "invalid_field", "propensity"),
+    (ev("reply_shown", conditioning={"dialogue": "chatty"}), "invalid_field", "mostly_dialogue"),
     ("not an object", "not_an_object", "JSON object"),
 ])
 def test_each_rule_rejects_with_a_code_and_a_clear_message(api: ApiServer, redis_sync: redis.Redis,
@@ -295,3 +296,12 @@ def test_an_id_with_a_trailing_newline_is_rejected(api: ApiServer) -> None:
     assert [x["code"] for x in r.json()["rejected"]] == ["invalid_field"]
     with api.admin() as c:
         assert c.post("/v1/admin/apps/demo%0A/keys", json={"scopes": ["read"]}).status_code == 400
+
+
+def test_an_echoed_applied_keeps_its_balance_of_speech(api: ApiServer, redis_sync: redis.Redis) -> None:
+    """An app echoes /v1/condition's `applied` whole in its reply_shown, the balance of speech included."""
+    applied = {"pacing": "fast", "target_chars": 300, "explored": False, "propensity": 0.8,
+               "profile_version": 3, "dialogue": "mostly_dialogue"}
+    r = post(api, {"events": [ev("reply_shown", conditioning=applied)]})
+    assert r.status_code == 202 and r.json()["accepted"] == 1, r.text
+    assert stored(redis_sync)[0]["conditioning"]["dialogue"] == "mostly_dialogue"

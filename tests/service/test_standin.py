@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import subprocess
@@ -16,7 +17,9 @@ import orjson
 import pytest
 
 from models.features import pacing_of, reply_features
-from service.standin import FOLLOW_DIALOGUE, FOLLOW_PACING, PACING, StandIn, compose, perceived_pacing, running
+from service.standin import (
+    FOLLOW_DIALOGUE, FOLLOW_PACING, PACING, StandIn, compose, perceived_pacing, running,
+)
 from tests.conftest import ROOT, free_port, wait_http
 
 AUTH = {"Authorization": "Bearer test"}
@@ -193,8 +196,9 @@ def test_python_m_service_standin_reads_its_port_from_the_environment(tmp_path: 
 
 def test_the_balance_of_speech_asked_for_is_followed_imperfectly_in_the_same_voice() -> None:
     """More speech when asked for mostly dialogue, less for mostly narration, the model's own mix without a
-    note; the pacing still reads from the text (the gateway measures it)."""
+    note; the pacing still reads from the text (the gateway measures it) at least as often as without it."""
     shares: dict[str | None, list[float]] = {}
+    accuracy: dict[str | None, float] = {}
     for asked in (None, "mostly dialogue", "balanced", "mostly narration"):
         rng = random.Random(4)
         right = measured = 0
@@ -206,9 +210,23 @@ def test_the_balance_of_speech_asked_for_is_followed_imperfectly_in_the_same_voi
             if (read := pacing_of(reply["text"])) is not None:
                 measured += 1
                 right += read == reply["pacing"]
-        assert right / measured > 0.85, (asked, right / measured)
+        accuracy[asked] = right / measured
+    assert all(a >= accuracy[None] - 0.02 for a in accuracy.values()), accuracy
     mean = {k: sum(v) / len(v) for k, v in shares.items()}
     assert mean["mostly dialogue"] > mean["balanced"] > mean[None] > mean["mostly narration"], mean
     assert mean["mostly dialogue"] > 0.45 and mean["mostly narration"] < 0.1, mean
     # Followed imperfectly: some replies asked for narration still carry the model's own speech.
     assert 0 < sum(s > 0.1 for s in shares["mostly narration"]) / 900 < 2 * (1 - FOLLOW_DIALOGUE)
+
+
+def test_a_reply_without_a_dialogue_note_is_the_one_written_before_that_note_existed() -> None:
+    """The unconditioned arm of the closed loop and every figure measured before the dialogue note depend on
+    it: the same draws, the same texts (digest taken from the stand-in before the note, same seed)."""
+    rng = random.Random(11)
+    h = hashlib.sha256()
+    for i in range(300):
+        pace = ("slow burn", "balanced", "fast")[i % 3]
+        asked = f"Pace: {pace}. Length: about {200 + i * 7} characters."
+        note = [{"role": "system", "content": asked}] if i % 4 else [{"role": "user", "content": "hi"}]
+        h.update(compose(note, 120 if i % 5 == 0 else None, rng)["text"].encode())
+    assert h.hexdigest()[:16] == "831b3ffaa0f8b20f"
