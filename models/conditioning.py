@@ -329,7 +329,7 @@ def dialogue_of(style: dict[str, Any] | None) -> str | None:
     try:
         ds = (style or {})["dialogue_share"]
         return dialogue_balance(float(ds["value"]), float(ds["confidence"]))
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, ArithmeticError):
         return None
 
 

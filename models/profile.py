@@ -694,8 +694,8 @@ _UNIT = statistics.NormalDist()
 # instructions): under NARRATION_BELOW of the text quoted, mostly narration; over DIALOGUE_ABOVE, mostly
 # dialogue (more speech than narration, taken literally); a balance between. Said only when the profile is
 # sure of that instruction: the probability that the preferred share lies in the instruction's range, from
-# the value and its confidence (the probability of lying within 0.1 of the value, calibrated) read as a
-# normal, is at least BALANCE_CONFIDENCE. Sure of the range is less than sure of the value: a reader at
+# the value and its confidence (the probability of lying within 0.1 of the value; not recalibrated, its ECE
+# in the open-loop report is 0.04-0.08) read as a normal, is at least BALANCE_CONFIDENCE. Sure of the range is less than sure of the value: a reader at
 # 0.7 +- 0.24 (confidence 0.32) prefers mostly dialogue with probability 0.8.
 BALANCE_CONFIDENCE = 0.75
 NARRATION_BELOW, DIALOGUE_ABOVE = 0.2, 0.5
@@ -708,13 +708,18 @@ CHARACTER_DS_SD = 0.15
 def dialogue_balance(value: float, confidence: float) -> str | None:
     """`mostly_dialogue`, `balanced` or `mostly_narration` for a dialogue share and its confidence; None when
     unsure of it (see BALANCE_CONFIDENCE)."""
-    if not (math.isfinite(value) and math.isfinite(confidence) and 0 < confidence < 1):
+    if not (math.isfinite(value) and math.isfinite(confidence) and confidence > 0):
         return None
-    sd = 0.1 / _UNIT.inv_cdf((1 + confidence) / 2)
     if value < NARRATION_BELOW:
         best = "mostly_narration"
     else:
         best = "mostly_dialogue" if value > DIALOGUE_ABOVE else "balanced"
+    if confidence >= 1:
+        return best  # certain (the simulator's truth; a document's confidence rounded up)
+    z = _UNIT.inv_cdf(min((1 + confidence) / 2, 1 - 1e-12))
+    if z <= 1e-9:
+        return None  # a confidence too close to 0 to say anything
+    sd = 0.1 / z
     lo, hi = _RANGES[best]
     inside = _UNIT.cdf((hi - value) / sd) - _UNIT.cdf((lo - value) / sd)
     return best if inside >= BALANCE_CONFIDENCE else None

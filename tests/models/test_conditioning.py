@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from models.profile import (
-    BALANCE_CONFIDENCE, CHARACTER_DS_SD, DIALOGUE_ABOVE, NARRATION_BELOW, dialogue_balance,
+    CHARACTER_DS_SD, DIALOGUE_ABOVE, NARRATION_BELOW, dialogue_balance,
 )
 from models.conditioning import (
     EPSILON,
@@ -242,7 +242,9 @@ def test_the_more_replies_a_profile_rests_on_the_more_its_best_pacing_is_exploit
     (0.7, 0.32, "mostly_dialogue"), (0.6, 0.32, None), (0.35, 0.32, None), (0.7, 0.2, None),
     (NARRATION_BELOW, 0.99, None), (DIALOGUE_ABOVE, 0.99, None),  # on an edge: either side as likely
     (float("nan"), 0.9, None), ("x", 0.9, None), (0.7, float("nan"), None),
-    (0.7, 1.0, None), (0.7, 0.0, None),
+    (0.7, 1.0, "mostly_dialogue"), (0.7, 0.0, None), (0.7, 1e-17, None), (0.7, 1 - 2**-53, "mostly_dialogue"),
+    # by hand: confidence 0.32 is sd 0.1 / 0.4125 = 0.2424; P(over 0.5) is 0.745 at 0.66, 0.758 at 0.67
+    (0.66, 0.32, None), (0.67, 0.32, "mostly_dialogue"),
 ])
 def test_the_balance_of_speech_is_asked_for_only_when_the_profile_is_sure(value: Any, confidence: float,
                                                                         asked: str | None) -> None:
@@ -259,17 +261,6 @@ def test_the_balance_of_speech_is_asked_for_only_when_the_profile_is_sure(value:
 def test_an_untrusted_profile_asks_for_no_balance_of_speech() -> None:
     style = {"dialogue_share": {"value": 0.8, "confidence": 0.9}}
     assert decide({"version": 3, "trust": "suspect_bot", "style": style}, random.Random(1)).dialogue is None
-
-
-def test_the_bar_is_the_probability_of_the_range_asked_for() -> None:
-    """Just under and just over BALANCE_CONFIDENCE for a reader at 0.7: the value's confidence that puts
-    the normal's mass over 0.5 at the bar, found by bisection, decides."""
-    lo, hi = 0.01, 0.99
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if dialogue_balance(0.7, mid) else (mid, hi)
-    sd = 0.1 / statistics.NormalDist().inv_cdf((1 + hi) / 2)
-    assert statistics.NormalDist(0.7, sd).cdf(0.5) == pytest.approx(1 - BALANCE_CONFIDENCE, abs=1e-3)
 
 
 def test_a_character_is_never_surer_of_the_dialogue_share_than_its_user() -> None:
