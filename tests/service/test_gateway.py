@@ -18,7 +18,7 @@ from models.features import pacing_of
 from service import keys
 from service.settings import Settings
 from service.standin import StandIn, running
-from tests.conftest import ApiServer, make_settings
+from tests.conftest import ApiServer, full_redis, make_settings
 
 SYSTEM = "You are Mira, a cartographer in a rain-soaked harbour town. Never break character."
 PACINGS = ("slow_burn", "balanced", "fast")
@@ -722,19 +722,12 @@ def test_a_full_redis_still_serves_profiles_and_chats(api: ApiServer, si: StandI
     events are refused whole (503) until memory is freed."""
     put_profile(redis_sync, "u1")
     key = api.app_key()
-    policy = redis_sync.config_get("maxmemory-policy")["maxmemory-policy"]
-    redis_sync.config_set("maxmemory-policy", "noeviction")
-    redis_sync.config_set("maxmemory", "1")
-    try:
-        with api.client(key) as c:
-            chat = c.post("/v1/chat/completions", headers=headers(), json={"model": "M2-her", "messages": MESSAGES})
-            profile = c.get("/v1/users/u1/profile")
-            events = c.post("/v1/events", json={"events": [{
-                "event_id": "full-1", "type": "repeat", "user_id": "u1", "reply_id": "r1",
-                "timestamp": int(time.time() * 1000)}]})
-    finally:
-        redis_sync.config_set("maxmemory", "0")
-        redis_sync.config_set("maxmemory-policy", policy)
+    with full_redis(redis_sync), api.client(key) as c:
+        chat = c.post("/v1/chat/completions", headers=headers(), json={"model": "M2-her", "messages": MESSAGES})
+        profile = c.get("/v1/users/u1/profile")
+        events = c.post("/v1/events", json={"events": [{
+            "event_id": "full-1", "type": "repeat", "user_id": "u1", "reply_id": "r1",
+            "timestamp": int(time.time() * 1000)}]})
     assert chat.status_code == 200 and chat.headers["x-attune-conditioned"] == "true", chat.text
     assert chat.json()["choices"][0]["message"]["content"]
     assert profile.status_code == 200 and profile.json()["user_id"] == "u1"

@@ -12,7 +12,7 @@ import redis
 
 from service import keys
 from service.embedded import EmbeddedRedis
-from tests.conftest import make_settings, start_api
+from tests.conftest import full_redis, make_settings, start_api
 from tests.service.test_events import ev
 
 
@@ -80,19 +80,16 @@ def test_a_full_redis_gives_a_503_that_says_so_and_nothing_half_written(tmp_path
     try:
         key = api.app_key(("ingest",))
         batch = [ev(user=f"u{i}", event_id=uuid.uuid4().hex) for i in range(20)]
-        check.config_set("maxmemory-policy", "noeviction")
-        check.config_set("maxmemory", "1")  # every write is over the bound
         with httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {key}"}, timeout=20) as c:
-            r = c.post("/v1/events", json={"events": batch})
+            with full_redis(check):
+                r = c.post("/v1/events", json={"events": batch})
             assert r.status_code == 503, r.text
             assert "out of memory" in r.json()["error"]["message"] and int(r.headers["Retry-After"]) >= 2
             assert _entries(check) == [] and check.keys("attune:*:seen:*") == []
-            check.config_set("maxmemory", "0")
             r = c.post("/v1/events", json={"events": batch})
             assert r.status_code == 202 and r.json()["accepted"] == len(batch), r.text
         assert len(_entries(check)) == len(batch)
     finally:
-        check.config_set("maxmemory", "0")
         check.close()
         api_server.__exit__(None, None, None)
         server.stop()

@@ -15,7 +15,7 @@ from service import keys
 from service import store as store_mod
 from service.profiles import delete_user
 from service.settings import Settings
-from tests.conftest import make_settings
+from tests.conftest import full_redis, make_settings
 from tests.workers.helpers import drain, ingest, run, session
 from workers import apply as apply_mod
 from workers import resp as resp_mod
@@ -507,25 +507,29 @@ def test_a_full_redis_stalls_the_worker_without_dead_lettering_its_events(redis_
         w = Worker(s, client, "full")
         await w.ensure_groups()
         await w.heartbeat()
-        policy = redis_sync.config_get("maxmemory-policy")["maxmemory-policy"]
-        redis_sync.config_set("maxmemory-policy", "noeviction")
-        redis_sync.config_set("maxmemory", "1")
-        try:
+        with full_redis(redis_sync):
             task = asyncio.create_task(w.loop())
             await asyncio.sleep(4.5)  # four retries' worth
             assert _profile(redis_sync, "u1") is None
-        finally:
-            redis_sync.config_set("maxmemory", "0")
-            redis_sync.config_set("maxmemory-policy", policy)
-        deadline = time.monotonic() + 20
-        while _profile(redis_sync, "u1") is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        w.stopping.set()
-        await task
-        await w.release_all()
+        await _stop_once_applied(w, task, redis_sync)
         await client.aclose()
 
     run(scenario())
+    _assert_applied_once_without_dead_letters(redis_sync, s)
+
+
+async def _stop_once_applied(w: Worker, task: asyncio.Task[None], redis_sync: redis.Redis) -> None:
+    """Let the worker loop run until u1's profile appears (20 s at most), then stop it and hand back."""
+    deadline = time.monotonic() + 20
+    while _profile(redis_sync, "u1") is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    w.stopping.set()
+    await task
+    await w.release_all()
+
+
+def _assert_applied_once_without_dead_letters(redis_sync: redis.Redis, s: Settings) -> None:
+    """u1's 5 turns (10 events) all applied, none dead-lettered."""
     assert sum(redis_sync.xlen(keys.dead_letters(p)) for p in range(s.partitions)) == 0
     doc = _profile(redis_sync, "u1")
     assert doc is not None and doc["evidence"]["events_used"] == 10
@@ -553,20 +557,12 @@ def test_commits_refused_for_memory_again_and_again_do_not_dead_letter(redis_url
             return await apply(*args, **kw)
 
         w.applier.apply = refused_at_first  # type: ignore[method-assign]
-        task = asyncio.create_task(w.loop())
-        deadline = time.monotonic() + 20
-        while _profile(redis_sync, "u1") is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        w.stopping.set()
-        await task
-        await w.release_all()
+        await _stop_once_applied(w, asyncio.create_task(w.loop()), redis_sync)
         await client.aclose()
         assert refusals == [0]
 
     run(scenario())
-    assert sum(redis_sync.xlen(keys.dead_letters(p)) for p in range(s.partitions)) == 0
-    doc = _profile(redis_sync, "u1")
-    assert doc is not None and doc["evidence"]["events_used"] == 10
+    _assert_applied_once_without_dead_letters(redis_sync, s)
 
 
 def test_a_heartbeat_in_a_full_redis_still_renews_the_leases(redis_url: str, tmp_path: Any,
@@ -581,15 +577,8 @@ def test_a_heartbeat_in_a_full_redis_still_renews_the_leases(redis_url: str, tmp
         await w.heartbeat()
         for p in w.owned:
             redis_sync.pexpire(keys.lease(p), 2_000)  # as if the last renewal were long ago
-        policy = redis_sync.config_get("maxmemory-policy")["maxmemory-policy"]
-        redis_sync.config_set("maxmemory-policy", "noeviction")
-        redis_sync.config_set("maxmemory", "1")
-        try:
-            with pytest.raises(RedisError):
-                await w.heartbeat()
-        finally:
-            redis_sync.config_set("maxmemory", "0")
-            redis_sync.config_set("maxmemory-policy", policy)
+        with full_redis(redis_sync), pytest.raises(RedisError):
+            await w.heartbeat()
         ttls = [redis_sync.pttl(keys.lease(p)) for p in sorted(w.owned)]
         await w.release_all()
         await client.aclose()
