@@ -104,7 +104,7 @@ class Worker:
         self.owned: set[int] = set()
         self.recovered: set[int] = set()
         # Per partition, the recoveries this process owes to Redis refusing its writes for memory: each one
-        # counts two deliveries (claim and read) that are not the entries' fault (see _over_delivered).
+        # counts a delivery (the read of the pending entries) that is not the entries' fault.
         self._oom_retries: dict[int, int] = {}
         # Per owned partition, until when (monotonic) its lease surely holds: the time before the renewal
         # or take that Redis acknowledged, plus the lease. See readable().
@@ -144,18 +144,14 @@ class Worker:
                 self.lease_until[p] = asked + self.settings.worker_lease_seconds
             else:
                 log.warning("lost the lease of partition %d; another worker reads it now", p)
-                self.owned.discard(p)
-                self.recovered.discard(p)
-                self.applier.forget_partition(p)
+                self._forget(p)
         await self.redis.zadd(keys.WORKERS, {self.id: now_ms})
         window = int(self.settings.worker_heartbeat_seconds * 1000)
         alive = max(1, int(await self.redis.zcount(keys.WORKERS, now_ms - window, "+inf")))
         share = math.ceil(self.settings.partitions / alive)
         while len(self.owned) > share:
             p = max(self.owned)
-            self.owned.discard(p)
-            self.recovered.discard(p)
-            self.applier.forget_partition(p)
+            self._forget(p)
             await RELEASE(self.redis, [keys.lease(p)], [self.id])
             log.info("gave back partition %d (fair share %d with %d workers)", p, share, alive)
         if len(self.owned) < share:
@@ -184,11 +180,18 @@ class Worker:
             "partitions": ",".join(map(str, sorted(self.owned))), "dead_lettered": self.dead_lettered})
         await self.redis.expire(keys.worker_info(self.id), int(self.settings.worker_heartbeat_seconds * 3) + 1)
 
+    def _forget(self, p: int) -> None:
+        """Partition p is no longer this worker's: if it comes back, it is recovered afresh, and the memory
+        retries owed there (see _over_delivered) belong to the spell of that earlier ownership."""
+        self.owned.discard(p)
+        self.recovered.discard(p)
+        self._oom_retries.pop(p, None)
+        self.applier.forget_partition(p)
+
     async def release_all(self) -> None:
         for p in sorted(self.owned):
             await RELEASE(self.redis, [keys.lease(p)], [self.id])
-            self.applier.forget_partition(p)
-        self.owned.clear()
+            self._forget(p)
         await self.applier.pipe.aclose()
         await self.redis.zrem(keys.WORKERS, self.id)
         await self.redis.delete(keys.worker_info(self.id))
@@ -196,13 +199,16 @@ class Worker:
     # --- reading ------------------------------------------------------------------------------------
     async def recover(self, p: int) -> int:
         """Claim every entry still pending in partition p (a previous reader died or left) and apply them first."""
-        stream, cursor, claimed = keys.stream(p), "0-0", 0
+        stream, cursor, claimed = keys.stream(p), b"0-0", 0
         while True:
-            res = await self.redis.xautoclaim(stream, keys.CONSUMER_GROUP, self.id, min_idle_time=0,
-                                              start_id=cursor, count=self.settings.worker_batch_size)
-            cursor = _s(res[0])
+            # JUSTID: the claim does not count a delivery, so a recovery counts one (the read below), not two.
+            # Over the raw connection: redis-py's reply parser drops the cursor of a JUSTID claim.
+            (res,) = raise_first(await self.applier.pipe.execute([(
+                b"XAUTOCLAIM", stream, keys.CONSUMER_GROUP, self.id, 0, cursor,
+                b"COUNT", self.settings.worker_batch_size, b"JUSTID")]))
+            cursor = res[0]
             claimed += len(res[1])
-            if cursor == "0-0":
+            if _s(cursor) == "0-0":
                 break
         done, after = 0, "0-0"
         while not self.stopping.is_set():
@@ -386,7 +392,7 @@ class Worker:
             if not items:
                 continue
             # Recoveries after Redis refused this process's writes for memory are not the entries' fault.
-            limit = self.settings.worker_dead_letter_deliveries + 2 * self._oom_retries.get(p, 0)
+            limit = self.settings.worker_dead_letter_deliveries + self._oom_retries.get(p, 0)
             rows = await self.redis.xpending_range(keys.stream(p), keys.CONSUMER_GROUP, min=_s(items[0][0]),
                                                    max=_s(items[-1][0]), count=len(items) + 10,
                                                    consumername=self.id)

@@ -190,6 +190,21 @@ def test_entry_delivered_too_often_is_dead_lettered(redis_url: str, tmp_path: An
     assert doc is not None and doc["evidence"]["events_used"] == 3
 
 
+def test_a_recovery_counts_one_delivery(redis_url: str, tmp_path: Any, redis_sync: redis.Redis) -> None:
+    """Entries read once by a worker that died: taking them over is their second delivery, not their third
+    (the claim counts none), so with 2 deliveries allowed they are applied, not dead-lettered."""
+    s = _settings(redis_url, tmp_path, worker_dead_letter_deliveries=2)
+    run(ingest(s, "demo", session("u1", 2)))
+    p = keys.partition_of("demo", "u1", s.partitions)
+    redis_sync.xgroup_create(keys.stream(p), keys.CONSUMER_GROUP, id="0", mkstream=True)
+    assert len(redis_sync.xreadgroup(keys.CONSUMER_GROUP, "died", {keys.stream(p): ">"}, count=100)[0][1]) == 4
+    run(drain(s))
+    assert sum(redis_sync.xlen(keys.dead_letters(q)) for q in range(s.partitions)) == 0
+    doc = _profile(redis_sync, "u1")
+    assert doc is not None and doc["evidence"]["events_used"] == 4
+    assert redis_sync.xpending(keys.stream(p), keys.CONSUMER_GROUP)["pending"] == 0
+
+
 def test_delete_while_events_are_queued_leaves_nothing(redis_url: str, tmp_path: Any, redis_sync: redis.Redis) -> None:
     s = _settings(redis_url, tmp_path)
     run(ingest(s, "demo", session("gone", 10)))
@@ -497,9 +512,9 @@ def test_a_full_redis_stalls_the_worker_without_dead_lettering_its_events(redis_
     """Redis at its memory bound (maxmemory, noeviction) refuses every commit. Reading the pending entries
     again each retry would count deliveries toward dead letters, so once memory is freed they would be
     dead-lettered instead of applied. The worker waits for Redis to take writes again, then applies them."""
-    s = _settings(redis_url, tmp_path, worker_lease_seconds=60)
-    # A recovery counts two deliveries (the claim and the read), so 4 retries would reach 9, over the 5 allowed.
-    assert s.worker_dead_letter_deliveries == 5
+    # A recovery counts a delivery (the read of the pending entries), so 4 retries would reach 5, over the 2
+    # allowed.
+    s = _settings(redis_url, tmp_path, worker_lease_seconds=60, worker_dead_letter_deliveries=2)
     run(ingest(s, "demo", session("u1", 5)))
 
     async def scenario() -> None:
@@ -526,6 +541,7 @@ async def _stop_once_applied(w: Worker, task: asyncio.Task[None], redis_sync: re
     w.stopping.set()
     await task
     await w.release_all()
+    assert not w.owned and not w.recovered and not w._oom_retries  # nothing owed carries over to a new lease
 
 
 def _assert_applied_once_without_dead_letters(redis_sync: redis.Redis, s: Settings) -> None:
@@ -538,9 +554,9 @@ def _assert_applied_once_without_dead_letters(redis_sync: redis.Redis, s: Settin
 def test_commits_refused_for_memory_again_and_again_do_not_dead_letter(redis_url: str, tmp_path: Any,
                                                                      redis_sync: redis.Redis) -> None:
     """Memory hovering at the bound: a probe write goes through, the next commit is refused again. Each retry
-    recovers the pending entries (two deliveries); retries the worker owes to Redis's memory do not count
-    toward dead letters, and the entries are applied once commits go through."""
-    s = _settings(redis_url, tmp_path, worker_lease_seconds=60)
+    recovers the pending entries (a delivery); retries the worker owes to Redis's memory do not count toward
+    dead letters, and the entries are applied once commits go through."""
+    s = _settings(redis_url, tmp_path, worker_lease_seconds=60, worker_dead_letter_deliveries=2)
     run(ingest(s, "demo", session("u1", 5)))
 
     async def scenario() -> None:
@@ -548,7 +564,7 @@ def test_commits_refused_for_memory_again_and_again_do_not_dead_letter(redis_url
         w = Worker(s, client, "hovering")
         await w.ensure_groups()
         await w.heartbeat()
-        apply, refusals = w.applier.apply, [3]
+        apply, refusals = w.applier.apply, [3]  # first read, then 3 retries: 4 deliveries, over the 2
 
         async def refused_at_first(*args: Any, **kw: Any) -> Any:
             if refusals[0]:
