@@ -25,12 +25,6 @@ async def main() -> int:
     settings = get_settings()
     url = settings.redis_url or url_for(settings.data_dir)
     client = store_mod.connect(url, socket_timeout=settings.worker_block_ms / 1000 + 10)
-    try:
-        await store_mod.check_server(client)
-    except store_mod.UnsupportedRedis as exc:
-        log.error("%s", exc)
-        await client.aclose()
-        return 2
     worker = Worker(settings, client)
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
@@ -57,6 +51,9 @@ async def main() -> int:
         run = asyncio.ensure_future(worker.run())
         try:
             await asyncio.shield(run)
+        except store_mod.UnsupportedRedis as exc:
+            log.error("%s", exc)
+            return 2
         except asyncio.CancelledError:
             run.cancel()
             try:

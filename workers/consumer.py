@@ -27,7 +27,7 @@ from redis.exceptions import RedisError, ResponseError
 from models.population import Population, RepeatModelTrainer, refresh
 from service import keys
 from service.settings import Settings
-from service.store import Script, StatsBuffer, out_of_memory
+from service.store import Script, StatsBuffer, check_server, out_of_memory
 from workers.apply import Applier, UserWork, parse, parse_grouped
 from workers.resp import error_of, raise_first
 
@@ -58,6 +58,7 @@ RELEASE = Script(RELEASE_LUA)
 INITIAL_RATE = 18000.0
 BATCH_MAX = 10_000
 READ_GROUPS = 4
+START_RETRY_SECONDS = 2.0  # a worker started before Redis (or while it is full) tries again this often
 
 
 def read_groups(owned: list[int], k: int) -> list[list[int]]:
@@ -479,11 +480,30 @@ class Worker:
                 self.applier.populations[_s(app)] = Population.from_dict(orjson.loads(raw))
 
     # --- lifecycle ----------------------------------------------------------------------------------
+    async def start(self) -> bool:
+        """Check the server, make the groups, load the populations, take partitions. A Redis that is not up
+        yet or full (a worker started before it, or during a spell) is waited for, not a crash: retried every
+        START_RETRY_SECONDS until it answers or the worker is stopped (then False)."""
+        while True:
+            try:
+                await check_server(self.redis)  # UnsupportedRedis is not waited for: it will not change
+                await self.ensure_groups()
+                await self.load_populations()
+                await self.heartbeat()
+                return True
+            except (OSError, RedisError) as exc:
+                why = "is out of memory (maxmemory) and refuses writes" if out_of_memory(exc) else "is unreachable"
+                log.warning("cannot start: Redis %s (%s: %s); retrying every %g s", why, type(exc).__name__, exc,
+                            START_RETRY_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), START_RETRY_SECONDS)
+                return False
+
     async def run(self) -> None:
         warm_up()
-        await self.ensure_groups()
-        await self.load_populations()
-        await self.heartbeat()
+        if not await self.start():
+            log.info("worker %s stopped before it started", self.id)
+            return
         log.info("worker %s started: partitions %s of %d", self.id, sorted(self.owned), self.settings.partitions)
         beat = asyncio.create_task(self._beat_loop())
         try:

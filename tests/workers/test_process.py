@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from service import keys
+from service.embedded import EmbeddedRedis, url_for
 from tests.conftest import make_settings, spawn_service
 from tests.workers.helpers import drain, ingest, run, session
 
@@ -134,3 +135,30 @@ def test_sigterm_finishes_the_batch_exits_0_and_loses_nothing(redis_url: str, tm
         assert proc.wait(20) == 0
     text = log.read_text()
     assert "SIGTERM: stopping" in text and "stopped:" in text
+
+
+@pytest.mark.embedded_only  # starts its own embedded server: once is enough
+def test_a_worker_started_before_redis_waits_for_it(tmp_path: Path) -> None:
+    """A worker started before its Redis (no start order in Kubernetes) says so and waits, instead of exiting
+    with a traceback; once Redis answers it takes its partitions and applies what arrives."""
+    data = tmp_path / "redis-later"
+    url = url_for(data)
+    log = tmp_path / "worker.log"
+    worker = spawn_service(["-m", "workers"], _env(url, ATTUNE_WORKER_NAME="early"), log)
+    server = EmbeddedRedis(data)
+    try:
+        _wait(lambda: b"cannot start: Redis is unreachable" in log.read_bytes(), 30, "the worker's warning")
+        assert worker.poll() is None
+        server.start()
+        r = redis.Redis.from_url(url)
+        _wait(lambda: r.zscore(keys.WORKERS, "early") is not None, 30, "the worker's announcement")
+        s = make_settings(url, tmp_path, partitions=4)
+        run(ingest(s, "demo", session("u0", 3)))
+        _wait(lambda: _applied(r) == 6, 30, "the events applied")
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+        r.close()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        server.stop()
