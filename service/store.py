@@ -51,14 +51,15 @@ return out
 # comparing digests leaks nothing an attacker could use (a timing difference would reveal digest
 # bytes, not the secret). A Redis at its memory bound (maxmemory, noeviction) refuses the count, a write: the
 # call then goes on uncounted, so profiles and chats are still served while Redis is full (the writes that
-# follow, an ingestion's, still fail whole).
+# follow, an ingestion's, still fail whole). `n` is then minus the cost: the API process counts such calls
+# itself (auth.admit), so a full Redis does not lift the rate limit.
 KEY_CHECK_LUA = """
 local rec = redis.call('HMGET', KEYS[1], 'hash', 'scopes', 'rate_limit')
 if not rec[1] or rec[1] ~= ARGV[1] then return {0} end
 local n = redis.pcall('INCRBY', KEYS[2], ARGV[2])
 if type(n) == 'table' then
   if not string.find(n.err or '', 'OOM', 1, true) then return redis.error_reply(n.err) end
-  n = tonumber(ARGV[2])
+  n = -tonumber(ARGV[2])
 elseif n == tonumber(ARGV[2]) then redis.call('EXPIRE', KEYS[2], 3) end
 local limit = tonumber(rec[3]) or tonumber(ARGV[4])
 local refused = n > limit or not string.find(',' .. (rec[2] or '') .. ',', ',' .. ARGV[3] .. ',', 1, true)
@@ -195,7 +196,7 @@ def unavailable(exc: BaseException) -> StoreUnavailable:
 class KeyCheck:
     valid: bool
     scopes: tuple[str, ...] = ()
-    used: int = 0
+    used: int = 0  # this second's use after this call; minus the call's cost when Redis could not count it
     limit: int = 0  # the app's rate limit per second: its own if an operator set one, else the default
 
 

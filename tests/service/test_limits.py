@@ -7,7 +7,7 @@ import time
 import redis
 
 from service import keys
-from tests.conftest import ApiServer
+from tests.conftest import ApiServer, full_redis
 from tests.service.test_events import ev
 
 
@@ -76,3 +76,18 @@ def test_limits_are_described_in_the_openapi_document(api: ApiServer) -> None:
     schema = put["requestBody"]["content"]["application/json"]["schema"]
     assert "rate_limit_per_second" in schema["properties"] and "null" in str(schema["properties"])
     assert set(doc["paths"]["/v1/admin/apps/{app}/limits"]) == {"get", "put", "delete"}
+
+
+def test_a_full_redis_does_not_lift_the_rate_limit(api: ApiServer, redis_sync: redis.Redis) -> None:
+    """Redis at its memory bound refuses the rate count (a write) and the call goes on uncounted there; the API
+    process counts it itself, so an app cannot spend the shared upstream quota without bound meanwhile."""
+    key = api.app_key(("read",), app="full")
+    with api.admin() as a:
+        assert a.put("/v1/admin/apps/full/limits", json={"rate_limit_per_second": 3}).status_code == 200
+    with full_redis(redis_sync), api.client(key) as c:
+        answers = [c.get("/v1/users/u1/profile") for _ in range(8)]  # at least 4 within one second
+    codes = [r.status_code for r in answers]
+    assert 429 in codes and codes.count(404) >= 3 and set(codes) == {404, 429}, codes
+    refused = next(r for r in answers if r.status_code == 429)
+    assert "rate limit of 3" in refused.json()["error"]["message"] and refused.headers["Retry-After"] == "1"
+    assert redis_sync.keys(keys.rate("full", "*")) == []  # type: ignore[arg-type]  # Redis counted none
