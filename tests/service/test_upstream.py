@@ -401,3 +401,53 @@ async def test_an_error_answer_leaves_no_garbage_cycle_holding_the_request() -> 
             gc.enable()
         await up.aclose()
         assert not held and not frames, (name, len(held), [f.f_code.co_name for f in frames])
+
+
+async def test_over_the_aiohttp_transport_compressed_replies_and_errors_come_through() -> None:
+    """The aiohttp path (Upstream._send_aiohttp) against a real server: a gzip reply and a gzip stream are
+    decoded (they come back as httpx responses, whose decoding it uses), a 429 keeps its Retry-After and is
+    retried, and a port where nothing listens is `upstream_unreachable`, as over httpx's transport."""
+    import gzip  # noqa: PLC0415
+
+    from aiohttp import web  # noqa: PLC0415
+
+    events = sse(CHUNK, {"choices": [{"index": 0, "delta": {"content": "there."}, "finish_reason": "stop"}]})
+    reply = {"choices": [{"index": 0, "message": {"content": "Hi."}}], "base_resp": {"status_code": 0}}
+    calls: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        body = orjson.loads(await request.read())
+        calls.append(body["messages"][-1]["content"])
+        if body["messages"][-1]["content"] == "busy" and calls.count("busy") == 1:
+            return web.json_response({"error": {"message": "slow down"}}, status=429,
+                                     headers={"Retry-After": "0"})
+        streamed = body.get("stream")
+        data = gzip.compress(events if streamed else orjson.dumps(reply))
+        ctype = "text/event-stream" if streamed else "application/json"
+        return web.Response(body=data, headers={"Content-Type": ctype, "Content-Encoding": "gzip"})
+
+    app = web.Application()
+    app.router.add_post(OPENAI_PATH, handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    up = Upstream(f"http://127.0.0.1:{port}", "k3y", UpstreamTimeout(), FAST)
+    gone = Upstream(f"http://127.0.0.1:{free_port()}", "k3y", UpstreamTimeout(), UpstreamRetry(attempts=1))
+    try:
+        stream = await up.stream(OPENAI_PATH, {**BODY, "stream": True})
+        got = [orjson.loads(p) for batch in [b async for b in stream.batches()] for p in batch]
+        await stream.aclose()
+        raw, parsed = await up.complete(OPENAI_PATH, BODY)
+        busy = {**BODY, "messages": [*BODY["messages"][:-1], {"role": "user", "content": "busy"}]}
+        _, after_429 = await up.complete(OPENAI_PATH, busy)
+        with pytest.raises(UpstreamError) as refused:
+            await gone.complete(OPENAI_PATH, BODY)
+    finally:
+        await up.aclose()
+        await gone.aclose()
+        await runner.cleanup()
+    assert "".join(c["choices"][0]["delta"]["content"] for c in got) == "Hello there."
+    assert parsed == reply and orjson.loads(raw) == reply
+    assert after_429 == reply and calls.count("busy") == 2
+    assert refused.value.code == "upstream_unreachable" and refused.value.minimax_code == 1000
