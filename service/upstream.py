@@ -445,7 +445,6 @@ class Upstream:
             if response is not None:
                 await response.aclose()
 
-
     def _request(self, path: str, payload: bytes) -> httpx.Request:
         url = self._urls.get(path)
         if url is None:
