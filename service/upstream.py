@@ -16,13 +16,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import httpx
 import orjson
-import yarl
 from httpx_aiohttp import AiohttpTransport
-from httpx_aiohttp.transport import AiohttpResponseStream, map_aiohttp_exceptions
-from multidict import CIMultiDict
+from httpx_aiohttp.transport import map_aiohttp_exceptions
 
 from service.settings import UpstreamRetry, UpstreamTimeout
 
@@ -199,7 +196,7 @@ def _backoff(attempt: int, policy: UpstreamRetry, retry_after: float | None) -> 
 class Stream:
     """An open streamed reply whose first event already arrived (and carried no error)."""
 
-    response: httpx.Response | _AiohttpReply
+    response: httpx.Response
     chunks: AsyncIterator[bytes]
     first: list[bytes]  # complete SSE data payloads read so far, first one included
     buffer: bytes = b""
@@ -323,18 +320,6 @@ class Upstream:
         # only adds what this client never uses (auth flows, redirects, cookies, event hooks, a logging
         # call), ~5% of a chat's CPU; the client still owns the transport and closes it.
         self._send = transport.handle_async_request
-        # With the aiohttp transport, further still: its own aiohttp session gets the request as the
-        # transport would give it (same headers, timeouts and options, the URL parsed once), and the reply
-        # is read from aiohttp's response without an httpx.Request and httpx.Response around them (their
-        # headers copied and normalised twice): ~0.25 ms less of a chat's latency at 100/s (_send_aiohttp).
-        self._aiohttp = transport if isinstance(transport, AiohttpTransport) else None
-        if self._aiohttp is not None:
-            t = self._extensions["timeout"]
-            self._aio_timeout = aiohttp.ClientTimeout(
-                sock_connect=t.get("connect"), sock_read=t.get("read"), connect=t.get("pool")
-            )
-            self._aio_headers = CIMultiDict(self._headers.multi_items())
-            self._aio_urls = {p: yarl.URL(str(u)) for p, u in self._urls.items()}
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -370,14 +355,21 @@ class Upstream:
 
     async def _once(self, path: str, body: dict[str, Any], stream: bool) -> Any:
         start = time.perf_counter()
-        payload = orjson.dumps(body)
-        response: httpx.Response | _AiohttpReply | None = None
+        url = self._urls.get(path)
+        if url is None:
+            url = httpx.URL(str(self.client.base_url).rstrip("/") + path)
+        # The body as a ready stream, read at once (request.content is what the transport sends): content=
+        # would also add Host and Content-Length, copying and re-scanning the headers twice (~23 us of a
+        # chat's CPU), for the values aiohttp itself sets from the URL and the bytes.
+        request = httpx.Request(
+            "POST", url, headers=self._headers, stream=httpx.ByteStream(orjson.dumps(body)),
+            extensions=self._extensions,
+        )
+        request.read()
+        response: httpx.Response | None = None
         deadline = _Deadline(self.timeout.first_byte)
         try:
-            if self._aiohttp is not None and path in self._aio_urls:
-                response = await self._send_aiohttp(self._aio_urls[path], payload)
-            else:
-                response = await self._send(self._request(path, payload))
+            response = await self._send(request)
             if response.status_code != 200:
                 raw = await _read_capped(response)
                 raise http_error(response.status_code, raw, response.headers.get("retry-after"))
@@ -445,58 +437,6 @@ class Upstream:
             if response is not None:
                 await response.aclose()
 
-    def _request(self, path: str, payload: bytes) -> httpx.Request:
-        url = self._urls.get(path)
-        if url is None:
-            url = httpx.URL(str(self.client.base_url).rstrip("/") + path)
-        # The body as a ready stream, read at once (request.content is what the transport sends): content=
-        # would also add Host and Content-Length, copying and re-scanning the headers twice (~23 us of a
-        # chat's CPU), for the values aiohttp itself sets from the URL and the bytes.
-        request = httpx.Request(
-            "POST", url, headers=self._headers, stream=httpx.ByteStream(payload), extensions=self._extensions
-        )
-        request.read()
-        return request
-
-    async def _send_aiohttp(self, url: yarl.URL, payload: bytes) -> httpx.Response | _AiohttpReply:
-        """What AiohttpTransport.handle_async_request does for this client's requests, on the transport's
-        own session (made as the transport makes it, and closed with it): the same aiohttp call and the
-        same mapping of its errors to httpx's. A compressed reply comes back as the httpx.Response the
-        transport gives, whose decoding _body uses."""
-        transport = self._aiohttp
-        assert transport is not None
-        session = transport.client
-        if not isinstance(session, aiohttp.ClientSession):
-            session = transport.client = transport.get_client()
-        with map_aiohttp_exceptions():
-            response = await session.request(
-                "POST", url, headers=self._aio_headers, data=payload, allow_redirects=False,
-                auto_decompress=False, compress=False, timeout=self._aio_timeout,
-            )
-        encoding = response.headers.get("content-encoding")
-        if encoding and encoding.strip().lower() != "identity":
-            return httpx.Response(
-                status_code=response.status, headers=response.raw_headers,
-                stream=AiohttpResponseStream(response), extensions={"http_version": b"HTTP/1.1"},
-            )
-        return _AiohttpReply(response)
-
-
-class _AiohttpReply:
-    """An uncompressed aiohttp response with the members of httpx.Response this module reads: status_code,
-    headers (aiohttp's, case-insensitive as httpx's), stream (the transport's own wrapper, which maps
-    aiohttp's errors) and aclose."""
-
-    __slots__ = ("status_code", "headers", "stream")
-
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self.status_code = response.status
-        self.headers = response.headers
-        self.stream = AiohttpResponseStream(response)
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
-
 
 class _Deadline:
     """asyncio.timeout's job for one call, for less CPU (no context manager, no rescheduling): a timer
@@ -556,19 +496,16 @@ class _Watchdog:
         return self.fired and self.task.uncancel() <= self.base
 
 
-def _body(response: httpx.Response | _AiohttpReply) -> AsyncIterator[bytes]:
+def _body(response: httpx.Response) -> AsyncIterator[bytes]:
     """The body's chunks: the transport's stream itself when nothing needs decoding (aiter_bytes adds
     two generator layers and a re-chunker per chunk), decoded by httpx when M2-her compressed it."""
     encoding = response.headers.get("content-encoding")
     if encoding and encoding.strip().lower() != "identity":
-        assert isinstance(response, httpx.Response)  # a compressed reply always is one (_send_aiohttp)
         return response.aiter_bytes()
     return aiter(response.stream)  # type: ignore[arg-type]
 
 
-async def _read_capped(
-    response: httpx.Response | _AiohttpReply, limit: int | None = MAX_ERROR_BODY
-) -> bytes:
+async def _read_capped(response: httpx.Response, limit: int | None = MAX_ERROR_BODY) -> bytes:
     parts, size = [], 0
     async for chunk in _body(response):
         parts.append(chunk)
@@ -578,7 +515,7 @@ async def _read_capped(
     return b"".join(parts)
 
 
-async def _read_all(response: httpx.Response | _AiohttpReply) -> bytes:
+async def _read_all(response: httpx.Response) -> bytes:
     """A whole reply body: one read from the aiohttp response behind the httpx one when nothing needs
     decoding (iterating the httpx stream costs two generator layers and a context per chunk)."""
     inner = getattr(response.stream, "_aiohttp_response", None)
