@@ -125,7 +125,7 @@ def validate_event(
     etype = raw.get("type")
     if etype is None:
         raise EventError("missing_field", f"type is required; one of: {KNOWN_TYPES}")
-    if etype not in EVENT_TYPES:
+    if not isinstance(etype, str) or etype not in EVENT_TYPES:  # a list or object is unhashable: check first
         raise EventError("unknown_type", f"type {str(etype)[:40]!r} is not known; use one of: {KNOWN_TYPES}")
     # The common case (a well-formed id) inline; _id says what is wrong otherwise. This loop runs for
     # every event ingested, so it avoids a call per field.

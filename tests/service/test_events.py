@@ -103,6 +103,8 @@ def test_reply_text_is_replaced_by_features(api: ApiServer, redis_sync: redis.Re
     (ev("reply_shown", conditioning={"propensity": 0}), "invalid_field", "propensity"),
     (ev("reply_shown", conditioning={"dialogue": "chatty"}), "invalid_field", "mostly_dialogue"),
     ("not an object", "not_an_object", "JSON object"),
+    (ev(type=["repeat"]), "unknown_type", "is not known"),  # unhashable: was a 500 for the whole batch
+    (ev(type={"name": "repeat"}), "unknown_type", "is not known"),
 ])
 def test_each_rule_rejects_with_a_code_and_a_clear_message(api: ApiServer, redis_sync: redis.Redis,
                                                            event: Any, code: str, words: str) -> None:
