@@ -7,8 +7,9 @@ from typing import Any
 
 import orjson
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 
-from service.errors import BadRequest, PayloadTooLarge
+from service.errors import BadRequest, ClientClosed, PayloadTooLarge
 
 
 async def read_json(request: Request, limit: int) -> Any:
@@ -17,11 +18,14 @@ async def read_json(request: Request, limit: int) -> Any:
         raise PayloadTooLarge(f"body of {int(length)} bytes exceeds the limit of {limit} bytes; split the batch")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes; split the batch")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes; split the batch")
+            chunks.append(chunk)
+    except ClientDisconnect:  # not an error of ours: no traceback in the log, no 500 in the metrics
+        raise ClientClosed("the client closed the connection before its body arrived whole") from None
     raw = b"".join(chunks)
     encoding = request.headers.get("content-encoding", "identity").lower()
     if encoding == "gzip":
