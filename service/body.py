@@ -12,21 +12,26 @@ from starlette.requests import ClientDisconnect
 from service.errors import BadRequest, ClientClosed, PayloadTooLarge
 
 
-async def read_json(request: Request, limit: int) -> Any:
+async def read_body(request: Request, limit: int, hint: str = "split the batch") -> bytes:
+    """The raw body, at most `limit` bytes (413 saying what to do, `hint`, as soon as it is over)."""
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > limit:
-        raise PayloadTooLarge(f"body of {int(length)} bytes exceeds the limit of {limit} bytes; split the batch")
+        raise PayloadTooLarge(f"body of {int(length)} bytes exceeds the limit of {limit} bytes; {hint}")
     chunks: list[bytes] = []
     size = 0
     try:
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes; split the batch")
+                raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes; {hint}")
             chunks.append(chunk)
     except ClientDisconnect:  # not an error of ours: no traceback in the log, no 500 in the metrics
         raise ClientClosed("the client closed the connection before its body arrived whole") from None
-    raw = b"".join(chunks)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    raw = await read_body(request, limit)
     encoding = request.headers.get("content-encoding", "identity").lower()
     if encoding == "gzip":
         inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)

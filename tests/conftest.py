@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -156,6 +157,14 @@ def spawn_service(args: list[str], env: dict[str, str], log: Path) -> subprocess
     full_env = {**os.environ, **env}
     out = log.open("ab")
     return subprocess.Popen([sys.executable, *args], env=full_env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def raw_request(api: ApiServer, head: str, body: bytes = b"") -> socket.socket:
+    """A connection that sent `head` (CRLF line ends added) and the start of a body, left open."""
+    where = urlsplit(api.url)
+    s = socket.create_connection((where.hostname, where.port))
+    s.sendall(head.replace("\n", "\r\n").encode() + b"\r\n\r\n" + body)
+    return s
 
 
 def wait_http(url: str, timeout: float = 30) -> None:

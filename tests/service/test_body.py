@@ -4,22 +4,12 @@ from __future__ import annotations
 
 import logging
 import re
-import socket
 import time
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from tests.conftest import ApiServer
-
-
-def raw_request(api: ApiServer, head: str, body: bytes = b"") -> socket.socket:
-    """A connection that sent `head` (CRLF line ends added) and the start of a body, left open."""
-    where = urlsplit(api.url)
-    s = socket.create_connection((where.hostname, where.port))
-    s.sendall(head.replace("\n", "\r\n").encode() + b"\r\n\r\n" + body)
-    return s
+from tests.conftest import ApiServer, raw_request
 
 
 def request_counts(api: ApiServer, route: str, status: int) -> float:
