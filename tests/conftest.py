@@ -114,11 +114,9 @@ class ApiServer:
 class ThreadServer:
     """A real uvicorn server on loopback, in a thread of the test process."""
 
-    def __init__(self, app: Any, port: int) -> None:
+    def __init__(self, app: Any, port: int, http: type[CoalescingHttpTools] = CoalescingHttpTools) -> None:
         # The HTTP protocol `attune serve` runs (service/http.py), so every API test goes through it.
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", http=CoalescingHttpTools
-        )
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", http=http)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -136,9 +134,11 @@ class ThreadServer:
         self.thread.join(10)
 
 
-def start_api(settings: Settings) -> tuple[ThreadServer, ApiServer]:
+def start_api(
+    settings: Settings, http: type[CoalescingHttpTools] = CoalescingHttpTools
+) -> tuple[ThreadServer, ApiServer]:
     port = free_port()
-    server = ThreadServer(create_app(settings), port)
+    server = ThreadServer(create_app(settings), port, http)
     server.__enter__()
     return server, ApiServer(f"http://127.0.0.1:{port}", settings)
 
