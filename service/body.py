@@ -34,13 +34,7 @@ async def read_json(request: Request, limit: int) -> Any:
     raw = await read_body(request, limit)
     encoding = request.headers.get("content-encoding", "identity").lower()
     if encoding == "gzip":
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        try:
-            raw = inflater.decompress(raw, limit + 1)
-        except zlib.error as exc:
-            raise BadRequest(f"Content-Encoding is gzip but the body is not valid gzip: {exc}", code="invalid_gzip") from exc
-        if len(raw) > limit or inflater.unconsumed_tail:
-            raise PayloadTooLarge(f"the uncompressed body exceeds the limit of {limit} bytes; split the batch")
+        raw = _gunzip(raw, limit)
     elif encoding not in ("identity", ""):
         raise BadRequest(f"Content-Encoding {encoding!r} is not supported; send gzip or no encoding",
                          code="unsupported_encoding")
@@ -50,3 +44,28 @@ async def read_json(request: Request, limit: int) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}", code="invalid_json") from exc
+
+
+def _gunzip(raw: bytes, limit: int) -> bytes:
+    """Inflate every member of a gzip body (as gzip -d does: writers that flush may start new members), at
+    most `limit` bytes in all; a body cut short is refused, not read as far as it goes."""
+    out: list[bytes] = []
+    size = 0
+    while True:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            part = inflater.decompress(raw, limit + 1 - size)  # size <= limit here: never 0, "no bound"
+        except zlib.error as exc:
+            raise BadRequest(f"Content-Encoding is gzip but the body is not valid gzip: {exc}",
+                             code="invalid_gzip") from exc
+        size += len(part)
+        if size > limit or inflater.unconsumed_tail:
+            raise PayloadTooLarge(f"the uncompressed body exceeds the limit of {limit} bytes; "
+                                  "split the batch")
+        if not inflater.eof:
+            raise BadRequest("the gzip body is cut short (its end and checksum are missing); send it whole",
+                             code="invalid_gzip")
+        out.append(part)
+        raw = inflater.unused_data
+        if not raw:
+            return b"".join(out)

@@ -171,6 +171,24 @@ def test_gzip_body_is_accepted_and_a_gzip_bomb_is_refused(api: ApiServer, redis_
     assert len(stored(redis_sync)) == 50
 
 
+def test_a_gzip_body_in_several_members_is_read_whole_and_a_cut_one_is_refused(
+        api: ApiServer, redis_sync: redis.Redis) -> None:
+    """Before: only the first member was read (a batch split across two gave invalid_json), and a body cut
+    before its checksum was accepted as far as it went."""
+    events = [ev() for _ in range(20)]
+    body = orjson.dumps({"events": events})
+    half = len(body) // 2
+    with api.client(api.app_key()) as c:
+        r = c.post("/v1/events", content=gzip.compress(body[:half]) + gzip.compress(body[half:]),
+                   headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
+        assert r.status_code == 202 and r.json()["accepted"] == 20, r.text
+        cut = gzip.compress(orjson.dumps({"events": [ev()]}))[:-8]  # the JSON whole, the trailer gone
+        r = c.post("/v1/events", content=cut, headers={"Content-Encoding": "gzip"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_gzip"
+        assert "cut short" in r.json()["error"]["message"]
+    assert sorted(e["event_id"] for e in stored(redis_sync)) == sorted(e["event_id"] for e in events)
+
+
 def test_duplicate_in_same_batch_and_in_a_retry_is_stored_once(api: ApiServer, redis_sync: redis.Redis) -> None:
     a, b = ev(), ev()
     r = post(api, {"events": [a, b, dict(a)]})
