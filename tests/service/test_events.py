@@ -105,6 +105,9 @@ def test_reply_text_is_replaced_by_features(api: ApiServer, redis_sync: redis.Re
     ("not an object", "not_an_object", "JSON object"),
     (ev(type=["repeat"]), "unknown_type", "is not known"),  # unhashable: was a 500 for the whole batch
     (ev(type={"name": "repeat"}), "unknown_type", "is not known"),
+    # A sent_at far from the timestamps: the message named the device clock and asked for a sent_at it had.
+    (ev(sent_at="0001-01-01T00:00:00Z"), "timestamp_in_future", "h after sent_at: an event cannot happen"),
+    (ev(sent_at="9999-12-31T23:59:59-14:00"), "timestamp_too_old", "days before sent_at"),
 ])
 def test_each_rule_rejects_with_a_code_and_a_clear_message(api: ApiServer, redis_sync: redis.Redis,
                                                            event: Any, code: str, words: str) -> None:
