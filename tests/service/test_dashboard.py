@@ -124,6 +124,11 @@ def test_user_evidence_lists_recent_replies_with_what_was_applied(api: ApiServer
     assert u["recent"][1]["applied"]["pacing"] in ("slow_burn", "balanced", "fast")
     assert u["recent"][0]["outcomes"] == ["repeat"]
     assert u["profile"]["reply_length"]["target_chars"] > 0 and u["last_update_ms"] > 0
+    with login(api) as c:
+        bad = c.get("/dashboard/api/users/user-00001", params={"app": "demo", "character_id": "{c7}"}).json()
+    # Before: "user id '{c7}' is invalid" for a valid user id and a bad character id.
+    assert bad["error"]["code"] == "invalid_character_id"
+    assert bad["error"]["message"].startswith("character id '{c7}' is invalid")
 
 
 def test_delete_needs_the_sessions_csrf_token_and_a_same_origin(api: ApiServer, redis_sync: redis.Redis) -> None:
