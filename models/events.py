@@ -125,7 +125,7 @@ def validate_event(
     etype = raw.get("type")
     if etype is None:
         raise EventError("missing_field", f"type is required; one of: {KNOWN_TYPES}")
-    if etype not in EVENT_TYPES:
+    if not isinstance(etype, str) or etype not in EVENT_TYPES:  # a list or object is unhashable: check first
         raise EventError("unknown_type", f"type {str(etype)[:40]!r} is not known; use one of: {KNOWN_TYPES}")
     # The common case (a well-formed id) inline; _id says what is wrong otherwise. This loop runs for
     # every event ingested, so it avoids a call per field.
@@ -150,15 +150,24 @@ def validate_event(
     # Clock skew: the client's clock may be off, but its differences are right.
     event_ms = received_ms - (sent - ts) if sent is not None else ts
     if event_ms > received_ms + max_future_ms:
+        if sent is not None:  # the device clock is corrected already: the two times disagree
+            raise EventError(
+                "timestamp_in_future",
+                f"timestamp {raw['timestamp']!r} is {(ts - sent) / 3_600_000:.0f} h after sent_at: an event "
+                "cannot happen after it was sent; take sent_at from the same clock as the timestamps, "
+                "when the batch is sent",
+            )
         raise EventError(
             "timestamp_in_future",
             f"timestamp {raw['timestamp']!r} is more than {max_future_ms // 3_600_000} h in the future; "
             "check the device clock or send sent_at so Attune can correct the skew",
         )
     if event_ms < received_ms - max_age_ms:
+        before = (f" ({(sent - ts) / 86_400_000:.0f} days before sent_at, which corrects the device clock)"
+                  if sent is not None else "")
         raise EventError(
             "timestamp_too_old",
-            f"timestamp {raw['timestamp']!r} is older than the retention window of "
+            f"timestamp {raw['timestamp']!r}{before} is older than the retention window of "
             f"{max_age_ms // 86_400_000} days; such events are no longer accepted",
         )
     out["t"] = event_ms

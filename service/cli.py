@@ -74,7 +74,7 @@ def _keys_create(args: argparse.Namespace) -> int:
     from service.auth import create_key  # noqa: PLC0415
     from service.embedded import url_for  # noqa: PLC0415
     from service.errors import AttuneError  # noqa: PLC0415
-    from service.settings import get_settings  # noqa: PLC0415
+    from service.settings import get_settings, redact_url  # noqa: PLC0415
 
     settings = get_settings()
     url = settings.redis_url or url_for(settings.data_dir)
@@ -92,7 +92,8 @@ def _keys_create(args: argparse.Namespace) -> int:
     except AttuneError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         if exc.status == 503:
-            print(f"(is Redis running at {url}? start it with `make run`, or set ATTUNE_REDIS_URL)", file=sys.stderr)
+            print(f"(is Redis running at {redact_url(url)}? start it with `make run`, "
+                  "or set ATTUNE_REDIS_URL)", file=sys.stderr)
         return 2
     import json  # noqa: PLC0415
 

@@ -7,6 +7,7 @@
     ├── NotFound                404
     ├── PayloadTooLarge         413
     ├── Unprocessable           422
+    ├── ClientClosed            499  (the client hung up mid-request: no one reads the answer)
     ├── RateLimited             429 + Retry-After
     └── StoreUnavailable        503 + Retry-After  (every redis error is translated here, in store.py)
 """
@@ -59,6 +60,13 @@ class PayloadTooLarge(AttuneError):
 
 class Unprocessable(AttuneError):
     status, code = 422, "unprocessable"
+
+
+class ClientClosed(AttuneError):
+    """The client closed its connection before its request arrived whole: no one will read the answer,
+    and nothing went wrong here (nginx's 499 "client closed request", for the latency histogram)."""
+
+    status, code = 499, "client_closed_request"
 
 
 class RateLimited(AttuneError):

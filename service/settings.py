@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,7 +36,7 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
-    redis_url: str | None = None
+    redis_url: str | None = Field(default=None, repr=False)  # may hold a password: redact_url() to show it
     data_dir: Path = Path("./var")
     admin_key: SecretStr | None = None
 
@@ -89,7 +90,23 @@ class Settings(BaseSettings):
         out = self.model_dump()
         for name in ("admin_key", "minimax_api_key"):
             out[name] = "***" if getattr(self, name) else None
+        out["redis_url"] = redact_url(self.redis_url) if self.redis_url else None
         return out
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password (redis://user:PASSWORD@host, or ?password=) shown as ***, for messages."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            user, _, host = netloc.rpartition("@")
+            netloc = (user.split(":", 1)[0] + ":***" if ":" in user else user) + "@" + host
+        query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(parts.query)],
+                          safe="*")
+        return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+    except ValueError:  # not a URL this can take apart: show none of it
+        return "(ATTUNE_REDIS_URL, unparseable)"
 
 
 @lru_cache

@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import (
-    AuthenticationError, DataError, NoScriptError, OutOfMemoryError, RedisError, ResponseError,
+    AuthenticationError, DataError, NoPermissionError, NoScriptError, OutOfMemoryError, RedisError,
+    ResponseError,
 )
 
 try:
@@ -189,7 +190,23 @@ def unavailable(exc: BaseException) -> StoreUnavailable:
     if out_of_memory(exc):
         return StoreUnavailable("the event store (Redis) is out of memory (maxmemory) and refuses writes; "
                                 "retry later (operators: raise maxmemory or add memory)", retry_after=10)
+    if _refused_login(exc):
+        return StoreUnavailable("the event store (Redis) refuses Attune's credentials; retry later "
+                                "(operators: check the user and password in ATTUNE_REDIS_URL, "
+                                "and the user's ACL)", retry_after=10)
     return StoreUnavailable()
+
+
+def _refused_login(exc: BaseException | None) -> bool:
+    """Whether Redis answered but refused Attune's password or user (redis-py's asyncio client raises a
+    ConnectionError caused by the AuthenticationError)."""
+    for _ in range(4):
+        if exc is None:
+            return False
+        if isinstance(exc, AuthenticationError | NoPermissionError):
+            return True
+        exc = exc.__cause__
+    return False
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,10 +17,9 @@ MAX_EXAMINED = 50_000  # ZSCAN stops after this many members: a search costs the
 RECENT = 50
 
 
-def check_user_id(user_id: str) -> str:
+def check_user_id(user_id: str, what: str = "user id", code: str = "invalid_user_id") -> str:
     if not USER_ID.fullmatch(user_id):
-        raise BadRequest(f"user id {user_id[:40]!r} is invalid: 1 to 128 letters, digits or . _ : @ -",
-                         code="invalid_user_id")
+        raise BadRequest(f"{what} {user_id[:40]!r} is invalid: 1 to 128 letters, digits or . _ : @ -", code=code)
     return user_id
 
 
@@ -63,7 +62,7 @@ async def user_evidence(store: Store, app: str, user_id: str, character_id: str 
     """The served profile, the last replies with what was applied and what followed, and the last update."""
     check_user_id(user_id)
     if character_id:
-        check_user_id(character_id)
+        check_user_id(character_id, "character id", "invalid_character_id")
     profile = await read_profile(store, app, user_id, character_id)
     pipe = store.redis.pipeline(transaction=False)
     pipe.lrange(keys.user_key(app, user_id, "recent"), 0, RECENT - 1)

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -113,11 +114,9 @@ class ApiServer:
 class ThreadServer:
     """A real uvicorn server on loopback, in a thread of the test process."""
 
-    def __init__(self, app: Any, port: int) -> None:
+    def __init__(self, app: Any, port: int, http: type[CoalescingHttpTools] = CoalescingHttpTools) -> None:
         # The HTTP protocol `attune serve` runs (service/http.py), so every API test goes through it.
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", http=CoalescingHttpTools
-        )
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", http=http)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -135,9 +134,11 @@ class ThreadServer:
         self.thread.join(10)
 
 
-def start_api(settings: Settings) -> tuple[ThreadServer, ApiServer]:
+def start_api(
+    settings: Settings, http: type[CoalescingHttpTools] = CoalescingHttpTools
+) -> tuple[ThreadServer, ApiServer]:
     port = free_port()
-    server = ThreadServer(create_app(settings), port)
+    server = ThreadServer(create_app(settings), port, http)
     server.__enter__()
     return server, ApiServer(f"http://127.0.0.1:{port}", settings)
 
@@ -156,6 +157,14 @@ def spawn_service(args: list[str], env: dict[str, str], log: Path) -> subprocess
     full_env = {**os.environ, **env}
     out = log.open("ab")
     return subprocess.Popen([sys.executable, *args], env=full_env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def raw_request(api: ApiServer, head: str, body: bytes = b"") -> socket.socket:
+    """A connection that sent `head` (CRLF line ends added) and the start of a body, left open."""
+    where = urlsplit(api.url)
+    s = socket.create_connection((where.hostname, where.port))
+    s.sendall(head.replace("\n", "\r\n").encode() + b"\r\n\r\n" + body)
+    return s
 
 
 def wait_http(url: str, timeout: float = 30) -> None:

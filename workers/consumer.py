@@ -529,6 +529,13 @@ class Worker:
                         self._oom_retries[p] = self._oom_retries.get(p, 0) + 1
                     await self._until_writable(exc)
                     continue
+                if "NOGROUP" in str(exc):
+                    # Redis came back without its data (no persistence, a failover to an empty replica, a
+                    # FLUSHALL): without the groups no event accepted from now on would ever be applied.
+                    log.warning("Redis lost the consumer groups (restarted without its data?): made again")
+                    with contextlib.suppress(OSError, RedisError):
+                        await self.ensure_groups()
+                        continue
                 log.warning("redis error (%s: %s); retrying in 1 s", type(exc).__name__, exc)
                 await asyncio.sleep(1)
 

@@ -53,3 +53,12 @@ def test_replies_not_in_latin_letters_get_no_pacing_rather_than_a_wrong_one() ->
     assert pacing_of(chinese) is None
     french = "Évidemment, elle court vers la porte! Vite! Ils arrivent! Pas le temps! Cours! Allez!"
     assert pacing_of(french) == "fast"  # accented Latin letters are Latin
+
+
+def test_a_quote_never_runs_past_another_opening_mark() -> None:
+    """What keeps the dialogue count linear: a quote that ran to its closing mark across other opening marks
+    made every unclosed one scan to the end of the text, so 64 KiB of 「 in one reply_shown held the API's
+    event loop for 5 s (and a batch of them for over a minute)."""
+    assert reply_features("“a “bc”")["dialogue_share"] == round(len("“bc”") / len("“a “bc”"), 4)
+    assert reply_features("「a 「bc」")["dialogue_share"] == reply_features("『a 『bc』")["dialogue_share"]
+    assert reply_features("「" * 65536)["dialogue_share"] == 0  # no quote closes: none counted

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import redis
 
-from tests.conftest import ApiServer, ROOT
+from tests.conftest import ROOT, ApiServer, free_port
 from tests.service.test_events import ev
 
 
@@ -89,3 +90,14 @@ def test_cli_creates_a_working_key(api: ApiServer) -> None:
     bad = subprocess.run([sys.executable, "-m", "service.cli", "keys", "create", "--app", "x", "--scopes", "fly"],
                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "scopes must be" in bad.stderr
+
+
+def test_cli_never_prints_the_redis_password(tmp_path: Path) -> None:
+    """The hint after a failed `attune keys create` named ATTUNE_REDIS_URL whole, password included."""
+    url = f"redis://attune:hunter2-redis-pw@127.0.0.1:{free_port()}/0"  # nothing listens there
+    env = {"ATTUNE_REDIS_URL": url, "PATH": "/usr/bin:/bin", "ATTUNE_DATA_DIR": str(tmp_path)}
+    cmd = [sys.executable, "-m", "service.cli", "keys", "create", "--app", "x", "--scopes", "read"]
+    out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "hunter2-redis-pw" not in out.stderr + out.stdout
+    assert f"redis://attune:***@127.0.0.1:{url.rsplit(':', 1)[1]}" in out.stderr

@@ -12,7 +12,7 @@ import redis
 
 from service import keys
 from service.sessions import COOKIE, LOGIN_FAILURES_PER_MINUTE, TTL_SECONDS
-from tests.conftest import ADMIN_KEY, ApiServer
+from tests.conftest import ADMIN_KEY, ApiServer, raw_request
 from tests.dashboard_data import fill_users
 
 
@@ -124,6 +124,11 @@ def test_user_evidence_lists_recent_replies_with_what_was_applied(api: ApiServer
     assert u["recent"][1]["applied"]["pacing"] in ("slow_burn", "balanced", "fast")
     assert u["recent"][0]["outcomes"] == ["repeat"]
     assert u["profile"]["reply_length"]["target_chars"] > 0 and u["last_update_ms"] > 0
+    with login(api) as c:
+        bad = c.get("/dashboard/api/users/user-00001", params={"app": "demo", "character_id": "{c7}"}).json()
+    # Before: "user id '{c7}' is invalid" for a valid user id and a bad character id.
+    assert bad["error"]["code"] == "invalid_character_id"
+    assert bad["error"]["message"].startswith("character id '{c7}' is invalid")
 
 
 def test_delete_needs_the_sessions_csrf_token_and_a_same_origin(api: ApiServer, redis_sync: redis.Redis) -> None:
@@ -172,3 +177,19 @@ def test_assets_are_served_from_the_package_without_any_external_url(api: ApiSer
         assert c.get("/dashboard/static/login.html.bak").status_code == 404
     assert r.status_code == 200 and len(r.content) > 1000
     assert b"http://" not in r.content.replace(b"http://www.w3.org/2000/svg", b"") and b"https://" not in r.content
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_an_oversized_login_body_is_refused_before_it_is_read(api: ApiServer, chunked: bool) -> None:
+    """The login takes anyone's body: it is refused at 4 KiB, not buffered whole and then measured (a client
+    announcing 50 MiB, or streaming without end, got no answer before while the server held all it sent)."""
+    length = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {50 * 1024 * 1024}"
+    s = raw_request(api, f"POST /dashboard/login HTTP/1.1\nHost: x\n"
+                         f"Content-Type: application/x-www-form-urlencoded\n{length}")
+    with s:
+        s.settimeout(10)
+        piece = b"key=" + b"a" * 8188
+        s.sendall(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+        answer = s.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"the login form holds one key" in answer

@@ -103,6 +103,11 @@ def test_reply_text_is_replaced_by_features(api: ApiServer, redis_sync: redis.Re
     (ev("reply_shown", conditioning={"propensity": 0}), "invalid_field", "propensity"),
     (ev("reply_shown", conditioning={"dialogue": "chatty"}), "invalid_field", "mostly_dialogue"),
     ("not an object", "not_an_object", "JSON object"),
+    (ev(type=["repeat"]), "unknown_type", "is not known"),  # unhashable: was a 500 for the whole batch
+    (ev(type={"name": "repeat"}), "unknown_type", "is not known"),
+    # A sent_at far from the timestamps: the message named the device clock and asked for a sent_at it had.
+    (ev(sent_at="0001-01-01T00:00:00Z"), "timestamp_in_future", "h after sent_at: an event cannot happen"),
+    (ev(sent_at="9999-12-31T23:59:59-14:00"), "timestamp_too_old", "days before sent_at"),
 ])
 def test_each_rule_rejects_with_a_code_and_a_clear_message(api: ApiServer, redis_sync: redis.Redis,
                                                            event: Any, code: str, words: str) -> None:
@@ -167,6 +172,24 @@ def test_gzip_body_is_accepted_and_a_gzip_bomb_is_refused(api: ApiServer, redis_
         r = c.post("/v1/events", content=b"not gzip", headers={"Content-Encoding": "gzip"})
         assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_gzip"
     assert len(stored(redis_sync)) == 50
+
+
+def test_a_gzip_body_in_several_members_is_read_whole_and_a_cut_one_is_refused(
+        api: ApiServer, redis_sync: redis.Redis) -> None:
+    """Before: only the first member was read (a batch split across two gave invalid_json), and a body cut
+    before its checksum was accepted as far as it went."""
+    events = [ev() for _ in range(20)]
+    body = orjson.dumps({"events": events})
+    half = len(body) // 2
+    with api.client(api.app_key()) as c:
+        r = c.post("/v1/events", content=gzip.compress(body[:half]) + gzip.compress(body[half:]),
+                   headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
+        assert r.status_code == 202 and r.json()["accepted"] == 20, r.text
+        cut = gzip.compress(orjson.dumps({"events": [ev()]}))[:-8]  # the JSON whole, the trailer gone
+        r = c.post("/v1/events", content=cut, headers={"Content-Encoding": "gzip"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_gzip"
+        assert "cut short" in r.json()["error"]["message"]
+    assert sorted(e["event_id"] for e in stored(redis_sync)) == sorted(e["event_id"] for e in events)
 
 
 def test_duplicate_in_same_batch_and_in_a_retry_is_stored_once(api: ApiServer, redis_sync: redis.Redis) -> None:

@@ -4,12 +4,21 @@ is lost, reordered or left behind."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
+import time
+from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
+import orjson
+import pytest
 
-from service.http import _Coalescing
-from tests.conftest import ApiServer
+from service.http import CoalescingHttpTools, _Coalescing
+from service.settings import Settings
+from tests.conftest import ApiServer, ThreadServer, free_port, raw_request, start_api
+from tests.service.test_body import request_counts
 
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
 
@@ -79,3 +88,84 @@ def test_answers_through_the_served_protocol_are_whole(api: ApiServer) -> None:
     assert ready.status_code == 503 and ready.json()["status"] == "not_ready"
     assert missing.status_code == 404
     assert b"# HELP" in metrics
+
+
+class Impatient(CoalescingHttpTools):
+    """The served protocol with its deadlines short enough for a test to wait them out."""
+
+    HEAD_TIMEOUT = 0.5
+    BODY_TIMEOUT = 0.5
+    SWEEP_EVERY = 0.05
+
+
+@pytest.fixture
+def impatient_api(settings: Settings) -> Iterator[ApiServer]:
+    server, handle = start_api(settings, http=Impatient)
+    try:
+        yield handle
+    finally:
+        server.__exit__(None, None, None)
+
+
+def answer(s: socket.socket) -> bytes:
+    s.settimeout(10)  # far beyond the deadlines: before them, uvicorn never answered
+    chunks = []
+    while chunk := s.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_a_request_head_over_the_bound_is_431_and_the_server_goes_on(api: ApiServer) -> None:
+    """uvicorn's httptools protocol held any head in memory (300 MB in one header: +550 MB RSS)."""
+    with raw_request(api, "GET /healthz HTTP/1.1\nHost: x\nX-Big: " + "a" * 100_000) as s:
+        got = answer(s)
+    assert got.startswith(b"HTTP/1.1 431 "), got[:100]
+    assert orjson.loads(got.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "headers_too_large"
+    headers = {f"x-h{i}": "v" * 100 for i in range(100)}  # 10 KB of headers is fine
+    assert httpx.get(f"{api.url}/healthz", headers=headers).json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize("sent", [b"", b"GET /healthz HTTP/1.1\r\nHost: x\r\n"])
+def test_a_silent_or_unfinished_head_is_408_and_closed(impatient_api: ApiServer, sent: bytes) -> None:
+    where = urlsplit(impatient_api.url)
+    with socket.create_connection((where.hostname, where.port)) as s:
+        s.sendall(sent)
+        got = answer(s)
+    assert got.startswith(b"HTTP/1.1 408 "), got[:100]
+    assert b"head did not arrive within 0.5 s" in got
+
+
+def test_a_body_that_does_not_arrive_is_408_and_its_handler_ends(impatient_api: ApiServer,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    key = impatient_api.app_key()
+    gone_before = request_counts(impatient_api, "post_events", 499)  # the metrics are the test process's
+    with caplog.at_level(logging.ERROR), raw_request(
+        impatient_api, f"POST /v1/events HTTP/1.1\nHost: x\nAuthorization: Bearer {key}\n"
+                       "Content-Type: application/json\nContent-Length: 1000", b'{"events": [',
+    ) as s:
+        got = answer(s)
+        deadline = time.monotonic() + 10  # the handler that waited for the body sees the disconnect
+        while request_counts(impatient_api, "post_events", 499) == gone_before and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert got.startswith(b"HTTP/1.1 408 "), got[:100]
+    assert b"body did not arrive within 0.5 s" in got
+    assert request_counts(impatient_api, "post_events", 499) == gone_before + 1
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_slow_answers_and_kept_alive_connections_are_not_cut() -> None:
+    """The deadlines are the client's: a handler slower than them, and the next request on the connection
+    after it, are served whole."""
+
+    async def slow(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await asyncio.sleep(1.2)  # over twice both deadlines
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"4")]})
+        await send({"type": "http.response.body", "body": b"done"})
+
+    port = free_port()
+    with ThreadServer(slow, port, http=Impatient), httpx.Client(base_url=f"http://127.0.0.1:{port}") as c:
+        assert c.get("/").text == "done"
+        time.sleep(0.8)  # idle between requests is uvicorn's keep-alive (5 s), not the head deadline
+        assert c.get("/").text == "done"

@@ -24,11 +24,14 @@ def test_contract_variables_and_defaults(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_secrets_never_reach_repr_or_logs(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setenv("ATTUNE_ADMIN_KEY", "super-secret-admin-key")
     monkeypatch.setenv("MINIMAX_API_KEY", "mm-secret-upstream-key")
+    monkeypatch.setenv("ATTUNE_REDIS_URL", "redis://attune:redis-secret-pw@r:6379/0")  # was shown whole
     s = Settings()
     with caplog.at_level(logging.INFO):
         logging.getLogger("attune.test").info("settings: %s %r %s", s, s, s.masked())
     text = caplog.text + repr(s) + str(s.masked())
     assert "super-secret-admin-key" not in text and "mm-secret-upstream-key" not in text
+    assert "redis-secret-pw" not in text and s.masked()["redis_url"] == "redis://attune:***@r:6379/0"
+    assert s.redis_url == "redis://attune:redis-secret-pw@r:6379/0"
     assert s.admin_key is not None and s.admin_key.get_secret_value() == "super-secret-admin-key"
 
 

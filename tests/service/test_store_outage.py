@@ -93,3 +93,32 @@ def test_a_full_redis_gives_a_503_that_says_so_and_nothing_half_written(tmp_path
         check.close()
         api_server.__exit__(None, None, None)
         server.stop()
+
+
+def test_a_redis_that_refuses_the_password_is_named_in_the_503(tmp_path: Path) -> None:
+    """A wrong password in ATTUNE_REDIS_URL read "unreachable; retry shortly": an operator looked for a down
+    server. The app keys' check, the admin key's ingest and the chat route's lean connection all say it."""
+    server = EmbeddedRedis(tmp_path / "redis")
+    url = server.start()
+    right = redis.Redis.from_url(url)
+    right.config_set("requirepass", "the-right-one")
+    api_server, api = start_api(make_settings(f"{url}?password=not-the-right-one", tmp_path))
+    try:
+        key = "atk_demo_0123456789ab_" + "0" * 64
+        with httpx.Client(base_url=api.url, timeout=20) as c:
+            answers = [
+                c.post("/v1/events", json=ev(), headers={"Authorization": f"Bearer {api.admin_key}",
+                                                         "X-Attune-App": "demo"}),
+                c.get("/v1/users/u1/profile", headers={"Authorization": f"Bearer {key}"}),
+                c.post("/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                       json={"messages": [{"role": "user", "content": "hi"}], "user": "u1"}),
+            ]
+        for r in answers:
+            assert r.status_code == 503 and r.headers["Retry-After"], r.text
+            assert "refuses Attune's credentials" in r.json()["error"]["message"]
+            assert "not-the-right-one" not in r.text
+    finally:
+        api_server.__exit__(None, None, None)
+        right.config_set("requirepass", "")
+        right.close()
+        server.stop()

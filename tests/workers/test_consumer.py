@@ -533,6 +533,28 @@ def test_a_full_redis_stalls_the_worker_without_dead_lettering_its_events(redis_
     _assert_applied_once_without_dead_letters(redis_sync, s)
 
 
+def test_a_redis_that_lost_its_data_gets_its_groups_again(redis_url: str, tmp_path: Any,
+                                                         redis_sync: redis.Redis) -> None:
+    """Redis restarted without persistence (or a FLUSHALL): every read failed with NOGROUP and was retried
+    forever, so the events accepted afterwards were never applied. The worker makes the groups again."""
+    s = _settings(redis_url, tmp_path, worker_lease_seconds=60)
+
+    async def scenario() -> None:
+        client = store_mod.connect(redis_url)
+        w = Worker(s, client, "amnesia")
+        await w.ensure_groups()
+        await w.heartbeat()
+        task = asyncio.create_task(w.loop())
+        await asyncio.sleep(0.3)
+        redis_sync.flushall()
+        await ingest(s, "demo", session("u1", 5))
+        await _stop_once_applied(w, task, redis_sync)
+        await client.aclose()
+
+    run(scenario())
+    _assert_applied_once_without_dead_letters(redis_sync, s)
+
+
 async def _stop_once_applied(w: Worker, task: asyncio.Task[None], redis_sync: redis.Redis) -> None:
     """Let the worker loop run until u1's profile appears (20 s at most), then stop it and hand back."""
     deadline = time.monotonic() + 20
