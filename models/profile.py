@@ -63,6 +63,8 @@ class Applier:
         self._closed_index = {r["id"]: r for r in state["closed"]}
         self._open = state["open"]
         self._seen: set[str] | None = None  # state["fp"] as a set, made at the first event
+        # The state's lists and dicts every event updates (changed in place, never replaced).
+        self._fps, self._beh, self._gaps = state["fp"], state["beh"], state["beh"]["gaps"]
 
     def discount(self, step: str, n: int = 1) -> None:
         self.discounted[step] = self.discounted.get(step, 0) + n
@@ -88,7 +90,7 @@ class Applier:
         if fp in seen:
             self.discount("duplicate")
             return False
-        fps = s["fp"]
+        fps = self._fps
         fps.append(fp)
         seen.add(fp)
         if len(fps) > MAX_FINGERPRINTS:
@@ -96,10 +98,10 @@ class Applier:
             del fps[:-MAX_FINGERPRINTS]
         s["n"] += 1
         self.changed = True
-        beh = s["beh"]  # behaviour: the gaps between events
+        beh = self._beh  # behaviour: the gaps between events
         last = beh["last_t"]
         if last is not None:
-            gaps = beh["gaps"]
+            gaps = self._gaps
             gaps.append(abs(t - last))
             if len(gaps) > MAX_GAPS:
                 del gaps[:-MAX_GAPS]

@@ -153,7 +153,13 @@ def parse_grouped(batch: Mapping[int, list[Any]], skip: Container[str] = ()
                     ev = loads(fields[1])
                 except json_error:
                     pass
-            if type(ev) is not dict or not _well_formed(ev):  # anything else gets parse()'s verdict
+            # _well_formed(ev), inline: once per event
+            if type(ev) is not dict or not (
+                    type(ev.get("app")) is str and type(ev.get("user_id")) is str
+                    and type(kind := ev.get("type")) is str and type(ev.get("t")) is int
+                    and type(ev.get("rt")) is int
+                    and (kind in _NO_REPLY_ID or type(ev.get("reply_id")) is str)):
+                # anything else (a subclass included) gets parse()'s verdict
                 e = parse(p, entry_id, fields)
                 if e.problem is not None:
                     bad.append(e)
