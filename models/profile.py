@@ -119,9 +119,10 @@ class Applier:
         get = reply.get
         rec = self._open.get(rid) or self._closed_index.get(rid)
         if rec is None:  # the usual case: one dict, its keys in the order the updates below give a known one
-            rec = self._open[rid] = {"id": rid, "t": t, "c": get("chars"), "o": [], "ds": get("dialogue_share"),
-                                     "hk": get("hook"), "qe": get("question_end"), "fr": get("finish_reason"),
-                                     "ch": ev.get("character_id"), "s": ev.get("session_id")}
+            rec = self._open[rid] = {"id": rid, "t": t, "c": get("chars"), "o": [],
+                                     "ds": get("dialogue_share"), "hk": get("hook"), "qe": get("question_end"),
+                                     "fr": get("finish_reason"), "ch": ev.get("character_id"),
+                                     "s": ev.get("session_id")}
         else:
             rec["t"] = t
             rec["c"] = get("chars")
