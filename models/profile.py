@@ -63,6 +63,8 @@ class Applier:
         self._closed_index = {r["id"]: r for r in state["closed"]}
         self._open = state["open"]
         self._seen: set[str] | None = None  # state["fp"] as a set, made at the first event
+        # The state's lists and dicts every event updates (changed in place, never replaced).
+        self._fps, self._beh, self._gaps = state["fp"], state["beh"], state["beh"]["gaps"]
 
     def discount(self, step: str, n: int = 1) -> None:
         self.discounted[step] = self.discounted.get(step, 0) + n
@@ -88,7 +90,7 @@ class Applier:
         if fp in seen:
             self.discount("duplicate")
             return False
-        fps = s["fp"]
+        fps = self._fps
         fps.append(fp)
         seen.add(fp)
         if len(fps) > MAX_FINGERPRINTS:
@@ -96,10 +98,10 @@ class Applier:
             del fps[:-MAX_FINGERPRINTS]
         s["n"] += 1
         self.changed = True
-        beh = s["beh"]  # behaviour: the gaps between events
+        beh = self._beh  # behaviour: the gaps between events
         last = beh["last_t"]
         if last is not None:
-            gaps = beh["gaps"]
+            gaps = self._gaps
             gaps.append(abs(t - last))
             if len(gaps) > MAX_GAPS:
                 del gaps[:-MAX_GAPS]
@@ -112,37 +114,45 @@ class Applier:
         return True
 
     def _on_reply_shown(self, ev: Mapping[str, Any]) -> None:
-        rec = self._reply(ev["reply_id"])
-        assert rec is not None
+        rid, t = ev["reply_id"], ev["t"]
         reply = ev.get("reply") or _EMPTY
         get = reply.get
-        rec["t"] = ev["t"]
-        rec["c"] = get("chars")
-        rec["ds"] = get("dialogue_share")
-        rec["hk"] = get("hook")
-        rec["qe"] = get("question_end")
-        rec["fr"] = get("finish_reason")
-        rec["ch"] = ev.get("character_id")
-        rec["s"] = ev.get("session_id")
+        rec = self._open.get(rid) or self._closed_index.get(rid)
+        if rec is None:  # the usual case: one dict, its keys in the order the updates below give a known one
+            rec = self._open[rid] = {"id": rid, "t": t, "c": get("chars"), "o": [],
+                                     "ds": get("dialogue_share"), "hk": get("hook"), "qe": get("question_end"),
+                                     "fr": get("finish_reason"), "ch": ev.get("character_id"),
+                                     "s": ev.get("session_id")}
+        else:
+            rec["t"] = t
+            rec["c"] = get("chars")
+            rec["ds"] = get("dialogue_share")
+            rec["hk"] = get("hook")
+            rec["qe"] = get("question_end")
+            rec["fr"] = get("finish_reason")
+            rec["ch"] = ev.get("character_id")
+            rec["s"] = ev.get("session_id")
         if "pacing" in reply and self.pacing_from_text:
             rec["pm"] = reply["pacing"]  # as measured from its text (models/features.py pacing_of)
         cond = ev.get("conditioning")
         if cond and (cond.get("pacing") is not None or cond.get("target_chars") is not None):
             rec["ap"] = {"pacing": cond.get("pacing"), "target_chars": cond.get("target_chars"),
                          "explored": cond.get("explored"), "propensity": cond.get("propensity")}
-        self.s["replies"] += 1
-        sid = ev.get("session_id")
+        s = self.s
+        s["replies"] += 1
+        sid = rec["s"]
         if sid:
-            prev = self.s["sess"].get(sid)
+            sess = s["sess"]
+            prev = sess.get(sid)
             if prev is None:
                 rec["first"] = True
-            elif prev != rec["id"]:
-                prev_rec = self.s["open"].get(prev)
-                if prev_rec is not None and (prev_rec.get("t") or 0) <= ev["t"]:
+            elif prev != rid:
+                prev_rec = self._open.get(prev)
+                if prev_rec is not None and (prev_rec.get("t") or 0) <= t:
                     self._close(prev_rec)  # superseded by a later reply of the same session
-            self.s["sess"][sid] = rec["id"]
-            if len(self.s["sess"]) > 20:
-                del self.s["sess"][next(iter(self.s["sess"]))]
+            sess[sid] = rid
+            if len(sess) > 20:
+                del sess[next(iter(sess))]
 
     def _outcome(self, ev: Mapping[str, Any], what: str) -> dict[str, Any]:
         rec = self._reply(ev["reply_id"])
@@ -175,7 +185,16 @@ class Applier:
         self._maybe_close(rec)
 
     def _on_user_message(self, ev: Mapping[str, Any]) -> None:
-        rec = self._outcome(ev, "answered")
+        # _outcome(ev, "answered") and _maybe_close inline: the most frequent event after reply_shown.
+        rid, t = ev["reply_id"], ev["t"]
+        rec = self._open.get(rid) or self._closed_index.get(rid)
+        if rec is None:
+            rec = self._open[rid] = {"id": rid, "t": None, "c": None, "o": []}
+        o = rec["o"]
+        o.append("answered")
+        resp_t = rec.get("resp_t")
+        if resp_t is None or t < resp_t:
+            rec["resp_t"] = t
         chars, compose = ev.get("chars") or 0, ev.get("compose_ms")
         beh = self.s["beh"]
         if compose is not None:
@@ -188,17 +207,19 @@ class Applier:
                 m = self.s["msg"]
                 m[0] = m[0] * 0.95 + math.log(chars)
                 m[1] = m[1] * 0.95 + 1.0
-        if rec.get("t") is not None:
+        shown_t = rec.get("t")
+        if shown_t is not None:
             # A reply stopped while it streamed was read only as far as it was shown.
-            read_chars = rec.get("shown") if "stop" in rec["o"] and rec.get("shown") else rec.get("c")
-            verdict = denoise.read_verdict(read_chars, rec["t"], ev["t"], compose)
+            read_chars = rec.get("shown") if "stop" in o and rec.get("shown") else rec.get("c")
+            verdict = denoise.read_verdict(read_chars, shown_t, t, compose)
             if verdict:
                 rec["bad"] = verdict
                 self.discount(verdict)
                 if verdict == "implausible_read":
                     beh["impl"] += 1
             beh["judged"] += 1
-        self._maybe_close(rec)
+            if rid in self._open:  # "answered" is decisive: closed at once (_maybe_close)
+                self._close(rec)
 
     def _on_continue(self, ev: Mapping[str, Any]) -> None:
         self._maybe_close(self._outcome(ev, "continue"))

@@ -90,6 +90,8 @@ class UserWork:
     partition: int
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (stream id, event), stream order
     poison: dict[str, str] = field(default_factory=dict)  # stream id -> why applying it failed
+    # The events all come from one read of one partition: their stream ids increase (see Applier._advance).
+    one_read: bool = False
 
 
 def parse(partition: int, entry_id: Any, fields: Any) -> Entry:
@@ -151,7 +153,13 @@ def parse_grouped(batch: Mapping[int, list[Any]], skip: Container[str] = ()
                     ev = loads(fields[1])
                 except json_error:
                     pass
-            if type(ev) is not dict or not _well_formed(ev):  # anything else gets parse()'s verdict
+            # _well_formed(ev), inline: once per event
+            if type(ev) is not dict or not (
+                    type(ev.get("app")) is str and type(ev.get("user_id")) is str
+                    and type(kind := ev.get("type")) is str and type(ev.get("t")) is int
+                    and type(ev.get("rt")) is int
+                    and (kind in _NO_REPLY_ID or type(ev.get("reply_id")) is str)):
+                # anything else (a subclass included) gets parse()'s verdict
                 e = parse(p, entry_id, fields)
                 if e.problem is not None:
                     bad.append(e)
@@ -161,7 +169,9 @@ def parse_grouped(batch: Mapping[int, list[Any]], skip: Container[str] = ()
             key = (ev["app"], ev["user_id"])
             w = by.get(key)
             if w is None:
-                w = by[key] = UserWork(key[0], key[1], p)
+                w = by[key] = UserWork(key[0], key[1], p, one_read=True)
+            elif w.partition != p:
+                w.one_read = False  # a user in two partitions (their number changed): ids may go back
             w.events.append((eid, ev))
     return list(by.values()), bad
 
@@ -436,13 +446,30 @@ class Applier:
         # Loop invariants hoisted (once per event otherwise): no event handler changes the trust, and the
         # watermark is stored once, after the loop (a failure discards this state object anyway).
         suspect, poison, apply, newest = state["trust"] != "normal", w.poison, ap.apply, None
-        for sid, ev in w.events:
-            ms, _, seq = sid.partition("-")  # pm.stream_id_key, inline: once per event
-            key = (int(ms), int(seq or 0))
-            if key <= wm:
-                continue  # redelivered: already in this state
-            wm = key
-            newest = sid
+        events = w.events
+        if w.one_read:
+            # Stream ids increase within a partition's read: only a leading run of the events can be at or
+            # below the watermark (redelivered), so only those ids are parsed, not every event's.
+            start = 0
+            while start < len(events) and pm.stream_id_key(events[start][0]) <= wm:
+                start += 1
+            if start < len(events):
+                newest = events[-1][0]
+                events = events[start:] if start else events
+            else:
+                events = []
+        else:
+            todo = []
+            for sid, ev in events:
+                ms, _, seq = sid.partition("-")  # pm.stream_id_key, inline: once per event
+                key = (int(ms), int(seq or 0))
+                if key <= wm:
+                    continue  # redelivered: already in this state
+                wm = key
+                newest = sid
+                todo.append((sid, ev))
+            events = todo
+        for sid, ev in events:
             if poison and sid in poison:
                 continue
             if deleted_at is not None and ev["rt"] <= deleted_at:

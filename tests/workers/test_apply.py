@@ -12,9 +12,10 @@ from models import profile as pm
 from service import keys
 from service import store as store_mod
 from service.profiles import delete_user
+from service.store import StatsBuffer
 from tests.conftest import make_settings
 from tests.workers.helpers import T0, drain, ingest, run, session
-from workers.apply import UserWork, _recent_ops, parse, parse_grouped
+from workers.apply import Applier, UserWork, _recent_ops, parse, parse_grouped
 from workers.consumer import Worker
 
 
@@ -152,3 +153,37 @@ def test_a_state_estimated_by_an_older_worker_is_re_estimated_not_dead_lettered(
     assert sum(redis_sync.xlen(keys.dead_letters(p)) for p in range(s.partitions)) == 0
     assert "ds_var" in _state(redis_sync, "old")["est"]
     assert _state(redis_sync, "old")["sum"]["ds_var"] is not None
+
+
+def test_redelivered_events_are_skipped_by_id_whether_a_user_comes_from_one_read_or_two_partitions(
+        redis_url: str) -> None:
+    def entry(sid: str, i: int) -> tuple[bytes, list[bytes]]:
+        ev = {"app": "a", "user_id": "u", "type": "user_message", "reply_id": f"r{i}", "t": 1000 * i,
+              "rt": 1000 * i, "chars": 5}
+        return sid.encode(), [b"e", orjson.dumps(ev)]
+
+    applier = Applier(store_mod.connect(redis_url), StatsBuffer(), 120.0)
+
+    def advance(batch: dict[int, list[Any]]) -> tuple[UserWork, dict[str, Any]]:
+        (w,), bad = parse_grouped(batch)
+        assert not bad
+        state = pm.new_state()
+        state["wm"] = "5-0"  # applied up to 5-0 already: entries at or below it are redeliveries
+        ctx = applier._advance(w, None, None, T0, False, state)
+        assert ctx is not None
+        return w, ctx
+
+    # One partition's read: its ids increase, the leading 4-0 and 5-0 are redelivered.
+    w, ctx = advance({1: [entry("4-0", 1), entry("5-0", 2), entry("9-0", 3), entry("12-0", 4)]})
+    assert w.one_read and ctx["applied"] == 2 and ctx["state"]["wm"] == "12-0"
+    assert sorted(ctx["state"]["open"]) == ["r3", "r4"]
+    # The same user in two partitions (their number changed): 3-0 comes after 9-0 and is passed by as
+    # before, the per-event check against the running watermark.
+    w, ctx = advance({1: [entry("5-0", 1), entry("9-0", 2)], 2: [entry("3-0", 3), entry("12-0", 4)]})
+    assert not w.one_read and ctx["applied"] == 2 and ctx["state"]["wm"] == "12-0"
+    assert sorted(ctx["state"]["open"]) == ["r2", "r4"]
+    # Everything redelivered: nothing applied, the watermark stays.
+    (w,), _ = parse_grouped({1: [entry("4-0", 1), entry("5-0", 2)]})
+    state = pm.new_state()
+    state["wm"] = "5-0"
+    assert applier._advance(w, None, None, T0, False, state) is None and state["wm"] == "5-0"
