@@ -46,12 +46,18 @@ async def read_json(request: Request, limit: int) -> Any:
         raise BadRequest(f"the body is not valid JSON: {exc}", code="invalid_json") from exc
 
 
+# A writer that flushes starts a new member now and then; tens of thousands of empty members are an attack
+# (each member's rest is copied again: quadratic, 0.9 s of the event loop for 1 MiB of 20-byte members).
+MAX_GZIP_MEMBERS = 64
+
+
 def _gunzip(raw: bytes, limit: int) -> bytes:
     """Inflate every member of a gzip body (as gzip -d does: writers that flush may start new members), at
-    most `limit` bytes in all; a body cut short is refused, not read as far as it goes."""
+    most `limit` bytes and MAX_GZIP_MEMBERS members in all; a body cut short is refused, not read as far as it
+    goes. Zero bytes after the last member (padding, which gzip -d also takes) are ignored."""
     out: list[bytes] = []
     size = 0
-    while True:
+    for _ in range(MAX_GZIP_MEMBERS):
         inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:
             part = inflater.decompress(raw, limit + 1 - size)  # size <= limit here: never 0, "no bound"
@@ -67,5 +73,7 @@ def _gunzip(raw: bytes, limit: int) -> bytes:
                              code="invalid_gzip")
         out.append(part)
         raw = inflater.unused_data
-        if not raw:
+        if not raw.strip(b"\0"):
             return b"".join(out)
+    raise BadRequest(f"the gzip body has more than {MAX_GZIP_MEMBERS} members; compress the batch as one",
+                     code="invalid_gzip")

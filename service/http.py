@@ -94,15 +94,22 @@ class CoalescingHttpTools(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._reading != "body":
             # Checked before parsing: httptools itself holds a head of any size until it is complete.
-            seen = self._head_bytes + len(data)
-            if seen > self.MAX_HEAD_BYTES:  # rare: only then look for where the head ends in this chunk
-                end = data.find(b"\r\n\r\n")
-                if end < 0 or self._head_bytes + end + 4 > self.MAX_HEAD_BYTES:
+            room = self.MAX_HEAD_BYTES - self._head_bytes
+            if len(data) > room:
+                # Rare (a large body right behind its head, or a huge head): the parser gets what fits, and
+                # the rest only if that completed the head. The parser finds the head's end even when it
+                # straddles two reads, which a search of this chunk alone would miss.
+                self._head_bytes = self.MAX_HEAD_BYTES
+                super().data_received(data[:room])
+                if self._reading == "head" and not self.transport.is_closing():
                     self._refuse(b"431 Request Header Fields Too Large", "headers_too_large",
                                  f"the request line and headers exceed {self.MAX_HEAD_BYTES} bytes; "
                                  "send fewer or smaller headers")
                     return
-            self._head_bytes = seen
+                if not self.transport.is_closing():
+                    self.data_received(data[room:])
+                return
+            self._head_bytes += len(data)
         super().data_received(data)
 
     def on_message_begin(self) -> None:
@@ -121,11 +128,17 @@ class CoalescingHttpTools(HttpToolsProtocol):
     def expire(self) -> None:
         """Past its deadline: refused with a 408 and closed. A handler waiting for the body then sees the
         disconnect (service/body.py: a 499 no one reads)."""
-        if self.pipeline:  # a pipelined request waits for the one before it: not the client's doing
-            self._reading = self._deadline = None
-            return
         reading = self._reading
         timeout = self.HEAD_TIMEOUT if reading == "head" else self.BODY_TIMEOUT
+        if reading == "head" and self._head_bytes == 0:
+            # A connection opened and never used (a browser's or a balancer's pre-connect): closed without an
+            # answer, as nginx does; a 408 there could be read as the answer to a request sent just then.
+            self._reading = self._deadline = None
+            self.transport.close()
+            return
+        if self.pipeline:  # a pipelined request waits for the one before it: not the client's doing
+            self._deadline = self.loop.time() + timeout  # the same allowance again once its turn comes near
+            return
         self._refuse(b"408 Request Timeout", "request_timeout",
                      f"the request's {reading} did not arrive within {timeout:g} s; "
                      "send each request whole, at once")

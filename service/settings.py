@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -94,19 +94,19 @@ class Settings(BaseSettings):
         return out
 
 
+_QUERY_PASSWORD = re.compile(r"(?i)([?&;]password=)[^&;]*")
+
+
 def redact_url(url: str) -> str:
-    """The URL with its password (redis://user:PASSWORD@host, or ?password=) shown as ***, for messages."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if "@" in netloc:
-            user, _, host = netloc.rpartition("@")
-            netloc = (user.split(":", 1)[0] + ":***" if ":" in user else user) + "@" + host
-        query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(parts.query)],
-                          safe="*")
-        return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
-    except ValueError:  # not a URL this can take apart: show none of it
-        return "(ATTUNE_REDIS_URL, unparseable)"
+    """The URL with its password (redis://user:PASSWORD@host, or ?password=) shown as ***, for messages.
+    Taken apart by hand, not by urlsplit: a generated password often holds an unencoded '/', '?' or '#',
+    where urlsplit ends the host part and would show the password (or its start) as host and path."""
+    out = _QUERY_PASSWORD.sub(r"\1***", url)
+    scheme, sep, rest = out.partition("://") if "://" in out else ("", "", out)
+    if "@" in rest:  # everything up to the last '@' is the user part, whatever characters it holds
+        user, _, host = rest.rpartition("@")
+        rest = (user.split(":", 1)[0] + ":***" if ":" in user else "***") + "@" + host
+    return f"{scheme}{sep}{rest}"
 
 
 @lru_cache

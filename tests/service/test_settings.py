@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from service.settings import Settings
+from service.settings import Settings, redact_url
 
 
 def test_contract_variables_and_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -39,3 +39,18 @@ def test_the_pacing_measured_from_text_can_be_turned_off(monkeypatch: pytest.Mon
     assert Settings().pacing_from_text is True
     monkeypatch.setenv("ATTUNE_PACING_FROM_TEXT", "false")
     assert Settings().pacing_from_text is False
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("redis://:ab/cd+ef==@h:6379/0", "redis://:***@h:6379/0"),  # a generated password with '/', unencoded
+    ("redis://u:p#w@h:6379", "redis://u:***@h:6379"),
+    ("redis://u:p?w@h", "redis://u:***@h"),
+    ("rediss://u:a@b@h:1/2", "rediss://u:***@h:1/2"),
+    ("redis://secret@h", "redis://***@h"),
+    ("redis://h:6379/0?password=a#b@c&db=1", "redis://h:6379/0?password=***&db=1"),
+    ("unix:///run/redis.sock?db=0&password=zz", "unix:///run/redis.sock?db=0&password=***"),
+    ("redis://h:6379/0", "redis://h:6379/0"),
+])
+def test_redact_url_hides_every_password_shape(url: str, shown: str) -> None:
+    """urlsplit ends the host part at the first '/', '?' or '#', so it showed such passwords whole or in part."""
+    assert redact_url(url) == shown
