@@ -186,15 +186,6 @@ class Applier:
 
     def _on_user_message(self, ev: Mapping[str, Any]) -> None:
         # _outcome(ev, "answered") and _maybe_close inline: the most frequent event after reply_shown.
-        rid, t = ev["reply_id"], ev["t"]
-        rec = self._open.get(rid) or self._closed_index.get(rid)
-        if rec is None:
-            rec = self._open[rid] = {"id": rid, "t": None, "c": None, "o": []}
-        o = rec["o"]
-        o.append("answered")
-        resp_t = rec.get("resp_t")
-        if resp_t is None or t < resp_t:
-            rec["resp_t"] = t
         chars, compose = ev.get("chars") or 0, ev.get("compose_ms")
         beh = self.s["beh"]
         if compose is not None:
@@ -207,6 +198,17 @@ class Applier:
                 m = self.s["msg"]
                 m[0] = m[0] * 0.95 + math.log(chars)
                 m[1] = m[1] * 0.95 + 1.0
+        rid, t = ev.get("reply_id"), ev["t"]
+        if rid is None:  # a message that answers no reply (the conversation's first): its length and typing only
+            return
+        rec = self._open.get(rid) or self._closed_index.get(rid)
+        if rec is None:
+            rec = self._open[rid] = {"id": rid, "t": None, "c": None, "o": []}
+        o = rec["o"]
+        o.append("answered")
+        resp_t = rec.get("resp_t")
+        if resp_t is None or t < resp_t:
+            rec["resp_t"] = t
         shown_t = rec.get("t")
         if shown_t is not None:
             # A reply stopped while it streamed was read only as far as it was shown.

@@ -155,6 +155,23 @@ def test_a_state_estimated_by_an_older_worker_is_re_estimated_not_dead_lettered(
     assert _state(redis_sync, "old")["sum"]["ds_var"] is not None
 
 
+def test_a_user_message_that_answers_no_reply_is_applied_not_dead_lettered(redis_url: str, tmp_path: Any,
+                                                                          redis_sync: redis.Redis) -> None:
+    """The API takes a user_message without reply_id (a conversation's first message); the worker raised
+    KeyError on it and dead-lettered it, so its length and typing time were never learned."""
+    s = make_settings(redis_url, tmp_path, worker_block_ms=0, population_refresh_seconds=0)
+    t = T0 + 3_600_000
+    first = {"type": "user_message", "event_id": "opening", "user_id": "u1", "session_id": "s2", "t": t, "rt": t,
+             "chars": 240, "compose_ms": 30_000}
+    run(ingest(s, "demo", session("u1", 3) + [first]))
+    run(drain(s))
+    assert sum(redis_sync.xlen(keys.dead_letters(p)) for p in range(s.partitions)) == 0
+    state = _state(redis_sync, "u1")
+    assert state["msg"][1] > 3.0  # the three answers' lengths and the opening message's (weights ~0.95^k)
+    doc = orjson.loads(redis_sync.get(keys.profile("demo", "u1")))
+    assert doc["evidence"]["events_used"] == 7
+
+
 def test_redelivered_events_are_skipped_by_id_whether_a_user_comes_from_one_read_or_two_partitions(
         redis_url: str) -> None:
     def entry(sid: str, i: int) -> tuple[bytes, list[bytes]]:
@@ -177,8 +194,9 @@ def test_redelivered_events_are_skipped_by_id_whether_a_user_comes_from_one_read
     w, ctx = advance({1: [entry("4-0", 1), entry("5-0", 2), entry("9-0", 3), entry("12-0", 4)]})
     assert w.one_read and ctx["applied"] == 2 and ctx["state"]["wm"] == "12-0"
     assert sorted(ctx["state"]["open"]) == ["r3", "r4"]
-    # The same user in two partitions (their number changed): 3-0 comes after 9-0 and is passed by as
-    # before, the per-event check against the running watermark.
+    # The same user in two partitions (their number changed): the one-read shortcut is off and the per-event
+    # check against the running watermark runs. It passes by 3-0, which comes after 9-0: ids of two streams
+    # do not order events, a known limitation of changing ATTUNE_PARTITIONS with events queued (README).
     w, ctx = advance({1: [entry("5-0", 1), entry("9-0", 2)], 2: [entry("3-0", 3), entry("12-0", 4)]})
     assert not w.one_read and ctx["applied"] == 2 and ctx["state"]["wm"] == "12-0"
     assert sorted(ctx["state"]["open"]) == ["r2", "r4"]
