@@ -380,11 +380,16 @@ class Store:
         self.dedup_ttl = dedup_ttl
         self._streams = [keys.stream(p) for p in range(partitions)]
 
-    async def ping(self) -> bool:
+    async def problem(self) -> str | None:
+        """None when Redis answers a PING, else what /readyz reports: unreachable, or refusing the login
+        (a wrong password is not a down server, and an operator should not look for one)."""
         try:
-            return bool(await self.redis.ping())
-        except (RedisError, OSError):
-            return False
+            await self.redis.ping()
+            return None
+        except (RedisError, OSError) as exc:
+            if _refused_login(exc):
+                return "redis refuses Attune's credentials (check the user and password in ATTUNE_REDIS_URL)"
+            return "redis unreachable"
 
     async def ingest(self, app: str, events: list[dict[str, Any]]) -> list[bool]:
         """Append events whose id this app has not sent before; True where appended, False for duplicates.

@@ -19,16 +19,17 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request, response: Response) -> dict[str, object]:
     store = request.app.state.store
     settings = request.app.state.settings
-    redis_ok = await store.ping()
+    problem = await store.problem()
     workers = 0
-    if redis_ok:
+    if problem is None:
         try:
             workers = await store.workers_alive(settings.worker_heartbeat_seconds)
         except StoreUnavailable:
-            redis_ok = False
+            problem = "redis unreachable"
+    redis_ok = problem is None
     ready = redis_ok and workers > 0
     response.status_code = 200 if ready else 503
-    problems = ([] if redis_ok else ["redis unreachable"]) + ([] if workers else ["no worker alive"])
+    problems = ([] if redis_ok else [problem]) + ([] if workers else ["no worker alive"])
     return {"status": "ready" if ready else "not_ready", "redis": redis_ok, "workers_alive": workers, "problems": problems}
 
 

@@ -113,6 +113,9 @@ def test_a_redis_that_refuses_the_password_is_named_in_the_503(tmp_path: Path) -
                 c.post("/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
                        json={"messages": [{"role": "user", "content": "hi"}], "user": "u1"}),
             ]
+            ready = c.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["redis"] is False
+        assert ready.json()["problems"][0].startswith("redis refuses Attune's credentials"), ready.text
         for r in answers:
             assert r.status_code == 503 and r.headers["Retry-After"], r.text
             assert "refuses Attune's credentials" in r.json()["error"]["message"]
