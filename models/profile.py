@@ -187,7 +187,7 @@ class Applier:
     def _on_user_message(self, ev: Mapping[str, Any]) -> None:
         # _outcome(ev, "answered") and _maybe_close inline: the most frequent event after reply_shown.
         chars, compose = ev.get("chars") or 0, ev.get("compose_ms")
-        beh = self.s["beh"]
+        beh = self._beh
         if compose is not None:
             beh["judged"] += 1
             if not denoise.typing_plausible(chars, compose):
@@ -201,9 +201,8 @@ class Applier:
         rid, t = ev.get("reply_id"), ev["t"]
         if rid is None:  # a message that answers no reply (the conversation's first): its length and typing only
             return
-        rec = self._open.get(rid) or self._closed_index.get(rid)
-        if rec is None:
-            rec = self._open[rid] = {"id": rid, "t": None, "c": None, "o": []}
+        rec = self._reply(rid)
+        assert rec is not None
         o = rec["o"]
         o.append("answered")
         resp_t = rec.get("resp_t")

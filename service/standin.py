@@ -157,34 +157,27 @@ def perceived_pacing(text: str) -> str:
     return winners[0] if len(winners) == 1 else "balanced"  # a reply that mixes voices reads as balanced
 
 
-def read_note(messages: list[dict[str, Any]]) -> tuple[str | None, int | None]:
-    """The pacing and length a reader-preference note asks for, wherever it sits in the messages."""
-    pacing = target = None
+def read_note(messages: list[dict[str, Any]]) -> tuple[str | None, int | None, str | None]:
+    """The pacing, length and balance of speech and narration (mostly_dialogue, balanced or mostly_narration)
+    a reader-preference note asks for, wherever it sits in the messages."""
+    pacing = target = dialogue = None
     for m in messages:
         content = m.get("content")
-        if not isinstance(content, str) or "Pace:" not in content and "characters" not in content:
+        if not isinstance(content, str) or (
+                "Pace:" not in content and "characters" not in content and "Dialogue:" not in content):
             continue
         if (pm := _NOTE_PACE.search(content)) is not None:
             pacing = pm.group(1).lower().replace(" ", "_")
         if (lm := _NOTE_LENGTH.search(content)) is not None:
             target = int(lm.group(1))
-    return pacing, target
-
-
-def read_dialogue(messages: list[dict[str, Any]]) -> str | None:
-    """The balance of speech and narration a note asks for: mostly_dialogue, balanced or mostly_narration."""
-    asked = None
-    for m in messages:
-        content = m.get("content")
-        if isinstance(content, str) and "Dialogue:" in content and (dm := _NOTE_DIALOGUE.search(content)):
-            asked = dm.group(1).lower().replace(" ", "_")
-    return asked
+        if "Dialogue:" in content and (dm := _NOTE_DIALOGUE.search(content)) is not None:
+            dialogue = dm.group(1).lower().replace(" ", "_")
+    return pacing, target, dialogue
 
 
 def compose(messages: list[dict[str, Any]], max_tokens: int | None, rng: random.Random) -> dict[str, Any]:
     """The reply a model might write: pacing and length follow the note imperfectly; cut at max_tokens."""
-    asked_pacing, asked_chars = read_note(messages)
-    asked_dialogue = read_dialogue(messages)
+    asked_pacing, asked_chars, asked_dialogue = read_note(messages)
     # Drawn only when asked, so a reply without that note is the same as before it existed.
     balance = asked_dialogue if asked_dialogue and rng.random() < FOLLOW_DIALOGUE else None
     if asked_pacing in PACING and rng.random() < FOLLOW_PACING:

@@ -27,7 +27,7 @@ from redis.exceptions import RedisError, ResponseError
 from models.population import Population, RepeatModelTrainer, refresh
 from service import keys
 from service.settings import Settings
-from service.store import Script, StatsBuffer, check_server, out_of_memory
+from service.store import Script, StatsBuffer, check_server, out_of_memory, unavailable
 from workers.apply import Applier, UserWork, parse, parse_grouped
 from workers.resp import error_of, raise_first
 
@@ -492,9 +492,9 @@ class Worker:
                 await self.heartbeat()
                 return True
             except (OSError, RedisError) as exc:
-                why = "is out of memory (maxmemory) and refuses writes" if out_of_memory(exc) else "is unreachable"
-                log.warning("cannot start: Redis %s (%s: %s); retrying every %g s", why, type(exc).__name__, exc,
-                            START_RETRY_SECONDS)
+                # The API's 503 says why (unreachable, full, or refusing the password): the same words here.
+                log.warning("cannot start: %s (%s: %s); retrying every %g s", unavailable(exc).message,
+                            type(exc).__name__, exc, START_RETRY_SECONDS)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), START_RETRY_SECONDS)
                 return False

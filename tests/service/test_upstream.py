@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -337,6 +338,23 @@ def test_canonical_sse_is_kept_verbatim_for_the_relay_and_anything_else_is_refra
     assert s._feed(b"data: {") == [] and s.raw is None
 
 
+@contextlib.asynccontextmanager
+async def serving(handle: Callable[[Any], Any]) -> AsyncIterator[int]:
+    """A real aiohttp server on loopback answering OPENAI_PATH with `handle`; yields its port."""
+    from aiohttp import web  # noqa: PLC0415
+
+    app = web.Application()
+    app.router.add_post(OPENAI_PATH, handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield port
+    finally:
+        await runner.cleanup()
+
+
 async def test_what_m2her_receives_over_the_aiohttp_transport() -> None:
     """The request built without httpx's auto headers still carries Host, Content-Length and the client's
     headers on the wire (aiohttp sets the first two), and the body byte for byte."""
@@ -349,18 +367,12 @@ async def test_what_m2her_receives_over_the_aiohttp_transport() -> None:
         reply = {"choices": [{"message": {"content": "ok"}}], "base_resp": {"status_code": 0}}
         return web.json_response(reply)
 
-    app = web.Application()
-    app.router.add_post(OPENAI_PATH, handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    up = Upstream(f"http://127.0.0.1:{port}", "k3y", UpstreamTimeout(), FAST)
-    try:
-        raw, parsed = await up.complete(OPENAI_PATH, BODY)
-    finally:
-        await up.aclose()
-        await runner.cleanup()
+    async with serving(handle) as port:
+        up = Upstream(f"http://127.0.0.1:{port}", "k3y", UpstreamTimeout(), FAST)
+        try:
+            raw, parsed = await up.complete(OPENAI_PATH, BODY)
+        finally:
+            await up.aclose()
     assert parsed["choices"][0]["message"]["content"] == "ok" and orjson.loads(raw) == parsed
     headers, body = seen[0]
     assert orjson.loads(body) == {**BODY, "messages": with_names(BODY["messages"])}
@@ -404,9 +416,9 @@ async def test_an_error_answer_leaves_no_garbage_cycle_holding_the_request() -> 
 
 
 async def test_over_the_aiohttp_transport_compressed_replies_and_errors_come_through() -> None:
-    """The aiohttp path (Upstream._send_aiohttp) against a real server: a gzip reply and a gzip stream are
-    decoded (they come back as httpx responses, whose decoding it uses), a 429 keeps its Retry-After and is
-    retried, and a port where nothing listens is `upstream_unreachable`, as over httpx's transport."""
+    """The client over httpx's aiohttp transport against a real server (the MockTransport tests above do not
+    reach aiohttp): a gzip reply and a gzip stream are decoded, a 429 keeps its Retry-After and is retried,
+    and a port where nothing listens is `upstream_unreachable`."""
     import gzip  # noqa: PLC0415
 
     from aiohttp import web  # noqa: PLC0415
@@ -426,27 +438,21 @@ async def test_over_the_aiohttp_transport_compressed_replies_and_errors_come_thr
         ctype = "text/event-stream" if streamed else "application/json"
         return web.Response(body=data, headers={"Content-Type": ctype, "Content-Encoding": "gzip"})
 
-    app = web.Application()
-    app.router.add_post(OPENAI_PATH, handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    up = Upstream(f"http://127.0.0.1:{port}", "k3y", UpstreamTimeout(), FAST)
-    gone = Upstream(f"http://127.0.0.1:{free_port()}", "k3y", UpstreamTimeout(), UpstreamRetry(attempts=1))
-    try:
-        stream = await up.stream(OPENAI_PATH, {**BODY, "stream": True})
-        got = [orjson.loads(p) for batch in [b async for b in stream.batches()] for p in batch]
-        await stream.aclose()
-        raw, parsed = await up.complete(OPENAI_PATH, BODY)
-        busy = {**BODY, "messages": [*BODY["messages"][:-1], {"role": "user", "content": "busy"}]}
-        _, after_429 = await up.complete(OPENAI_PATH, busy)
-        with pytest.raises(UpstreamError) as refused:
-            await gone.complete(OPENAI_PATH, BODY)
-    finally:
-        await up.aclose()
-        await gone.aclose()
-        await runner.cleanup()
+    async with serving(handle) as port:
+        up = Upstream(f"http://127.0.0.1:{port}", "k3y", UpstreamTimeout(), FAST)
+        gone = Upstream(f"http://127.0.0.1:{free_port()}", "k3y", UpstreamTimeout(), UpstreamRetry(attempts=1))
+        try:
+            stream = await up.stream(OPENAI_PATH, {**BODY, "stream": True})
+            got = [orjson.loads(p) for batch in [b async for b in stream.batches()] for p in batch]
+            await stream.aclose()
+            raw, parsed = await up.complete(OPENAI_PATH, BODY)
+            busy = {**BODY, "messages": [*BODY["messages"][:-1], {"role": "user", "content": "busy"}]}
+            _, after_429 = await up.complete(OPENAI_PATH, busy)
+            with pytest.raises(UpstreamError) as refused:
+                await gone.complete(OPENAI_PATH, BODY)
+        finally:
+            await up.aclose()
+            await gone.aclose()
     assert "".join(c["choices"][0]["delta"]["content"] for c in got) == "Hello there."
     assert parsed == reply and orjson.loads(raw) == reply
     assert after_429 == reply and calls.count("busy") == 2

@@ -147,7 +147,7 @@ def test_a_worker_started_before_redis_waits_for_it(tmp_path: Path) -> None:
     worker = spawn_service(["-m", "workers"], _env(url, ATTUNE_WORKER_NAME="early"), log)
     server = EmbeddedRedis(data)
     try:
-        _wait(lambda: b"cannot start: Redis is unreachable" in log.read_bytes(), 30, "the worker's warning")
+        _wait(lambda: b"cannot start: the event store (Redis) is unreachable" in log.read_bytes(), 30, "the worker's warning")
         assert worker.poll() is None
         server.start()
         r = redis.Redis.from_url(url)
