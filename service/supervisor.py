@@ -20,7 +20,6 @@ from service.embedded import EmbeddedRedis, EmbeddedRedisError
 from service.settings import get_settings
 
 GRACE_SECONDS = 15.0
-REPEAT_WINDOW_SECONDS = 1.0  # a repeat of the stop signal within this window is the same stop
 
 
 def say(line: str) -> None:
@@ -73,22 +72,19 @@ def main() -> int:
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
     embedded: EmbeddedRedis | None = None
     stopping = False
-    first_signal = 0.0
 
     def on_signal(signum: int, _frame: object) -> None:
-        nonlocal stopping, first_signal
-        # A second Ctrl-C stops at once. One stop often arrives twice within milliseconds: a kill of the
-        # process group reaches us directly, and GNU make forwards its own SIGTERM to us as well.
-        if stopping and time.monotonic() - first_signal < REPEAT_WINDOW_SECONDS:
-            return
-        if stopping:
+        nonlocal stopping
+        # A second Ctrl-C stops at once. A repeated SIGTERM never does: GNU make forwards its own SIGTERM
+        # to us when its process group is killed, and on a loaded machine that copy can come seconds after
+        # the one sent to us directly; it is the same stop.
+        if stopping and signum == signal.SIGINT:
             for _, p in children:
                 p.kill()
             if embedded:
                 embedded.stop(timeout=2)
             os._exit(130)
         stopping = True
-        first_signal = time.monotonic()
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)

@@ -1,6 +1,6 @@
-"""`attune run` stops cleanly on one stop request even when the signal arrives twice at once (a kill of the
-process group plus GNU make forwarding its own SIGTERM), and a second Ctrl-C later
-leaves nothing running."""
+"""`attune run` stops cleanly on one stop request even when SIGTERM arrives more than once (a kill of the
+process group plus GNU make forwarding its own SIGTERM, which on a loaded machine can come seconds later),
+and a second Ctrl-C later leaves nothing running."""
 
 from __future__ import annotations
 
@@ -32,10 +32,17 @@ def start(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path]:
     return proc, log
 
 
-def test_a_doubled_sigterm_is_one_clean_stop(tmp_path: Path) -> None:
+def test_a_repeated_sigterm_is_one_clean_stop(tmp_path: Path) -> None:
     proc, log = start(tmp_path)
     proc.send_signal(signal.SIGTERM)
     proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while "stopping ..." not in log.read_text():
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.05)
+    time.sleep(1.5)  # make's forwarded copy, late (the stop of the API and worker takes a few seconds)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 0, log.read_text()[-3000:]
     text = log.read_text()
     assert "stopping ..." in text and text.rstrip().endswith("[attune] stopped"), text[-3000:]
