@@ -5,12 +5,15 @@ and a second Ctrl-C later leaves nothing running."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import ROOT, free_port
@@ -18,9 +21,9 @@ from tests.conftest import ROOT, free_port
 pytestmark = [pytest.mark.slow, pytest.mark.embedded_only, pytest.mark.timeout(180)]
 
 
-def start(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path]:
+def start(tmp_path: Path, **extra: str) -> tuple[subprocess.Popen[bytes], Path]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ATTUNE_", "MINIMAX_", "PYTEST"))}
-    env.update({"ATTUNE_PORT": str(free_port()), "ATTUNE_DATA_DIR": str(tmp_path / "var")})
+    env.update({"ATTUNE_PORT": str(free_port()), "ATTUNE_DATA_DIR": str(tmp_path / "var"), **extra})
     log = tmp_path / "run.log"
     proc = subprocess.Popen([sys.executable, "-m", "service.cli", "run"], cwd=ROOT, env=env,
                             stdin=subprocess.DEVNULL, stdout=log.open("ab"), stderr=subprocess.STDOUT,
@@ -32,20 +35,40 @@ def start(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path]:
     return proc, log
 
 
-def test_a_repeated_sigterm_is_one_clean_stop(tmp_path: Path) -> None:
-    proc, log = start(tmp_path)
+def test_a_repeated_sigterm_is_one_clean_stop_that_finishes_the_reply_in_flight(tmp_path: Path) -> None:
+    proc, log = start(tmp_path, ATTUNE_STANDIN_CHUNK_MS="250")  # a slow stand-in: a reply takes seconds
+    admin = re.search(r"admin key:\s+(\S+)", log.read_text()).group(1)  # type: ignore[union-attr]
+    base = re.search(r"API:\s+(\S+)", log.read_text()).group(1)  # type: ignore[union-attr]
+    key = httpx.post(f"{base}/v1/admin/apps/demo/keys", headers={"Authorization": f"Bearer {admin}"},
+                     json={"scopes": ["condition"]}).json()["key"]
+    # A streamed reply in flight (about 20 chunks, 5 s) keeps the stop busy: the API finishes it before exiting.
+    chunks: list[bytes] = []
+    first_chunk = threading.Event()
+
+    def chat() -> None:
+        body = {"model": "M2-her", "stream": True, "max_completion_tokens": 48,
+                "messages": [{"role": "user", "name": "u", "content": "Tell me a long story."}]}
+        with httpx.stream("POST", f"{base}/v1/text/chatcompletion_v2", json=body, timeout=60,
+                          headers={"Authorization": f"Bearer {key}", "X-Attune-User": "u1"}) as r:
+            for chunk in r.iter_bytes():
+                chunks.append(chunk)
+                first_chunk.set()
+
+    reader = threading.Thread(target=chat)
+    reader.start()
+    assert first_chunk.wait(30), log.read_text()[-3000:]
     proc.send_signal(signal.SIGTERM)
+    first = time.monotonic()
     proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 30
-    while "stopping ..." not in log.read_text():
-        assert time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.05)
-    time.sleep(1.5)  # make's forwarded copy, late (the stop of the API and worker takes a few seconds)
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+    # make's forwarded copy, late: on a loaded machine it came over a second after ours.
+    time.sleep(max(0.0, first + 1.5 - time.monotonic()))
+    assert proc.poll() is None, "the stop ended before the late SIGTERM: the reply was too short to test it"
+    proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 0, log.read_text()[-3000:]
+    reader.join(10)
     text = log.read_text()
     assert "stopping ..." in text and text.rstrip().endswith("[attune] stopped"), text[-3000:]
+    assert b'"finish_reason"' in b"".join(chunks)[-2000:], b"".join(chunks)[-500:]  # the reply ended whole
 
 
 def test_ctrl_c_twice_leaves_nothing_running(tmp_path: Path) -> None:
