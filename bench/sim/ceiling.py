@@ -24,6 +24,7 @@ learns from the signals (as Attune must) can expect to beat it, up to the Monte 
 
 Run: .venv/bin/python -m bench.sim.ceiling [--users 2000] [--seeds 1,2] [--checkpoints 10,20,40,80]
      .venv/bin/python -m bench.sim.ceiling --marginal --users 200 --seeds 1,2 [--samples 20000]
+     [--rating-sd 1e6: without the simulator's exact ratings]
 """
 
 from __future__ import annotations
@@ -296,6 +297,7 @@ def run(users_n: int, seed: int, checkpoints: list[int], noise: Noise, marginal:
 
 
 def main() -> int:
+    global RATING_SD  # noqa: PLW0603 - read by the likelihoods above; --rating-sd sets it
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--users", type=int, default=2000)
     ap.add_argument("--seeds", default="1,2")
@@ -303,7 +305,11 @@ def main() -> int:
     ap.add_argument("--noise", type=float, default=0.2)
     ap.add_argument("--marginal", action="store_true", help="knowing the population only (see above)")
     ap.add_argument("--samples", type=int, default=20000, help="Monte Carlo draws per user for --marginal")
+    ap.add_argument("--rating-sd", type=float, default=RATING_SD,
+                    help="how exactly a rating reads satisfaction (the simulator's: exact up to rounding; "
+                         "1e6 leaves ratings out, as a coarse real rating would nearly be)")
     args = ap.parse_args()
+    RATING_SD = args.rating_sd
     checkpoints = [int(x) for x in args.checkpoints.split(",")]
     noise = Noise(args.noise)
     pooled: dict[int, list[bool]] = {c: [] for c in checkpoints}
@@ -314,7 +320,7 @@ def main() -> int:
     what = (f"population-knowledge Bayes decision ({args.samples} draws per user)" if args.marginal
             else "full-information Bayes decision")
     print(f"pacing accuracy of the {what}, {len(pooled[checkpoints[0]])} "
-          f"honest users, seeds {args.seeds}, noise {args.noise}")
+          f"honest users, seeds {args.seeds}, noise {args.noise}, rating sd {RATING_SD:g}")
     print(f"{'replies':>8} {'accuracy':>9} {'95% interval':>16}")
     for c in checkpoints:
         acc = float(np.mean(pooled[c]))

@@ -41,7 +41,7 @@ def test_a_repeated_sigterm_is_one_clean_stop_that_finishes_the_reply_in_flight(
     base = re.search(r"API:\s+(\S+)", log.read_text()).group(1)  # type: ignore[union-attr]
     key = httpx.post(f"{base}/v1/admin/apps/demo/keys", headers={"Authorization": f"Bearer {admin}"},
                      json={"scopes": ["condition"]}).json()["key"]
-    # A streamed reply in flight (about 20 chunks, 5 s) keeps the stop busy: the API finishes it before exiting.
+    # A streamed reply in flight (about 20 chunks, 5 s) keeps the stop busy: the API finishes it first.
     chunks: list[bytes] = []
     first_chunk = threading.Event()
 
