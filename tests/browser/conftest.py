@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
 from tests.conftest import ROOT
 
@@ -16,6 +16,8 @@ CHROMIUM = Path(os.environ.get("ATTUNE_CHROMIUM", "/usr/bin/chromium"))
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                "--disable-sync", "--no-first-run", "--disable-quic"]
+# expect() keeps Playwright's own 5 s unless told: chromium and the API share two loaded cores in CI.
+expect.set_options(timeout=30_000)
 # Harmless noise of a headless chromium in a container.
 IGNORED = ("dbus", "favicon", "Failed to connect to the bus")
 

@@ -47,7 +47,7 @@ def seed(api: ApiServer, r: redis.Redis, app: str, users: int) -> list[str]:
     fill_counters(r, app, minutes=60)
     fill_workers(r, api.settings.partitions)
     ids = fill_users(r, app, users)
-    deadline = time.monotonic() + 5  # the API flushes its counters about once a second
+    deadline = time.monotonic() + 30  # the API flushes its counters about once a second
     with api.admin() as admin:
         while admin.get("/v1/admin/stats", params={"app": app, "window": "15m"}).json()["traffic"]["totals"]["accepted"] == 0:
             assert time.monotonic() < deadline, "the API's counters never reached Redis"

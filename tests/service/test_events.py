@@ -234,7 +234,8 @@ def test_sent_at_corrects_clock_skew(api: ApiServer, redis_sync: redis.Redis) ->
     assert r.json()["accepted"] == 1
     [got] = stored(redis_sync)
     assert before - 10_000 - 50 <= got["t"] <= after - 10_000 + 50
-    assert abs(got["skew_ms"] - skew * 1000) < 1000
+    # sent_at is taken before the request (a key is made, a connection opened): seconds on a loaded machine.
+    assert abs(got["skew_ms"] - skew * 1000) < 5000
 
 
 def test_far_future_is_rejected_even_without_sent_at_but_skew_corrected_events_pass(api: ApiServer) -> None:
@@ -267,7 +268,9 @@ def test_rate_limit_gives_429_with_retry_after(redis_url: str, tmp_path: Any, re
     try:
         key = handle.app_key(("ingest",))
         with handle.client(key) as c:
-            codes = [c.post("/v1/events", json={"events": [ev() for _ in range(8)]}).status_code for _ in range(4)]
+            # 4 x 12 events against 20 per second: two posts in one second are over it, however the posts
+            # fall across a second's boundary on a slow machine.
+            codes = [c.post("/v1/events", json={"events": [ev() for _ in range(12)]}).status_code for _ in range(4)]
             assert 429 in codes, codes
             r = c.post("/v1/events", json={"events": [ev() for _ in range(30)]})
             assert r.status_code == 429
@@ -300,7 +303,7 @@ def test_metrics_count_accepted_duplicate_and_rejected(api: ApiServer) -> None:
 
 def test_stats_buffer_reaches_redis(api: ApiServer, redis_sync: redis.Redis) -> None:
     post(api, {"events": [ev("continue"), ev("continue")]})
-    deadline = time.time() + 5
+    deadline = time.time() + 20
     fields: dict[bytes, bytes] = {}
     while time.time() < deadline and not fields:
         for key in redis_sync.keys("attune:stats:demo:m:*"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from typing import Any
 
 import orjson
@@ -160,7 +161,9 @@ def test_a_regeneration_before_the_flush_finds_the_record_in_the_process(
                 seen["before"] = (stored_now, rec.record_for(regen.key, stored_now))
                 # A record in Redis listing as many replies wins over the process's own.
                 seen["stale"] = rec.record_for(regen.key, orjson.dumps([["fast", "fast"]]))
-                await asyncio.sleep(1.0)
+                deadline = time.monotonic() + 15  # written 0.5 s later; on a loaded machine, later still
+                while (rec.pending or redis_sync.get(regen.key) is None) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
                 seen["after"] = (redis_sync.get(regen.key), dict(rec.pending))
         finally:
             await client.aclose()

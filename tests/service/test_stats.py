@@ -157,7 +157,7 @@ def test_stats_route_counts_events_posted_through_the_api(api: ApiServer, redis_
     with api.client(key) as c:
         result = post_events(c, ["u1", "u2"], per_user=3, bad=2)
     assert result["accepted"] == 12 and result["duplicates"] == 1
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 20  # the counters are flushed about once a second, on a loaded machine later
     with api.admin() as admin:
         while True:
             r = admin.get("/v1/admin/stats", params={"app": "demo", "window": "15m"})
