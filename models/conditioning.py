@@ -219,9 +219,19 @@ def pacing_choice(profile: dict[str, Any] | None, rng: random.Random,
     if scores is None and ((profile or {}).get("pacing") or {}).get("posterior") and not rejected:
         return sample_pacing(posterior_of(profile), rng)
     scores = scores or PRIOR_SCORES
+    probs, greedy = _choice(scores, rejected, _repeat_rate(profile) if rejected else 0.0, replies_of(profile))
+    return sample_from(probs, greedy, rng)
+
+
+@lru_cache(maxsize=4096)
+def _choice(scores: tuple[float, ...], rejected: tuple[tuple[str | None, str | None], ...], repeat_rate: float,
+            replies: float) -> tuple[dict[str, float], str | None]:
+    """pacing_choice's arm probabilities and greedy arm, a pure function of its arguments, remembered: the
+    gateway decides on every chat (most of a decision's time on the request path), from few distinct
+    inputs (the prior, a user's scores, the same regenerations). The dict is only read."""
     if rejected:
-        scores = after_rejections(scores, rejected, _repeat_rate(profile))
-    return sample_from(label_probabilities(scores, replies_of(profile)), _unique_best(scores), rng)
+        scores = after_rejections(scores, rejected, repeat_rate)
+    return label_probabilities(scores, replies), _unique_best(scores)
 
 
 def replies_of(profile: dict[str, Any] | None) -> float:
@@ -253,8 +263,11 @@ def after_rejections(scores: tuple[float, ...], rejected: tuple[tuple[str | None
 
 def _repeat_rate(profile: dict[str, Any] | None) -> float:
     """The user's repeat rate from the profile (engagement), within [0.05, 0.5]; 0.15 when unknown."""
+    raw = ((profile or {}).get("engagement") or {}).get("repeat_rate")
+    if raw is None:  # the usual case without a profile: no exception to raise and catch
+        return DEFAULT_REPEAT_RATE
     try:
-        rate = float(((profile or {}).get("engagement") or {}).get("repeat_rate"))
+        rate = float(raw)
     except (TypeError, ValueError):
         return DEFAULT_REPEAT_RATE
     return min(max(rate, 0.05), 0.5) if math.isfinite(rate) else DEFAULT_REPEAT_RATE
@@ -326,8 +339,10 @@ def render_note(pacing: str, target_chars: int | None, dialogue: str | None = No
 
 def dialogue_of(style: dict[str, Any] | None) -> str | None:
     """The balance of speech and narration to ask for from a profile's style, None when unsure."""
+    if not style:  # no style: None without raising and catching a KeyError
+        return None
     try:
-        ds = (style or {})["dialogue_share"]
+        ds = style["dialogue_share"]
         return dialogue_balance(float(ds["value"]), float(ds["confidence"]))
     except (KeyError, TypeError, ValueError, ArithmeticError):
         return None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import math
@@ -274,6 +275,13 @@ def rejected_of(record: bytes | None) -> tuple[tuple[str | None, str | None], ..
     """The replies a regeneration record lists ([[pacing asked, pacing measured], ...]); () if none/junk."""
     if not record:
         return ()
+    return _rejected_of(record)
+
+
+@functools.lru_cache(maxsize=4096)
+def _rejected_of(record: bytes) -> tuple[tuple[str | None, str | None], ...]:
+    """rejected_of for a record, remembered: records are few short byte strings (a handful of pacing
+    pairs), read on every regeneration and again when the process holds a newer one (record_for)."""
     try:
         rows = orjson.loads(record)
     except orjson.JSONDecodeError:
