@@ -85,26 +85,52 @@ def length_posteriors(users: Sequence[LengthEvidence], grid: np.ndarray = MU_GRI
     """length_posterior of many users at once: [user, grid]. The same sums, over every user's replies in
     a few large numpy operations (slabs of SLAB_REPLIES) instead of a dozen small ones per user.
     span: the most a mismatch adds to the repeat probability (REPEAT_SPAN for length), at most 0.5."""
+    if not users:
+        return flat_posteriors(FlatEvidence(*[np.zeros(0)] * 5, [], [], [], [], []), grid, w_grid, span)
+    cat = [np.concatenate([u[k] for u in users]).astype(float, copy=False) for k in range(5)]
+    return flat_posteriors(FlatEvidence(*cat, [len(u.x) for u in users], [u.base_rate for u in users],
+                                        [u.prior_mu for u in users], [u.prior_sd for u in users],
+                                        [u.pairs for u in users]), grid, w_grid, span)
+
+
+class FlatEvidence(NamedTuple):
+    """The evidence of many users, their replies one after the other (see length_posteriors): the arrays
+    hold every reply, lengths says how many are each user's; the rest is one item per user."""
+
+    x: np.ndarray
+    repeat: np.ndarray
+    success: np.ndarray
+    direction: np.ndarray
+    weight: np.ndarray
+    lengths: list[int]
+    base_rate: list[float]
+    prior_mu: list[float]
+    prior_sd: list[float]
+    pairs: list[list[tuple[float, float, float]] | None]
+
+
+def flat_posteriors(ev: FlatEvidence, grid: np.ndarray = MU_GRID, w_grid: np.ndarray = W_GRID,
+                    span: float = REPEAT_SPAN) -> np.ndarray:
+    """length_posteriors of evidence already laid out flat: [user, grid]."""
     if not 0.0 <= span <= 0.5:
         raise ValueError(f"span must be within [0, 0.5], got {span}")
-    n_u, n_w = len(users), len(w_grid)
+    n_u, n_w = len(ev.lengths), len(w_grid)
     if not n_u:
         return np.zeros((0, len(grid)))
-    mu = np.array([u.prior_mu for u in users], dtype=float)
-    sd = np.array([u.prior_sd for u in users], dtype=float)
+    mu = np.array(ev.prior_mu, dtype=float)
+    sd = np.array(ev.prior_sd, dtype=float)
     logp = -0.5 * ((grid[None, :] - mu[:, None]) / sd[:, None]) ** 2
     total = np.repeat(logp[:, :, None], n_w, axis=2) - math.log(n_w)  # [user, mu, tolerance]
-    lengths = np.array([len(u.x) for u in users])
+    lengths = np.array(ev.lengths)
     if lengths.any():
-        cat = [np.concatenate([u[k] for u in users]).astype(float, copy=False) for k in range(5)]
-        x, weight = cat[0], cat[4]
-        w_rep, w_suc, dirw = weight * cat[1], weight * cat[2], weight * cat[3]
+        x, weight = ev.x, ev.weight
+        w_rep, w_suc, dirw = weight * ev.repeat, weight * ev.success, weight * ev.direction
         who = np.repeat(np.arange(n_u), lengths)
         # Replies that carry no weight change nothing: only the others enter the grid work.
         used = (w_rep != 0) | (w_suc != 0) | (dirw != 0)
         if not used.all():
             x, w_rep, w_suc, dirw, who = x[used], w_rep[used], w_suc[used], dirw[used], who[used]
-        base = np.array([min(max(u.base_rate, 0.01), 0.9) for u in users], dtype=float)
+        base = np.array([min(max(b, 0.01), 0.9) for b in ev.base_rate], dtype=float)
         # p_rep = b + (1 - b) * span * (1 - exp(-d^2 / 2)) lies in [0.01, 0.95] for span <= 0.5: no clipping
         # needed.
         # The per-user constants are rounded to float32 exactly as a scalar np.float32(...) would be.
@@ -121,9 +147,9 @@ def length_posteriors(users: Sequence[LengthEvidence], grid: np.ndarray = MU_GRI
             part = slice(lo, hi)
             _slab(ll, inv[part], d_u, e_u, w_rep[part], w_suc[part], dirw[part], who[part], scale, offset)
         total = total + TEMPER * ll.reshape(n_u, n_w, len(grid)).transpose(0, 2, 1)
-    for j, u in enumerate(users):
-        if u.pairs:
-            kept, other, pw = (np.array(c, dtype=float) for c in zip(*u.pairs, strict=True))
+    for j, pairs in enumerate(ev.pairs):
+        if pairs:
+            kept, other, pw = (np.array(c, dtype=float) for c in zip(*pairs, strict=True))
             dk = (kept[None, None, :] - grid[:, None, None]) / w_grid[None, :, None]
             do = (other[None, None, :] - grid[:, None, None]) / w_grid[None, :, None]
             total[j] = total[j] + TEMPER * (_log_sigmoid(1.5 * (do * do - dk * dk) / 2) @ pw)
@@ -153,17 +179,18 @@ def _slab(ll: np.ndarray, inv: np.ndarray, d_u: np.ndarray, e_u: np.ndarray, w_r
     # numpy's broadcasting loops run along it, and with the 3 or 4 tolerances there they ran 5x slower.
     # The temporaries are changed in place: they are megabytes, and a fresh one per step cost as much as
     # the step.
-    p_rep = e_u[inv]
-    p_rep *= scale[who][:, None, None]
-    p_rep += offset[who][:, None, None]
     r, s, k = w_rep > 0, w_suc > 0, dirw != 0
-    if r.any():
-        part = p_rep[r]
-        _segment_add(ll, np.log(part, out=part), w_rep[r], who[r])
-    if s.any():
-        part = p_rep[s]
-        np.subtract(1, part, out=part)
-        _segment_add(ll, np.log(part, out=part), w_suc[s], who[s])
+    for rows, w in ((r, w_rep), (s, w_suc)):
+        if not rows.any():
+            continue
+        # The repeat probability of these replies only (gathered straight from e_u, not from a copy for all).
+        rw = who[rows]
+        part = e_u[inv[rows]]
+        part *= scale[rw][:, None, None]
+        part += offset[rw][:, None, None]
+        if w is w_suc:
+            np.subtract(1, part, out=part)
+        _segment_add(ll, np.log(part, out=part), w[rows], rw)
     if k.any():
         z = (np.sign(dirw[k]).astype(np.float32) * np.float32(DIRECTION_SLOPE))[:, None, None] * d_u[inv[k]]
         _segment_add(ll, _log_sigmoid(z), np.abs(dirw[k]), who[k])

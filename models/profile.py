@@ -288,52 +288,114 @@ _HANDLERS = {name[len("_on_"):]: f for name, f in vars(Applier).items() if name.
 # --- Estimation -------------------------------------------------------------------------------------
 _ANSWERED = frozenset(("answered", "selected", "continue", "edit_shorter", "edit_longer", "rating"))
 _DIRECTED = frozenset(("stop", "continue", "edit_shorter", "edit_longer"))
-_FORGET: dict[int, np.ndarray] = {}
+_FORGET: dict[int, tuple[np.ndarray, list[float]]] = {}
 
 
-def _forget_weights(n: int) -> np.ndarray:
-    """FORGET ** age of n replies, oldest first (read-only: one array per length, shared)."""
+def _forget(n: int) -> tuple[np.ndarray, list[float]]:
+    """FORGET ** age of n replies, oldest first, as an array and as Python floats (read-only: made once per
+    length, shared)."""
     out = _FORGET.get(n)
     if out is None:
-        out = FORGET ** np.arange(n - 1, -1, -1, dtype=float) if n else np.zeros(0)
-        out.setflags(write=False)
+        arr = FORGET ** np.arange(n - 1, -1, -1, dtype=float) if n else np.zeros(0)
+        arr.setflags(write=False)
+        out = (arr, arr.tolist())
         if n <= 4 * MAX_CLOSED:
             _FORGET[n] = out
     return out
 
 
-def _evidence(recs: list[dict[str, Any]], pop: Population, base_rate: float) -> dict[str, Any]:
-    """Per-reply weights shared by the estimators: forgetting, repeat and success weights, directions."""
+class _Round:
+    """What the users of one estimate_many call contribute, reply by reply, laid out flat: the length
+    and dialogue-share grid evidence, and the pacing rows (see _pace_posteriors)."""
+
+    def __init__(self) -> None:
+        # Length: the reply's chars (max 1; logged at once for all), its repeat, success and direction
+        # weights, and its forgetting weight.
+        self.l_c: list[float] = []
+        self.l_rep: list[float] = []
+        self.l_suc: list[float] = []
+        self.l_dir: list[float] = []
+        self.l_w: list[float] = []
+        # Dialogue share: its value, repeat and success weights, forgetting weight.
+        self.d_x: list[float] = []
+        self.d_rep: list[float] = []
+        self.d_suc: list[float] = []
+        self.d_w: list[float] = []
+        # Pacing (see _pace_posteriors): each row's user, _PERCEIVED row, log chars, age, repeat and success
+        # weights; the rated rows, their ratings, and those of kept replies with their success weights.
+        self.users: list[int] = []
+        self.ks: list[int] = []
+        self.ms: list[float] = []
+        self.expo: list[int] = []
+        self.p_rep: list[float] = []
+        self.p_suc: list[float] = []
+        self.rated: list[int] = []
+        self.ratings: list[float] = []
+        self.rated_kept: list[int] = []
+        self.rated_suc: list[float] = []
+        # Choices between alternatives: user, weight, the kept one's chars and row, the other's.
+        self.choices: list[tuple[int, float, Any, int, Any, int]] = []
+
+
+class _Scan:
+    """One user's closed replies read once (see _scan)."""
+
+    __slots__ = ("n_rep", "rep", "suc", "dirs", "forget", "confounded", "repeats", "n_len", "n_ds", "alts",
+                 "paced", "hooked")
+
+    def __init__(self) -> None:
+        self.n_rep = 0
+        self.confounded = 0
+        self.repeats = 0  # replies weighed as repeats (counted as curator repeats for a curator)
+        self.alts = False
+        self.paced: list[tuple[int, int, Any]] = []  # (pacing asked, reply index, its chars)
+        self.hooked: list[tuple[int, int]] = []  # (0 hooked / 1 not, reply index)
+
+
+def _scan(recs: list[dict[str, Any]], pop: Population, rnd: _Round, u: int,
+          weights: tuple[Any, Any] | None = None) -> _Scan:
+    """The per-reply weights shared by the estimators (forgetting, repeat and success weights, directions),
+    and each reply's part of the length, dialogue-share and pacing evidence added to rnd (as user u's), in
+    one pass. weights: (repeat, success) weights to add to rnd instead of those found here (see
+    _pacing_label_posteriors)."""
     n = len(recs)
-    forget = _forget_weights(n)
-    rep_l = [0.0] * n  # Python lists, made arrays at the end: numpy item assignment costs more than the rest
+    sc = _Scan()
+    forget_a, forget = _forget(n)
+    rep_l = [0.0] * n
     suc_l = [0.0] * n
     dir_l = [0.0] * n
-    confounded = 0
-    curator = 0
-    cur_w = denoise.curator_weight(base_rate, pop.base_rate)
     model_of = pop.repeat_model
+    l_c, l_rep, l_suc, l_dir, l_w = rnd.l_c, rnd.l_rep, rnd.l_suc, rnd.l_dir, rnd.l_w
+    d_x, d_rep, d_suc, d_w = rnd.d_x, rnd.d_rep, rnd.d_suc, rnd.d_w
+    paced, hooked = sc.paced, sc.hooked
+    n_len, n_ds = len(l_c), len(d_x)
+    users, ks, ms, expo, p_rep, p_suc = rnd.users, rnd.ks, rnd.ms, rnd.expo, rnd.p_rep, rnd.p_suc
+    by_id: dict[str, dict[str, Any]] | None = None
     for i, r in enumerate(recs):
         o = r["o"]
-        if "repeat" in o or (r.get("rating") is not None and r["rating"] < 0):
-            w = 1.0 if "repeat" in o else abs(r["rating"])
+        get = r.get
+        rating = get("rating")
+        repeated = "repeat" in o
+        rep = suc = d = 0.0
+        if repeated or (rating is not None and rating < 0):
+            if repeated:
+                sc.n_rep += 1.0  # a float once any, as the sum of 1.0s it was
+            w = 1.0 if repeated else abs(rating)
             model = repeat_probability(model_of, r)
             if model is not None:
                 sw = denoise.surprise_weight(*model)
                 if sw < 0.8:
-                    confounded += 1
+                    sc.confounded += 1
                 w *= sw
-            if cur_w < 1.0:  # counted, not weighted: the likelihood's other-causes rate discounts it (denoise.py)
-                curator += 1
-            rep_l[i] = w
+            sc.repeats += 1
+            rep_l[i] = rep = w
         elif "passed_over" in o:
-            rep_l[i] = 0.5
+            rep_l[i] = rep = 0.5
         else:
-            bad = r.get("bad")
+            bad = get("bad")
             answered = not _ANSWERED.isdisjoint(o)
-            suc_l[i] = 0.3 if bad == "implausible_read" else (1.0 if answered else 0.6)
+            suc_l[i] = suc = 0.3 if bad == "implausible_read" else (1.0 if answered else 0.6)
         if not _DIRECTED.isdisjoint(o):
-            d = 0.0
             if "stop" in o:
                 d += 1.0
             if "continue" in o:
@@ -343,10 +405,65 @@ def _evidence(recs: list[dict[str, Any]], pop: Population, base_rate: float) -> 
             if "edit_longer" in o:
                 d -= 0.5
             dir_l[i] = d
-    rep = np.array(rep_l, dtype=float)
-    suc = np.array(suc_l, dtype=float)
-    direction = np.array(dir_l, dtype=float)
-    return {"forget": forget, "rep": rep, "suc": suc, "dir": direction, "confounded": confounded, "curator": curator}
+        if weights is not None:
+            rep, suc = weights[0][i], weights[1][i]
+        c = get("c")
+        if c:
+            l_c.append(max(c, 1))
+            l_rep.append(rep)
+            l_suc.append(suc)
+            l_dir.append(d)
+            l_w.append(forget[i])
+        ds = get("ds")
+        if ds is not None:
+            d_x.append(ds)
+            d_rep.append(rep)
+            d_suc.append(suc)
+            d_w.append(forget[i])
+        ap = get("ap")
+        asked = _PACE_INDEX.get(ap.get("pacing"), -1) if ap else -1
+        if asked >= 0:
+            paced.append((asked, i, c))
+        # The pacing evidence (see _pace_posteriors): the reply's row of _PERCEIVED (_perceived_row, inline)
+        row = (asked + 1) * 4 + (_PACE_INDEX.get(get("pm"), -1) if "pm" in r else -1) + 1
+        if row and "passed_over" not in o:  # one passed over counts through the choice of the one kept
+            if rating is not None:
+                rnd.rated.append(len(ks))
+                rnd.ratings.append(rating)
+                if not repeated:
+                    rnd.rated_kept.append(len(ks))  # kept, whatever the rating: the rating itself says how much
+                    rnd.rated_suc.append(0.3 if get("bad") == "implausible_read" else 1.0)
+            users.append(u)
+            ks.append(row)
+            ms.append(math.log(max(c, 1)) if c else math.nan)
+            expo.append(n - 1 - i)
+            p_rep.append(rep)
+            p_suc.append(suc)
+            if "selected" in o and get("alts"):
+                # The choices, in the order the reference subtracts them (np.subtract.at keeps it).
+                by_id = by_id if by_id is not None else {x["id"]: x for x in recs}
+                for alt in r["alts"]:
+                    other = by_id.get(alt)
+                    ko = _perceived_row(other)
+                    if not ko or ko == row:
+                        continue  # nothing known of the other's pacing, or the same as the kept one's
+                    rnd.choices.append((u, PACING_FORGET ** (n - 1 - i), c, row, other.get("c"), ko))
+        hk = get("hk")
+        if hk is not None:
+            hooked.append((0 if hk else 1, i))
+        if not sc.alts and get("alts"):
+            sc.alts = True
+    sc.rep, sc.suc, sc.dirs, sc.forget = rep_l, suc_l, dir_l, (forget_a, forget)
+    sc.n_len, sc.n_ds = len(l_c) - n_len, len(d_x) - n_ds
+    return sc
+
+
+def _evidence(recs: list[dict[str, Any]], pop: Population, base_rate: float) -> dict[str, Any]:
+    """Per-reply weights shared by the estimators: forgetting, repeat and success weights, directions."""
+    sc = _scan(recs, pop, _Round(), 0)
+    curator = sc.repeats if denoise.curator_weight(base_rate, pop.base_rate) < 1.0 else 0
+    return {"forget": sc.forget[0], "rep": np.array(sc.rep, dtype=float), "suc": np.array(sc.suc, dtype=float),
+            "dir": np.array(sc.dirs, dtype=float), "confounded": sc.confounded, "curator": curator}
 
 
 def estimate(recs: list[dict[str, Any]], pop: Population, msg: list[float] | None = None,
@@ -360,12 +477,48 @@ EstimateJob = tuple[list[dict[str, Any]], Population, "list[float] | None", "Map
 
 def estimate_many(jobs: list[EstimateJob]) -> list[dict[str, Any]]:
     """estimate() of many users, (recs, pop, msg, prior) each: the grid posteriors of length and dialogue
-    share, most of an estimate's arithmetic, are computed for all of them at once (estimators.py)."""
-    preps = [_prepare(*job) for job in jobs]
-    len_posts = estimators.length_posteriors([p["length"] for p in preps])
-    with_ds = [i for i, p in enumerate(preps) if p["ds"] is not None]
-    found = estimators.length_posteriors([preps[i]["ds"] for i in with_ds], estimators.DS_GRID,
-                                         estimators.DS_W_GRID, estimators.DS_REPEAT_SPAN)
+    share, most of an estimate's arithmetic, are computed for all of them at once (estimators.py), from
+    evidence each user's replies add to flat lists in one pass (_scan)."""
+    rnd = _Round()
+    scans, preps = [], []
+    l_len, l_base, l_mu, l_sd, l_pairs = [], [], [], [], []
+    d_len, d_base, d_mu, d_sd = [], [], [], []
+    with_ds = []
+    for u, (recs, pop, msg, prior) in enumerate(jobs):
+        sc = _scan(recs, pop, rnd, u)
+        n_rep = sc.n_rep
+        ra, rb = pop.repeat_a + n_rep, pop.repeat_b + len(recs) - n_rep
+        base_rate = ra / (ra + rb)
+        # Length: replies of known length; the user's own message lengths nudge the prior a little.
+        prior_mu = prior["mu"] if prior else pop.mu
+        prior_sd = prior["mu_sd"] if prior else pop.mu_sd
+        if msg and msg[1] >= 3 and not prior:
+            # Users who like long replies write a little longer; weak evidence, a fraction of the prior's weight.
+            msg_mu = math.log(380.0) + 2.0 * (msg[0] / msg[1] - math.log(45.0))
+            k = min(msg[1], 20.0) / 20.0 * 0.25
+            prior_mu = (1 - k) * prior_mu + k * msg_mu
+        l_len.append(sc.n_len)
+        l_base.append(base_rate)
+        l_mu.append(prior_mu)
+        l_sd.append(prior_sd)
+        l_pairs.append(_pairs(recs) if sc.alts else None)
+        # Style: dialogue share on a grid like length.
+        if sc.n_ds:
+            with_ds.append(u)
+            d_len.append(sc.n_ds)
+            d_base.append(base_rate)
+            d_mu.append(prior["ds"] if prior else pop.ds)
+            d_sd.append(prior["ds_sd"] if prior else pop.ds_sd)
+        scans.append(sc)
+        preps.append((ra, rb, base_rate))
+    len_posts = estimators.flat_posteriors(estimators.FlatEvidence(
+        np.log(np.array(rnd.l_c, dtype=float)), np.array(rnd.l_rep, dtype=float),
+        np.array(rnd.l_suc, dtype=float), np.array(rnd.l_dir, dtype=float), np.array(rnd.l_w, dtype=float),
+        l_len, l_base, l_mu, l_sd, l_pairs))
+    found = estimators.flat_posteriors(estimators.FlatEvidence(
+        np.array(rnd.d_x, dtype=float), np.array(rnd.d_rep, dtype=float), np.array(rnd.d_suc, dtype=float),
+        np.zeros(len(rnd.d_x)), np.array(rnd.d_w, dtype=float), d_len, d_base, d_mu, d_sd, [None] * len(d_len)),
+        estimators.DS_GRID, estimators.DS_W_GRID, estimators.DS_REPEAT_SPAN)
     # Users without dialogue-share evidence keep their population's prior on the grid.
     ds_mu = np.array([job[1].ds for job in jobs], dtype=float)
     ds_sd = np.array([job[1].ds_sd for job in jobs], dtype=float)
@@ -381,74 +534,31 @@ def estimate_many(jobs: list[EstimateJob]) -> list[dict[str, Any]]:
     mu_means = (len_posts * estimators.MU_GRID).sum(axis=1)
     mu_vars = (len_posts * (estimators.MU_GRID[None, :] - mu_means[:, None]) ** 2).sum(axis=1)
     mu_means_f = mu_means.tolist()
-    paces = _pacing_label_posteriors([(job[0], prep["ev"], mu)
-                                      for job, prep, mu in zip(jobs, preps, mu_means_f, strict=True)])
-    return [_finish(job, prep, summary, mu_mean, mu_var, ds_value, ds_conf, pace, ds_var)
-            for job, prep, summary, mu_mean, mu_var, ds_value, ds_conf, pace, ds_var
-            in zip(jobs, preps, summaries, mu_means_f, mu_vars.tolist(), ds_values.tolist(), ds_confs.tolist(),
-                   paces, ds_vars.tolist(), strict=True)]
+    paces = _pace_posteriors(rnd, mu_means_f)
+    return [_finish(job, sc, prep, summary, mu_mean, mu_var, ds_value, ds_conf, pace, ds_var)
+            for job, sc, prep, summary, mu_mean, mu_var, ds_value, ds_conf, pace, ds_var
+            in zip(jobs, scans, preps, summaries, mu_means_f, mu_vars.tolist(), ds_values.tolist(),
+                   ds_confs.tolist(), paces, ds_vars.tolist(), strict=True)]
 
 
-def _prepare(recs: list[dict[str, Any]], pop: Population, msg: list[float] | None,
-             prior: Mapping[str, float] | None) -> dict[str, Any]:
-    """The evidence of one user's estimate, up to the grid posteriors."""
-    n_rep = sum(1.0 for r in recs if "repeat" in r["o"])
-    ra, rb = pop.repeat_a + n_rep, pop.repeat_b + len(recs) - n_rep
-    base_rate = ra / (ra + rb)
-    ev = _evidence(recs, pop, base_rate)
-    forget = ev["forget"]
-
-    # Length: replies of known length; the user's own message lengths nudge the prior a little.
-    idx = [i for i, r in enumerate(recs) if r.get("c")]
-    x = np.log(np.array([max(recs[i]["c"], 1) for i in idx], dtype=float))
-    sel = np.array(idx, dtype=int)
-    prior_mu = prior["mu"] if prior else pop.mu
-    prior_sd = prior["mu_sd"] if prior else pop.mu_sd
-    if msg and msg[1] >= 3 and not prior:
-        # Users who like long replies write a little longer; weak evidence, a fraction of the prior's weight.
-        msg_mu = math.log(380.0) + 2.0 * (msg[0] / msg[1] - math.log(45.0))
-        k = min(msg[1], 20.0) / 20.0 * 0.25
-        prior_mu = (1 - k) * prior_mu + k * msg_mu
-    length = estimators.LengthEvidence(
-        x, ev["rep"][sel] if len(sel) else np.zeros(0), ev["suc"][sel] if len(sel) else np.zeros(0),
-        ev["dir"][sel] if len(sel) else np.zeros(0), forget[sel] if len(sel) else np.zeros(0),
-        base_rate, prior_mu, prior_sd, _pairs(recs))
-
-    # Style: dialogue share on a grid like length.
-    ds_idx = [i for i, r in enumerate(recs) if r.get("ds") is not None]
-    ds = None
-    if ds_idx:
-        d_sel = np.array(ds_idx, dtype=int)
-        ds = estimators.LengthEvidence(
-            np.array([recs[i]["ds"] for i in ds_idx], dtype=float), ev["rep"][d_sel], ev["suc"][d_sel],
-            np.zeros(len(ds_idx)), forget[d_sel], base_rate, prior["ds"] if prior else pop.ds,
-            prior["ds_sd"] if prior else pop.ds_sd)
-    return {"ra": ra, "rb": rb, "base_rate": base_rate, "ev": ev, "length": length, "ds": ds}
-
-
-def _finish(job: EstimateJob, prep: dict[str, Any], summary: tuple[float, float, float, float], mu_mean: float,
-            mu_var: float, ds_value: float, ds_conf: float, scores: np.ndarray,
+def _finish(job: EstimateJob, sc: _Scan, prep: tuple[float, float, float], summary: tuple[float, float, float, float],
+            mu_mean: float, mu_var: float, ds_value: float, ds_conf: float, scores: np.ndarray,
             ds_var: float) -> dict[str, Any]:
     """One user's estimate from its evidence and what the round computed at once: the length posterior's
     summary and moments, the dialogue share's mean, confidence and variance, the pacing label posterior."""
-    recs, pop, _, _ = job
-    ra, rb, base_rate, ev = prep["ra"], prep["rb"], prep["base_rate"], prep["ev"]
-    # Python floats for the loops below: indexing numpy arrays one element at a time costs 10x more.
-    forget, rep, suc = ev["forget"].tolist(), ev["rep"].tolist(), ev["suc"].tolist()
+    _, pop, _, _ = job
+    ra, rb, base_rate = prep
+    forget, rep, suc = sc.forget[1], sc.rep, sc.suc
     target, lo, hi, conf = summary
     # Pacing: Beta per arm from replies whose pacing is known; repeats explained by length count less.
     alpha = [float(pop.pacing_prior.get(p, [2.0, 1.0])[0]) for p in PACINGS]
     beta = [float(pop.pacing_prior.get(p, [2.0, 1.0])[1]) for p in PACINGS]
     w_tol = 0.4
-    for i, r in enumerate(recs):
-        ap = r.get("ap")
-        k = _PACE_INDEX.get(ap.get("pacing")) if ap else None
-        if k is None:
-            continue
+    for k, i, c in sc.paced:
         if rep[i] > 0:
             explained = 0.0
-            if r.get("c"):
-                d = (math.log(max(r["c"], 1)) - mu_mean) / w_tol
+            if c:
+                d = (math.log(max(c, 1)) - mu_mean) / w_tol
                 mismatch = (1 - base_rate) * estimators.REPEAT_SPAN * (1 - math.exp(-0.5 * d * d))
                 explained = mismatch / (base_rate + mismatch)
             beta[k] += forget[i] * rep[i] * (1 - explained)
@@ -459,22 +569,20 @@ def _finish(job: EstimateJob, prep: dict[str, Any], summary: tuple[float, float,
 
     # Style: dialogue share (computed with the length's); hooks as "do hooked replies fare better".
     ha, hb = [1.0, 1.0], [1.0, 1.0]
-    for i, r in enumerate(recs):
-        if r.get("hk") is None:
-            continue
-        j = 0 if r["hk"] else 1
+    for j, i in sc.hooked:
         ha[j] += forget[i] * min(suc[i], 1.0)
         hb[j] += forget[i] * rep[i]
     hook_value = estimators.prob_greater(ha[0], hb[0], ha[1], hb[1])
 
     r_lo, r_hi = estimators.beta_interval(ra, rb)
+    curator = sc.repeats if denoise.curator_weight(base_rate, pop.base_rate) < 1.0 else 0
     return {
         "target": target, "interval": (lo, hi), "len_conf": conf, "mu": mu_mean, "mu_var": mu_var,
         "pacing_label": label, "pacing_scores": dict(zip(PACINGS, score_list, strict=True)),
         "pacing_posterior": {p: [round(alpha[k], 4), round(beta[k], 4)] for k, p in enumerate(PACINGS)},
         "ds": ds_value, "ds_conf": ds_conf, "ds_var": ds_var, "hook": hook_value,
         "repeat_rate": base_rate, "repeat_interval": (r_lo, r_hi),
-        "confounded": ev["confounded"], "curator": ev["curator"],
+        "confounded": sc.confounded, "curator": curator,
     }
 
 
@@ -507,7 +615,16 @@ PaceItem = tuple[list[dict[str, Any]], Mapping[str, Any], float]
 
 def _pacing_label_posteriors(items: list[PaceItem]) -> np.ndarray:
     """Posterior over which pacing each user prefers, from replies with a known pacing; (recs, ev, mu) per
-    user, one row each.
+    user, one row each, ev: _evidence's weights of recs. See _pace_posteriors."""
+    rnd = _Round()
+    for u, (recs, ev, _) in enumerate(items):
+        _scan(recs, Population(), rnd, u, (ev["rep"].tolist(), ev["suc"].tolist()))
+    return _pace_posteriors(rnd, [mu for _, _, mu in items])
+
+
+def _pace_posteriors(rnd: _Round, mus_l: list[float]) -> np.ndarray:
+    """Posterior over which pacing each user prefers, from the pacing rows of the round's users; mus_l: each
+    user's preferred log length (posterior mean).
 
     A reply is repeated for its pacing (more likely the further it is from the preferred one: ordinal),
     for its length (the length mismatch explains repeats away) or for no reason (the base rate, not known:
@@ -520,66 +637,21 @@ def _pacing_label_posteriors(items: list[PaceItem]) -> np.ndarray:
     The replies of all users go into one set of arrays (a user's sums are segment sums), so the numpy calls
     are shared by the round instead of paid by every user (about 20 per user, most of an estimate's cost).
     tests/models/test_profile.py holds the same arithmetic written one user at a time, as the reference."""
-    u_n = len(items)
-    users, ks, ms, expo, gidx = [], [], [], [], []
-    ch_user, ch_w, ch_mo, ch_mk, ch_ko, ch_kk = [], [], [], [], [], []
-    rated, ratings, rated_kept, rated_suc = [], [], [], []  # rated: their places among the replies below
-    offset = 0
-    for u, (recs, _, mu) in enumerate(items):
-        n = len(recs)
-        by_id: dict[str, dict[str, Any]] | None = None
-        for i, r in enumerate(recs):
-            k = _perceived_row(r)
-            if not k:
-                continue
-            o = r["o"]
-            if "passed_over" in o:
-                continue  # counted through the choice of the one kept
-            c = r.get("c")
-            rating = r.get("rating")
-            if rating is not None:
-                rated.append(len(ks))
-                ratings.append(rating)
-                if "repeat" not in o:
-                    rated_kept.append(len(ks))  # kept, whatever the rating: the rating itself says how much
-                    rated_suc.append(0.3 if r.get("bad") == "implausible_read" else 1.0)
-            users.append(u)
-            ks.append(k)
-            ms.append(math.log(max(c, 1)) if c else math.nan)
-            expo.append(n - 1 - i)
-            gidx.append(offset + i)
-            if "selected" in o and r.get("alts"):
-                # The choices, in the order the reference subtracts them (np.subtract.at keeps it).
-                by_id = by_id if by_id is not None else {x["id"]: x for x in recs}
-                for alt in r["alts"]:
-                    other = by_id.get(alt)
-                    ko = _perceived_row(other)
-                    if not ko or ko == k:
-                        continue  # nothing known of the other's pacing, or the same as the kept one's
-                    ch_user.append(u)
-                    ch_w.append(PACING_FORGET ** (n - 1 - i))
-                    ch_mk.append(0.5 * ((math.log(max(c, 1)) - mu) / 0.4) ** 2 if c else 0.0)
-                    ch_mo.append(0.5 * ((math.log(max(other["c"], 1)) - mu) / 0.4) ** 2 if other.get("c")
-                                 else 0.0)
-                    ch_ko.append(ko)
-                    ch_kk.append(k)
-        offset += n
+    u_n = len(mus_l)
+    ks, rated, rated_kept = rnd.ks, rnd.rated, rnd.rated_kept
     logp = np.zeros((u_n, 3))
     if ks:
-        rep = np.concatenate([ev["rep"] for _, ev, _ in items])
-        suc = np.concatenate([ev["suc"] for _, ev, _ in items])
-        mus = np.array([mu for _, _, mu in items], dtype=float)
-        u_idx = np.array(users, dtype=int)
-        sel = np.array(gidx, dtype=int)
-        logc = np.array(ms)
+        mus = np.array(mus_l, dtype=float)
+        u_idx = np.array(rnd.users, dtype=int)
+        logc = np.array(rnd.ms)
         m_len = np.where(np.isnan(logc), 0.0, 0.5 * ((logc - mus[u_idx]) / 0.4) ** 2)
         keep_len = 1 - 0.5 * (1 - np.exp(-m_len))
-        forget = PACING_FORGET ** np.array(expo, dtype=int).astype(float)
-        w_rep = forget * rep[sel]
-        w_suc = np.where(w_rep > 0, 0.0, forget * np.minimum(suc[sel], 1.0))
+        forget = PACING_FORGET ** np.array(rnd.expo, dtype=int).astype(float)
+        w_rep = forget * np.array(rnd.p_rep, dtype=float)
+        w_suc = np.where(w_rep > 0, 0.0, forget * np.minimum(np.array(rnd.p_suc, dtype=float), 1.0))
         if rated_kept:  # a low rating is not a repeat here: the rating's own term below weighs it
             w_rep[rated_kept] = 0.0
-            w_suc[rated_kept] = forget[rated_kept] * np.array(rated_suc)
+            w_suc[rated_kept] = forget[rated_kept] * np.array(rnd.rated_suc)
         keep = keep_len[:, None] * (1 - _PACE_REPEAT_MIX[np.array(ks, dtype=int)])  # [reply, preferred P]
         p_rep = 1 - (1 - BASE_GRID)[:, None, None] * keep[None, :, :]  # [base, reply, preferred P]
         p_rep = np.clip(p_rep, 1e-4, 1 - 1e-4)
@@ -591,9 +663,18 @@ def _pacing_label_posteriors(items: list[PaceItem]) -> np.ndarray:
         logp[has] = np.log(np.exp(ll - top[None, :, None]).sum(axis=0)) + top[:, None]
         if rated:  # a rated reply is one of these replies: its user, weight, pacing row and length mismatch
             at = np.array(rated, dtype=int)
-            logp += _rating_log_likelihood(u_idx[at], forget[at], ratings, np.array(ks, dtype=int)[at],
+            logp += _rating_log_likelihood(u_idx[at], forget[at], rnd.ratings, np.array(ks, dtype=int)[at],
                                            m_len[at], u_n)
-    if ch_user:
+    if rnd.choices:
+        ch_user, ch_w, ch_mo, ch_mk, ch_ko, ch_kk = [], [], [], [], [], []
+        for u, w, c, k, other_c, ko in rnd.choices:
+            mu = mus_l[u]
+            ch_user.append(u)
+            ch_w.append(w)
+            ch_mk.append(0.5 * ((math.log(max(c, 1)) - mu) / 0.4) ** 2 if c else 0.0)
+            ch_mo.append(0.5 * ((math.log(max(other_c, 1)) - mu) / 0.4) ** 2 if other_c else 0.0)
+            ch_ko.append(ko)
+            ch_kk.append(k)
         cost_o = _PACE_COST_MIX[np.array(ch_ko, dtype=int)]
         cost_k = _PACE_COST_MIX[np.array(ch_kk, dtype=int)]
         z = (((np.array(ch_mo)[:, None] + cost_o) - np.array(ch_mk)[:, None]) - cost_k) / CHOICE_TEMPERATURE
