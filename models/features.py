@@ -8,8 +8,9 @@ import re
 # closing mark but never past another opening one: with `“[^”]*”`, every opening mark without a close scanned
 # to the end of the text, quadratic (64 KiB of 「 in one reply_shown held the API's event loop 5 s).
 _DIALOGUE = re.compile(r"\"[^\"]*\"|“[^”“]*”|「[^」「]*」|『[^』『]*』")
-_HOOK_END = re.compile(r"(\?|\?\"|\?”|…|\.\.\.|—|-{2})\s*$")
-_QUESTION_END = re.compile(r"\?[\"”」』*)]*\s*$")
+# A question mark may be full-width (？, as Chinese and Japanese write it).
+_HOOK_END = re.compile(r"([?？][\"”」』*)]*|…|\.\.\.|—|-{2})\s*$")
+_QUESTION_END = re.compile(r"[?？][\"”」』*)]*\s*$")
 _NARRATION_ACTION = re.compile(r"\*[^*]+\*")
 # A sentence ends at . ! ? or an ellipsis, with any closing quote, bracket or emphasis mark after it: with
 # those marks removed, at a terminator followed by a space or a line break, or at the end. Counted with

@@ -62,3 +62,13 @@ def test_a_quote_never_runs_past_another_opening_mark() -> None:
     assert reply_features("“a “bc”")["dialogue_share"] == round(len("“bc”") / len("“a “bc”"), 4)
     assert reply_features("「a 「bc」")["dialogue_share"] == reply_features("『a 『bc』")["dialogue_share"]
     assert reply_features("「" * 65536)["dialogue_share"] == 0  # no quote closes: none counted
+
+
+def test_a_full_width_question_mark_ends_on_a_question_and_a_hook() -> None:
+    # Chinese and Japanese write ？; a reply ending on one asks the reader something like "?" does.
+    for text in ("她问：“你在想什么？”", "「何を考えているの？」", 'She leans in. "What now?"', "Are you with me?*"):
+        features = reply_features(text)
+        assert features["question_end"] and features["hook"], text
+    for text in ("她笑了。", "「はい。」", "She nods."):
+        features = reply_features(text)
+        assert not features["question_end"] and not features["hook"], text
