@@ -29,6 +29,7 @@ import math
 import os
 import random
 import re
+import socket
 import time
 import uuid
 from collections import deque
@@ -593,6 +594,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--lenient", action="store_true", help="ignore fields M2-her does not take (benchmarks)"
     )
     parser.add_argument("--reuse-port", action="store_true", help="several stand-in processes on one port")
+    fd = os.environ.get("ATTUNE_STANDIN_FD")
+    parser.add_argument(
+        "--fd", type=int, default=int(fd) if fd else None,
+        help="serve on this inherited listening socket instead of binding --host/--port (the supervisor's "
+        "way: no gap between picking a free port and binding it)",
+    )
     return parser
 
 
@@ -604,15 +611,23 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     standin = StandIn(first_byte_ms=args.first_byte_ms, chunk_ms=args.chunk_ms, seed=args.seed)
     standin.config["lenient"] = args.lenient
+    sock = None
+    host, port = args.host, args.port
+    if args.fd is not None:
+        sock = socket.socket(fileno=args.fd)
+        host, port = sock.getsockname()[:2]
     print(
-        f"M2-her stand-in on http://{args.host}:{args.port} (first byte {args.first_byte_ms:.0f} ms, "
+        f"M2-her stand-in on http://{host}:{port} (first byte {args.first_byte_ms:.0f} ms, "
         f"{args.chunk_ms:.0f} ms between chunks)",
         flush=True,
     )
+    if sock is not None:
+        web.run_app(standin.app(), sock=sock, access_log=None, print=None)
+        return
     web.run_app(
         standin.app(),
-        host=args.host,
-        port=args.port,
+        host=host,
+        port=port,
         access_log=None,
         print=None,
         reuse_port=args.reuse_port or None,

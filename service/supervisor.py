@@ -7,6 +7,7 @@ Redis, which flushes its append-only file. Works without a terminal: everything 
 from __future__ import annotations
 
 import ctypes
+import http.client
 import os
 import secrets
 import signal
@@ -47,22 +48,32 @@ def _admin_key(data_dir: Path) -> str:
     return key
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _listening_socket() -> socket.socket:
+    """A loopback socket on a free port, already listening, for a child to inherit: nothing else can take
+    the port between choosing it and serving on it, as with picking a free port and binding it later."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
 
 
 def _wait_http(port: int, host: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> bool:
+    """Whether the server answers HTTP (any status) before proc exits or timeout passes. An answer, not a
+    TCP connect: a socket handed down already listening accepts connects before its server runs."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             return False
+        conn = http.client.HTTPConnection(host, port, timeout=2)
         try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return True
-        except OSError:
+            conn.request("GET", "/healthz")
+            conn.getresponse().read()
+            return True
+        except (OSError, http.client.HTTPException):
             time.sleep(0.1)
+        finally:
+            conn.close()
     return False
 
 
@@ -89,9 +100,11 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    def spawn(name: str, module: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def spawn(name: str, module: str, extra_env: dict[str, str] | None = None,
+              pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen([sys.executable, "-m", module], env={**env, **(extra_env or {})},
-                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
+                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
+                                pass_fds=pass_fds)
         children.append((name, proc))
         return proc
 
@@ -105,8 +118,10 @@ def main() -> int:
         admin = settings.admin_key.get_secret_value() if settings.admin_key else _admin_key(settings.data_dir)
         env["ATTUNE_ADMIN_KEY"] = admin
         if not settings.minimax_api_key:
-            port = _free_port()
-            standin = spawn("standin", "service.standin", {"ATTUNE_STANDIN_PORT": str(port)})
+            with _listening_socket() as sock:
+                port = int(sock.getsockname()[1])
+                standin = spawn("standin", "service.standin", {"ATTUNE_STANDIN_FD": str(sock.fileno())},
+                                pass_fds=(sock.fileno(),))
             if not _wait_http(port, "127.0.0.1", standin, 30):
                 say("the M2-her stand-in did not start; see the lines above")
                 return 1

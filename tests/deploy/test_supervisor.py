@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -16,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service import supervisor
 from tests.conftest import ROOT, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.embedded_only, pytest.mark.timeout(180)]
@@ -80,3 +82,44 @@ def test_ctrl_c_twice_leaves_nothing_running(tmp_path: Path) -> None:
     assert proc.wait(30) in (0, 130), log.read_text()[-3000:]
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
     assert leftovers.stdout.strip() == "", f"processes left running: {leftovers.stdout}"
+
+
+def test_the_stand_in_serves_a_socket_it_inherits_listening(tmp_path: Path) -> None:
+    """How `attune run` starts the stand-in: on a socket it bound to a free port and hands down already
+    listening, so no other process can take the port between choosing it and serving on it."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ATTUNE_", "MINIMAX_", "PYTEST"))}
+    log = tmp_path / "standin.log"
+    proc = subprocess.Popen([sys.executable, "-m", "service.standin"], cwd=ROOT,
+                            env={**env, "ATTUNE_STANDIN_FD": str(sock.fileno())}, pass_fds=(sock.fileno(),),
+                            stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    sock.close()  # the child's copy is the only one left
+    try:
+        assert supervisor._wait_http(port, "127.0.0.1", proc, 30), log.read_text()[-3000:]
+        reply = httpx.post(f"http://127.0.0.1:{port}/v1/text/chatcompletion_v2", timeout=30,
+                           headers={"Authorization": "Bearer sk-test"}, json={
+            "model": "M2-her", "messages": [{"role": "user", "name": "User", "content": "Hello"}]})
+        assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"]
+        assert f"http://127.0.0.1:{port} " in log.read_text()  # it says where it is, not its --port default
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_a_socket_that_accepts_connects_is_not_up_until_it_answers_http() -> None:
+    """A socket handed down listening takes TCP connects before its server runs: waiting for a connect
+    would let `attune run` go on while the stand-in is still starting (or failing to)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        try:
+            started = time.monotonic()
+            assert not supervisor._wait_http(sock.getsockname()[1], "127.0.0.1", alive, 1.5)
+            assert time.monotonic() - started >= 1.5
+        finally:
+            alive.kill()
+            alive.wait()
