@@ -8,6 +8,7 @@ compared in constant time.
 from __future__ import annotations
 
 import hashlib
+import dataclasses
 import hmac
 import re
 import secrets
@@ -120,6 +121,38 @@ class LocalCounts:
 
 
 _uncounted = LocalCounts()
+
+
+class RecentVerdicts:
+    """The store's last verdict on each app key that passed, kept in this process for KEY_GRACE_S: what lets a
+    chat fail open when Redis does (contract: conditioning fails open, never an error for the chat). The key
+    was valid, with these scopes, moments ago; a revocation made during the outage could not be read anyway,
+    and one made before it was seen by the check that came after it. A key this process has not seen verified
+    within the grace still gets the 503: nothing else can vouch for it. At most MAX entries, oldest
+    dropped."""
+
+    KEY_GRACE_S = 600.0
+    MAX = 10_000
+
+    def __init__(self) -> None:
+        self.seen: dict[tuple[str, str, str], tuple[KeyCheck, float]] = {}
+
+    def remember(self, key: AppKey, check: KeyCheck) -> None:
+        if not check.valid:
+            self.seen.pop((key.app, key.key_id, key.secret_hash), None)
+            return
+        name = (key.app, key.key_id, key.secret_hash)
+        self.seen.pop(name, None)  # re-inserted last: the dict's order is the age order
+        self.seen[name] = (check, time.monotonic())
+        if len(self.seen) > self.MAX:
+            del self.seen[next(iter(self.seen))]
+
+    def recall(self, key: AppKey) -> KeyCheck | None:
+        """The verdict if the store gave it within KEY_GRACE_S, with its count left to this process."""
+        found = self.seen.get((key.app, key.key_id, key.secret_hash))
+        if found is None or time.monotonic() - found[1] > self.KEY_GRACE_S:
+            return None
+        return dataclasses.replace(found[0], used=-1)  # admit() counts it locally (LocalCounts)
 
 
 def admit(key: AppKey, check: KeyCheck, scope: str, settings: Settings) -> Principal:

@@ -17,9 +17,9 @@ from fastapi import APIRouter, FastAPI, Request, Response
 
 from models.conditioning import Decision
 from service import gateway as gw
-from service.auth import admit, app_key, authenticate, require_app
+from service.auth import RecentVerdicts, admit, app_key, authenticate, require_app
 from service.body import read_json
-from service.errors import INTERNAL_ERROR_BODY, AttuneError, BadRequest
+from service.errors import INTERNAL_ERROR_BODY, AttuneError, BadRequest, StoreUnavailable
 from service.metrics import UPSTREAM, UPSTREAM_ERRORS
 from service.metrics import _requests as request_histogram
 from service.settings import Settings
@@ -27,6 +27,10 @@ from service.store import StatsBuffer, Store
 from service.upstream import NATIVE_PATH, OPENAI_PATH, Stream, Upstream, UpstreamError
 
 log = logging.getLogger("attune.gateway")
+# How long a chat waits on the key check when a recent verdict on its key could stand in for it (see
+# RecentVerdicts): a Redis that hangs then costs the chat a second, not the 3 s socket timeout, before it
+# goes out unconditioned. The check takes well under a millisecond when Redis is well.
+OUTAGE_WAIT_S = 1.0
 router = APIRouter(tags=["conditioning"])
 
 _ANSWERS: dict[int | str, dict[str, Any]] = {
@@ -59,6 +63,7 @@ class Runtime:
         lean: Any = self.lean
         self.checks = Store(lean, store.partitions, store.dedup_ttl) if lean is not None else store
         self.rng = random.Random()
+        self.verdicts = RecentVerdicts()  # the fallback for a chat's key check when Redis is unavailable
         self.upstream_header = b"standin" if self.standin else b"minimax"
 
 
@@ -190,7 +195,13 @@ async def _prepare(request: Request) -> Call:
     except AttuneError as exc:
         problem = exc
     key = app_key(request)  # None for the admin key; 401 for a missing or malformed one
-    wanted = request.headers.get("x-attune-conditioning", "").lower() != "off"
+    mode = request.headers.get("x-attune-conditioning", "").strip().lower()
+    if mode not in ("", "on", "off") and problem is None:
+        # A holdout header mistyped ("false", "0", "none") would condition the holdout arm without a word.
+        problem = BadRequest(f"X-Attune-Conditioning must be 'on' or 'off', got {mode[:20]!r}; 'off' forwards "
+                             "the chat unconditioned (a holdout), 'on' or no header conditions it",
+                             code="invalid_header")
+    wanted = mode != "off"
     if key is None or problem is not None:
         principal = await authenticate(request, "condition")
         if problem is not None:
@@ -207,9 +218,21 @@ async def _prepare(request: Request) -> Call:
         return Call(app, who, prep, decision, conditioned, runtime, regen)
     regen = gw.regen_for(key.app, who[0], prep.body) if wanted else None
     names = gw.profile_keys(key.app, who[0], who[1], regen.key) if regen is not None else []
-    check, docs = await runtime.checks.condition_checked(
-        key.app, key.key_id, key.secret_hash, "condition", settings.rate_limit_per_second, names
-    )
+    remembered = runtime.verdicts.recall(key)
+    try:
+        async with asyncio.timeout(OUTAGE_WAIT_S if remembered is not None else None):
+            check, docs = await runtime.checks.condition_checked(
+                key.app, key.key_id, key.secret_hash, "condition", settings.rate_limit_per_second, names
+            )
+    except (StoreUnavailable, TimeoutError) as exc:
+        if remembered is None:
+            raise  # no verdict on this key to go on (a TimeoutError only comes with one)
+        # Fail open: the key passed moments ago; the chat goes out unconditioned, counted in this process.
+        log.warning("Redis unavailable (%s): app %s's chat goes out unconditioned on its key's last verdict",
+                    type(exc).__name__, key.app)
+        admit(key, remembered, "condition", settings)
+        return Call(key.app, who, prep, None, False, runtime, regen)
+    runtime.verdicts.remember(key, check)
     admit(key, check, "condition", settings)
     decision, conditioned = (None, False)
     if wanted:

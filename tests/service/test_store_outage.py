@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import concurrent.futures
+import os
+import signal
+import time
 import uuid
 from pathlib import Path
 
@@ -12,6 +15,7 @@ import redis
 
 from service import keys
 from service.embedded import EmbeddedRedis
+from service.standin import running
 from tests.conftest import full_redis, make_settings, start_api
 from tests.service.test_events import ev
 
@@ -125,3 +129,48 @@ def test_a_redis_that_refuses_the_password_is_named_in_the_503(tmp_path: Path) -
         right.config_set("requirepass", "")
         right.close()
         server.stop()
+
+
+def test_a_chat_fails_open_when_redis_goes_down_for_a_key_it_verified_moments_ago(tmp_path: Path) -> None:
+    """Contract: conditioning fails open, never an error for the chat; issue 4: "if Redis or the profile cannot
+    be read, the chat still goes out unconditioned". The key check needs Redis too: a key the store verified
+    moments ago stands on that verdict; a key never verified still gets the 503, and a hung Redis holds the
+    chat about OUTAGE_WAIT_S, not its socket timeout."""
+    server = EmbeddedRedis(tmp_path / "redis")
+    url = server.start()
+    body = {"model": "M2-her", "user": "u1",
+            "messages": [{"role": "system", "name": "Mira", "content": "You are Mira."},
+                         {"role": "user", "name": "User", "content": "Where does the map lead?"}]}
+    with running(first_byte_ms=0, chunk_ms=0, seed=3) as (si, si_url):
+        api_server, api = start_api(make_settings(url, tmp_path, minimax_base_url=si_url))
+        try:
+            key, other = api.app_key(("condition",)), api.app_key(("condition", "read"))
+            with api.client(key) as c:
+                first = c.post("/v1/chat/completions", json=body)
+                assert first.status_code == 200 and first.headers["x-attune-conditioned"] == "true", first.text
+                pid = int(redis.Redis.from_url(url).info("server")["process_id"])
+                os.kill(pid, signal.SIGSTOP)  # hung: connects hang too, nothing is refused
+                try:
+                    started = time.monotonic()
+                    hung = c.post("/v1/chat/completions", json=body)
+                    waited = time.monotonic() - started
+                finally:
+                    os.kill(pid, signal.SIGCONT)
+                server.stop()  # gone: refused at once
+                gone = c.post("/v1/chat/completions", json={**body, "stream": True})
+                native = c.post("/v1/text/chatcompletion_v2", json=body)
+            with api.client(other) as c:  # created, never used: no verdict to go on
+                unknown = c.post("/v1/chat/completions", json=body)
+        finally:
+            api_server.__exit__(None, None, None)
+            server.stop()
+    for r in (hung, gone, native):
+        assert r.status_code == 200 and r.headers["x-attune-conditioned"] == "false", r.text
+        assert r.headers["x-attune-reply-id"]
+    assert waited < 2.5, waited  # OUTAGE_WAIT_S plus the reply; the socket timeout alone is 3 s
+    assert hung.json()["choices"][0]["message"]["content"] == si.log[-3]["reply"]
+    assert "data:" in gone.text and native.json()["base_resp"]["status_code"] == 0
+    for entry in list(si.log)[-3:]:  # forwarded unconditioned: no note, no length cap
+        assert all(m.get("name") != "reader_preferences" for m in entry["body"]["messages"])
+        assert "max_completion_tokens" not in entry["body"]
+    assert unknown.status_code == 503 and unknown.json()["error"]["code"] == "store_unavailable"
