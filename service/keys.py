@@ -1,8 +1,9 @@
 """Every Redis key Attune writes, in one place.
 
 Hash tags ({...}) keep what must change together in one Redis Cluster slot:
-- a stream partition and the dedup keys of the events it receives share `{p:N}`, so the ingest
-  script that checks an event id and appends the event is atomic on a cluster too;
+- a stream partition is `{p:N}`; an event's dedup key takes its `{p:N}` from the app and the event id,
+  not the user, so an id seen once is a duplicate whatever user it names (the contract's dedup is per
+  app). The ingest scripts touch several slots: Attune runs on one Redis node (Cluster is refused);
 - all keys of one user share `{u:APP:USER}`, so a worker's per-user update is one atomic script;
 - an app's key records and its rate-limit counters share `{a:APP}`.
 Every key that holds app data carries the app name: one app never reads another's keys.
@@ -28,8 +29,10 @@ def dead_letters(partition: int) -> str:
     return f"{PREFIX}:{{p:{partition}}}:dead"
 
 
-def dedup(partition: int, app: str, event_id: str) -> str:
-    return f"{PREFIX}:{{p:{partition}}}:seen:{app}:{event_id}"
+def dedup(app: str, event_id: str, partitions: int) -> str:
+    """The mark of an event id this app sent, spread over the partitions' slots by the id itself."""
+    spread = zlib.crc32(f"{app}\x00{event_id}".encode()) % partitions
+    return f"{PREFIX}:{{p:{spread}}}:seen:{app}:{event_id}"
 
 
 CONSUMER_GROUP = "attune-workers"

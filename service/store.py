@@ -405,7 +405,7 @@ class Store:
 
         def queue(pipe: Any) -> None:
             for part, idx in order:
-                ks = [keys.stream(part)] + [keys.dedup(part, app, events[i]["event_id"]) for i in idx]
+                ks = [keys.stream(part), *(keys.dedup(app, events[i]["event_id"], self.partitions) for i in idx)]
                 args = [self.dedup_ttl] + [orjson.dumps({"app": app, **events[i]}) for i in idx]
                 INGEST.queue(pipe, ks, args)
 
@@ -427,7 +427,7 @@ class Store:
         for ev in events:  # runs for every event ingested: names bound locally
             part = partition_of(app, ev["user_id"], partitions)
             add_key(streams[part])
-            add_key(dedup(part, app, ev["event_id"]))
+            add_key(dedup(app, ev["event_id"], partitions))
             add_arg(dumps({"app": app, **ev}))
         res = await _guard(AUTH_INGEST(self.redis, ks, args))
         if not res or int(res[0]) != 1:

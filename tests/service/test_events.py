@@ -209,6 +209,23 @@ def test_duplicate_in_same_batch_and_in_a_retry_is_stored_once(api: ApiServer, r
     assert len(stored(redis_sync)) == 3
 
 
+def test_an_event_id_seen_before_is_a_duplicate_whatever_user_it_names(
+    api: ApiServer, redis_sync: redis.Redis
+) -> None:
+    """Contract: "an event_id seen before from the same app counts as a duplicate". The dedup marks were kept
+    per user's partition, so an id resent under another user (an app bug, a retry that rebuilt its events)
+    went in again whenever the two users fell in different partitions."""
+    firsts = [ev(user=f"first-{i}") for i in range(12)]
+    assert post(api, {"events": firsts}).json()["accepted"] == 12
+    again = [{**e, "user_id": f"other-{i}"} for i, e in enumerate(firsts)]  # 4 partitions: most move
+    assert post(api, {"events": again}).json() == {"accepted": 0, "duplicates": 12, "rejected": []}
+    with api.admin() as c:  # the admin key's path (Store.ingest) too
+        r = c.post("/v1/events", json={"events": [{**e, "user_id": "admin-moved"} for e in firsts]},
+                   headers={"X-Attune-App": "demo"})
+    assert r.json() == {"accepted": 0, "duplicates": 12, "rejected": []}, r.text
+    assert sorted(e["user_id"] for e in stored(redis_sync)) == sorted(e["user_id"] for e in firsts)
+
+
 def test_same_event_id_from_two_apps_is_two_events(api: ApiServer, redis_sync: redis.Redis) -> None:
     e = ev()
     assert post(api, e, api.app_key(app="alpha")).json()["accepted"] == 1
