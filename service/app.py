@@ -6,11 +6,14 @@ import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import store as store_mod
@@ -60,6 +63,32 @@ def tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
+DOCS_ASSETS = "/docs-assets"
+
+
+def add_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc from files shipped with the package (fastapi-offline's), not from a CDN:
+    FastAPI's default pages load their scripts from cdn.jsdelivr.net and stay blank on a machine without
+    internet, where operators of such a service often are."""
+    import fastapi_offline  # noqa: PLC0415
+
+    static = Path(fastapi_offline.__file__).parent / "static"
+    app.mount(DOCS_ASSETS, StaticFiles(directory=static), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="Attune - API docs",
+                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png")
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title="Attune - API reference",
+                              redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
+                              redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png", with_google_fonts=False)
+
+
 def create_app(settings: Settings | None = None, serving: bool = False) -> FastAPI:
     """serving: this process exists to serve the app (attune serve), so tune_gc() once it has started;
     not for an app made inside another program (the tests), whose objects it would keep forever."""
@@ -96,8 +125,10 @@ def create_app(settings: Settings | None = None, serving: bool = False) -> FastA
             if embedded is not None:
                 embedded.stop()
 
-    app = AttuneApp(title="Attune", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = AttuneApp(title="Attune", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+                    docs_url=None, redoc_url=None)
     app.state.settings = settings
+    add_docs(app)
     for module in ROUTE_MODULES:
         app.include_router(module.router)
     app.add_middleware(LatencyMiddleware)
