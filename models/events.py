@@ -33,7 +33,11 @@ KNOWN_TYPES = ", ".join(EVENT_TYPES)
 _NEEDS_REPLY = {"reply_shown", "repeat", "reply_selected", "continue", "stop", "edit", "rating"}
 _NEEDS_SESSION = {"session_start", "session_end"}
 
-_ID = re.compile(r"[A-Za-z0-9._:@\-]{1,128}")
+# Ids (user, session, character, reply, event): what an app's ids look like, identity providers' included
+# (auth0's "auth0|5f7c...", e-mail-like "a+b@x.com"), and nothing that means something in a Redis key's hash
+# tag ({ }) or a URL path (/ ? # %), or could fool a log reader (spaces, control characters).
+ID_RULE = "1 to 128 ASCII letters, digits or . _ : @ | + -"
+_ID = re.compile(r"[A-Za-z0-9._:@|+\-]{1,128}")
 _ID_MATCH = _ID.fullmatch
 _NUMBER = (int, float)  # a tuple: isinstance(x, int | float) builds the union on every call, 4x slower
 # Per type, the id fields in the order they are checked, and whether the type requires each.
@@ -63,7 +67,7 @@ def _id(ev: dict[str, Any], field: str, required: bool) -> str | None:
     if not isinstance(value, str) or not _ID.fullmatch(value):
         raise EventError(
             "invalid_field",
-            f"{field} {str(value)[:60]!r} must be a string of 1 to 128 letters, digits or . _ : @ -",
+            f"{field} {str(value)[:60]!r} must be a string of {ID_RULE}",
         )
     return value
 

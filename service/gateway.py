@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import random
-import re
 import socket
 import time
 from collections import defaultdict, deque
@@ -28,6 +27,7 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import SSLConnection
 
 from models.conditioning import Decision, decide
+from models.events import _ID, ID_RULE
 from models.features import reply_features
 from service import keys
 from service.errors import BadRequest
@@ -44,7 +44,6 @@ MODEL = "M2-her"
 NOTE_NAME = "reader_preferences"
 PROFILE_TIMEOUT_S = 0.25  # a slow profile read must not hold a chat: fail open instead
 LAT_BUCKETS_MS = (50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)
-_ID = re.compile(r"^[A-Za-z0-9._:@\-]{1,128}$")
 
 
 @dataclass(slots=True)
@@ -70,7 +69,7 @@ def identify(headers: Mapping[str, str], raw: dict[str, Any]) -> tuple[str, str 
     ):
         if value is not None and (not isinstance(value, str) or not _ID.fullmatch(value)):
             raise BadRequest(
-                f"{what} {str(value)[:60]!r} must be 1 to 128 letters, digits or . _ : @ -", code="invalid_id"
+                f"{what} {str(value)[:60]!r} must be {ID_RULE}", code="invalid_id"
             )
         out.append(value)
     return out[0], out[1], out[2]

@@ -7,19 +7,19 @@ from typing import Any
 
 import orjson
 
+from models.events import _ID, ID_RULE
 from service import keys
 from service.errors import BadRequest, NotFound
 from service.profiles import read_profile
 from service.store import Store, _guard
 
-USER_ID = re.compile(r"^[A-Za-z0-9._:@\-]{1,128}$")
 MAX_EXAMINED = 50_000  # ZSCAN stops after this many members: a search costs the same with 10 M users
 RECENT = 50
 
 
 def check_user_id(user_id: str, what: str = "user id", code: str = "invalid_user_id") -> str:
-    if not USER_ID.fullmatch(user_id):
-        raise BadRequest(f"{what} {user_id[:40]!r} is invalid: 1 to 128 letters, digits or . _ : @ -", code=code)
+    if not _ID.fullmatch(user_id):
+        raise BadRequest(f"{what} {user_id[:40]!r} is invalid: {ID_RULE}", code=code)
     return user_id
 
 

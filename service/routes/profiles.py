@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request
 
-from models.events import _ID
+from models.events import _ID, ID_RULE
 from service.auth import Manager, Reader, require_app
 from service.errors import BadRequest, NotFound
 from service.profiles import delete_user, export_user, read_profile
@@ -16,7 +16,7 @@ router = APIRouter(tags=["profiles"])
 
 def _user(user_id: str) -> str:
     if not _ID.fullmatch(user_id):
-        raise BadRequest(f"user_id {user_id[:60]!r} must be 1 to 128 letters, digits or . _ : @ -", code="invalid_user_id")
+        raise BadRequest(f"user_id {user_id[:60]!r} must be {ID_RULE}", code="invalid_user_id")
     return user_id
 
 
@@ -31,7 +31,7 @@ async def get_profile(request: Request, principal: Reader, user_id: str,
     app = require_app(principal)
     _user(user_id)
     if character_id is not None and not _ID.fullmatch(character_id):
-        raise BadRequest("character_id must be 1 to 128 letters, digits or . _ : @ -", code="invalid_character_id")
+        raise BadRequest(f"character_id must be {ID_RULE}", code="invalid_character_id")
     doc = await read_profile(request.app.state.store, app, user_id, character_id)
     if doc is None:
         raise _missing(user_id)

@@ -113,3 +113,24 @@ def test_events_queued_before_delete_never_bring_the_profile_back(api: ApiServer
     with api.client(api.app_key(("read",))) as c:
         doc = c.get("/v1/users/u5/profile").json()
     assert doc["evidence"]["replies"] == 2
+
+
+def test_identity_provider_ids_work_end_to_end_and_unsafe_ones_are_refused(api: ApiServer) -> None:
+    """auth0's "auth0|..." and e-mail-like "a+b@x" ids were refused with 422: apps had to invent a mapping."""
+    users = ["auth0|5f7c8ec7a1", "google-oauth2|1234", "a+b@example.com"]
+    _post(api, [e for u in users for e in _turns(u, 2)])
+    _learn(api)
+    with api.client(api.app_key(("read", "manage", "ingest"))) as c:
+        for u in users:
+            path = f"/v1/users/{u.replace('|', '%7C')}"  # | percent-encoded as a URL library would
+            doc = c.get(f"{path}/profile").json()
+            assert doc["user_id"] == u and doc["evidence"]["replies"] == 2, doc
+            assert c.get(f"{path}/export").status_code == 200
+        bad = [{**_turns("x", 1)[0], "user_id": u, "event_id": f"bad-{i}"}
+               for i, u in enumerate(["a b", "a{b}", "a/b", "a%b", "a\nb", "é"])]
+        r = c.post("/v1/events", json={"events": bad})
+        assert r.status_code == 422 and len(r.json()["rejected"]) == len(bad), r.text
+        assert all("ASCII letters, digits or . _ : @ | + -" in x["message"] for x in r.json()["rejected"])
+        assert c.get("/v1/users/a%7Bb%7D/profile").status_code == 400
+        assert c.delete("/v1/users/auth0%7C5f7c8ec7a1").status_code == 200
+        assert c.get("/v1/users/auth0%7C5f7c8ec7a1/profile").status_code == 404
