@@ -138,12 +138,19 @@ class RecentVerdicts:
         self.seen: dict[tuple[str, str, str], tuple[KeyCheck, float]] = {}
 
     def remember(self, key: AppKey, check: KeyCheck) -> None:
-        if not check.valid:
-            self.seen.pop((key.app, key.key_id, key.secret_hash), None)
-            return
+        """Called on every chat: refreshes a key's entry at most once a second unless its verdict changed."""
         name = (key.app, key.key_id, key.secret_hash)
-        self.seen.pop(name, None)  # re-inserted last: the dict's order is the age order
-        self.seen[name] = (check, time.monotonic())
+        found = self.seen.get(name)
+        if not check.valid:
+            if found is not None:
+                del self.seen[name]
+            return
+        now = time.monotonic()
+        if found is not None:
+            if now - found[1] < 1.0 and found[0].scopes == check.scopes and found[0].limit == check.limit:
+                return
+            del self.seen[name]  # re-inserted last: the dict's order is the age order
+        self.seen[name] = (check, now)
         if len(self.seen) > self.MAX:
             del self.seen[next(iter(self.seen))]
 

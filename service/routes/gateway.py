@@ -27,10 +27,6 @@ from service.store import StatsBuffer, Store
 from service.upstream import NATIVE_PATH, OPENAI_PATH, Stream, Upstream, UpstreamError
 
 log = logging.getLogger("attune.gateway")
-# How long a chat waits on the key check when a recent verdict on its key could stand in for it (see
-# RecentVerdicts): a Redis that hangs then costs the chat a second, not the 3 s socket timeout, before it
-# goes out unconditioned. The check takes well under a millisecond when Redis is well.
-OUTAGE_WAIT_S = 1.0
 router = APIRouter(tags=["conditioning"])
 
 _ANSWERS: dict[int | str, dict[str, Any]] = {
@@ -218,18 +214,16 @@ async def _prepare(request: Request) -> Call:
         return Call(app, who, prep, decision, conditioned, runtime, regen)
     regen = gw.regen_for(key.app, who[0], prep.body) if wanted else None
     names = gw.profile_keys(key.app, who[0], who[1], regen.key) if regen is not None else []
-    remembered = runtime.verdicts.recall(key)
     try:
-        async with asyncio.timeout(OUTAGE_WAIT_S if remembered is not None else None):
-            check, docs = await runtime.checks.condition_checked(
-                key.app, key.key_id, key.secret_hash, "condition", settings.rate_limit_per_second, names
-            )
-    except (StoreUnavailable, TimeoutError) as exc:
+        check, docs = await runtime.checks.condition_checked(
+            key.app, key.key_id, key.secret_hash, "condition", settings.rate_limit_per_second, names
+        )
+    except StoreUnavailable:
+        remembered = runtime.verdicts.recall(key)
         if remembered is None:
-            raise  # no verdict on this key to go on (a TimeoutError only comes with one)
+            raise  # no verdict on this key to go on
         # Fail open: the key passed moments ago; the chat goes out unconditioned, counted in this process.
-        log.warning("Redis unavailable (%s): app %s's chat goes out unconditioned on its key's last verdict",
-                    type(exc).__name__, key.app)
+        log.warning("Redis unavailable: app %s's chat goes out unconditioned on its key's last verdict", key.app)
         admit(key, remembered, "condition", settings)
         return Call(key.app, who, prep, None, False, runtime, regen)
     runtime.verdicts.remember(key, check)
