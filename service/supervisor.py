@@ -21,6 +21,14 @@ from service.embedded import EmbeddedRedis, EmbeddedRedisError
 from service.settings import get_settings
 
 GRACE_SECONDS = 15.0
+# A worker that exits on its own is started again after a delay doubled per exit in a row, from
+# RESTART_FIRST up to RESTART_MAX; one that ran RESTART_RESET_AFTER seconds starts over at RESTART_FIRST.
+# Its partitions wait for their leases to expire meanwhile; the API keeps taking events.
+RESTART_FIRST = 1.0
+RESTART_MAX = 30.0
+RESTART_RESET_AFTER = 60.0
+# Children whose exit is survivable, by name, with their module: restarted, not a reason to stop everything.
+RESTARTED = {"worker": "workers"}
 
 
 def say(line: str) -> None:
@@ -77,6 +85,13 @@ def _wait_http(port: int, host: str, proc: subprocess.Popen[bytes], timeout: flo
     return False
 
 
+def restart_delay(previous: float | None, ran_for: float) -> float:
+    """Seconds to wait before starting again a worker that exited after running ran_for seconds."""
+    if previous is None or ran_for >= RESTART_RESET_AFTER:
+        return RESTART_FIRST
+    return min(previous * 2, RESTART_MAX)
+
+
 def main() -> int:
     settings = get_settings()
     env = dict(os.environ)
@@ -100,12 +115,15 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
+    started: dict[str, float] = {}
+
     def spawn(name: str, module: str, extra_env: dict[str, str] | None = None,
               pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen([sys.executable, "-m", module], env={**env, **(extra_env or {})},
                                 stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
                                 pass_fds=pass_fds)
         children.append((name, proc))
+        started[name] = time.monotonic()
         return proc
 
     try:
@@ -131,7 +149,7 @@ def main() -> int:
             say(f"at {env['MINIMAX_BASE_URL']}, not to MiniMax. Set MINIMAX_API_KEY for real replies.")
             say("!" * 72)
         api = spawn("api", "service")
-        spawn("worker", "workers")
+        spawn("worker", RESTARTED["worker"])
         if not _wait_http(settings.port, settings.host, api):
             say("the API did not start; see the lines above")
             return 1
@@ -140,12 +158,27 @@ def main() -> int:
         say(f"dashboard:  {base}/dashboard")
         say(f"admin key:  {admin}")
         say("Ctrl-C stops everything.")
+        delays: dict[str, float] = {}
+        restart_at: dict[str, float] = {}  # when a child that exited is started again
         while not stopping:
-            for name, proc in children:
-                if proc.poll() is not None:
+            for name, proc in list(children):
+                if proc.poll() is None:
+                    continue
+                if name not in RESTARTED:
                     say(f"{name} exited with code {proc.returncode}; stopping everything")
                     stopping = True
                     break
+                children.remove((name, proc))
+                ran_for = time.monotonic() - started[name]
+                delays[name] = restart_delay(delays.get(name), ran_for)
+                restart_at[name] = time.monotonic() + delays[name]
+                say(f"{name} exited with code {proc.returncode} after {ran_for:.0f} s; restarting it in "
+                    f"{delays[name]:.0f} s (the API keeps serving; its partitions are taken over once their "
+                    "leases expire)")
+            for name, at in list(restart_at.items()):
+                if not stopping and time.monotonic() >= at:
+                    del restart_at[name]
+                    say(f"{name} restarted (pid {spawn(name, RESTARTED[name]).pid})")
             time.sleep(0.2)
         return 0
     except EmbeddedRedisError as exc:

@@ -123,3 +123,48 @@ def test_a_socket_that_accepts_connects_is_not_up_until_it_answers_http() -> Non
         finally:
             alive.kill()
             alive.wait()
+
+
+def children_running(pid: int, module: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid), "-f", f" -m {module}$"], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def test_a_killed_worker_is_restarted_and_the_api_keeps_serving(tmp_path: Path) -> None:
+    """The README: a crashed worker's partitions are taken over, and a worker outage must not take the API
+    out of service. The supervisor took everything down with it."""
+    proc, log = start(tmp_path)
+    base = re.search(r"API:\s+(\S+)", log.read_text()).group(1)  # type: ignore[union-attr]
+    try:
+        [worker] = children_running(proc.pid, "workers")
+        os.kill(worker, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while not (again := children_running(proc.pid, "workers")):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        assert again != [worker]
+        text = log.read_text()
+        assert "worker exited with code -9" in text and "restarting it in 1 s" in text, text[-3000:]
+        assert "stopping everything" not in text
+        assert httpx.get(f"{base}/healthz", timeout=10).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, log.read_text()[-3000:]
+    assert log.read_text().rstrip().endswith("[attune] stopped")
+
+
+def test_a_killed_api_still_stops_everything(tmp_path: Path) -> None:
+    proc, log = start(tmp_path)
+    [api] = children_running(proc.pid, "service")
+    os.kill(api, signal.SIGKILL)
+    assert proc.wait(60) == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "api exited with code -9; stopping everything" in text and text.rstrip().endswith("stopped"), text
+
+
+def test_restart_delay_doubles_to_a_ceiling_and_starts_over_after_a_minute_of_running() -> None:
+    delays = [supervisor.restart_delay(None, 0.5)]
+    for _ in range(7):
+        delays.append(supervisor.restart_delay(delays[-1], 0.5))
+    assert delays == [1, 2, 4, 8, 16, 30, 30, 30]
+    assert supervisor.restart_delay(30, 61) == 1
