@@ -72,7 +72,8 @@ def create_app(settings: Settings | None = None, serving: bool = False) -> FastA
         if not url:
             embedded = EmbeddedRedis(settings.data_dir)
             url = embedded.start()
-            log.warning("ATTUNE_REDIS_URL is unset: using the embedded Redis at %s", url)
+            log.warning("ATTUNE_REDIS_URL is unset: using the embedded Redis at %s%s", url,
+                        "" if embedded.process else " (already running; reusing it)")
         client = store_mod.connect(url)
         try:
             await store_mod.check_server(client)

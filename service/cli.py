@@ -28,6 +28,9 @@ def _serve(args: argparse.Namespace) -> int:
         # Start it here, once, so every API process of this command shares it.
         embedded = EmbeddedRedis(settings.data_dir)
         os.environ["ATTUNE_REDIS_URL"] = embedded.start()
+        if embedded.process is None:
+            print(f"[attune] the embedded Redis at {embedded.url} was already running; reusing it "
+                  "(this server leaves it running)", file=sys.stderr, flush=True)
         get_settings.cache_clear()
     prom_dir = None
     if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -6,7 +6,6 @@ Redis, which flushes its append-only file. Works without a terminal: everything 
 
 from __future__ import annotations
 
-import ctypes
 import http.client
 import os
 import secrets
@@ -17,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from service.children import die_with_parent
 from service.embedded import EmbeddedRedis, EmbeddedRedisError
 from service.settings import get_settings
 
@@ -33,14 +33,6 @@ RESTARTED = {"worker": "workers"}
 
 def say(line: str) -> None:
     print(f"[attune] {line}", flush=True)
-
-
-def _die_with_parent() -> None:
-    """Children get SIGTERM if the supervisor itself is killed (Linux), so nothing is left running."""
-    try:
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def _admin_key(data_dir: Path) -> str:
@@ -120,7 +112,7 @@ def main() -> int:
     def spawn(name: str, module: str, extra_env: dict[str, str] | None = None,
               pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen([sys.executable, "-m", module], env={**env, **(extra_env or {})},
-                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
+                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent(),
                                 pass_fds=pass_fds)
         children.append((name, proc))
         started[name] = time.monotonic()
@@ -130,7 +122,11 @@ def main() -> int:
         if not settings.redis_url:
             embedded = EmbeddedRedis(settings.data_dir)
             env["ATTUNE_REDIS_URL"] = embedded.start()
-            say(f"embedded Redis: {env['ATTUNE_REDIS_URL']} (data in {embedded.data_dir})")
+            if embedded.process is None:
+                say(f"embedded Redis: {env['ATTUNE_REDIS_URL']} was already running; reusing it (another attune "
+                    "process started it and will stop it; this one leaves it running)")
+            else:
+                say(f"embedded Redis: {env['ATTUNE_REDIS_URL']} (data in {embedded.data_dir})")
         else:
             say("Redis: ATTUNE_REDIS_URL (external)")
         admin = settings.admin_key.get_secret_value() if settings.admin_key else _admin_key(settings.data_dir)

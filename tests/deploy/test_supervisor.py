@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from service import supervisor
+from service.embedded import EmbeddedRedis, _answers
 from tests.conftest import ROOT, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.embedded_only, pytest.mark.timeout(180)]
@@ -168,3 +169,16 @@ def test_restart_delay_doubles_to_a_ceiling_and_starts_over_after_a_minute_of_ru
         delays.append(supervisor.restart_delay(delays[-1], 0.5))
     assert delays == [1, 2, 4, 8, 16, 30, 30, 30]
     assert supervisor.restart_delay(30, 61) == 1
+
+
+def test_an_embedded_redis_already_running_is_reused_and_said_so_and_left_running(tmp_path: Path) -> None:
+    server = EmbeddedRedis(tmp_path / "var")
+    server.start()
+    try:
+        proc, log = start(tmp_path)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, log.read_text()[-3000:]
+        assert "was already running; reusing it" in log.read_text(), log.read_text()[-3000:]
+        assert _answers(server.sock)  # not ours to stop
+    finally:
+        server.stop()
