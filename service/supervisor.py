@@ -112,8 +112,8 @@ def main() -> int:
     def spawn(name: str, module: str, extra_env: dict[str, str] | None = None,
               pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen([sys.executable, "-m", module], env={**env, **(extra_env or {})},
-                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent(),
-                                pass_fds=pass_fds)
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=die_with_parent(), pass_fds=pass_fds)
         children.append((name, proc))
         started[name] = time.monotonic()
         return proc
@@ -123,8 +123,8 @@ def main() -> int:
             embedded = EmbeddedRedis(settings.data_dir)
             env["ATTUNE_REDIS_URL"] = embedded.start()
             if embedded.process is None:
-                say(f"embedded Redis: {env['ATTUNE_REDIS_URL']} was already running; reusing it (another attune "
-                    "process started it and will stop it; this one leaves it running)")
+                say(f"embedded Redis: {env['ATTUNE_REDIS_URL']} was already running; reusing it "
+                    "(another attune process started it and will stop it; this one leaves it running)")
             else:
                 say(f"embedded Redis: {env['ATTUNE_REDIS_URL']} (data in {embedded.data_dir})")
         else:

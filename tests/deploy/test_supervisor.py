@@ -127,7 +127,8 @@ def test_a_socket_that_accepts_connects_is_not_up_until_it_answers_http() -> Non
 
 
 def children_running(pid: int, module: str) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid), "-f", f" -m {module}$"], capture_output=True, text=True).stdout
+    pgrep = ["pgrep", "-P", str(pid), "-f", f" -m {module}$"]
+    out = subprocess.run(pgrep, capture_output=True, text=True).stdout
     return [int(p) for p in out.split()]
 
 

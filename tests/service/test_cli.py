@@ -18,7 +18,8 @@ from tests.conftest import ROOT
     ("serve", "ATTUNE_UPSTREAM_TIMEOUT", '{"first_byte":"x"}'),
     ("run", "ATTUNE_UPSTREAM_TIMEOUT", '{"firstbyte": 60}'),
 ])
-def test_a_bad_setting_is_one_line_and_exit_code_2_not_a_traceback(command: str, name: str, value: str) -> None:
+def test_a_bad_setting_is_one_line_and_exit_code_2_not_a_traceback(
+        command: str, name: str, value: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ATTUNE_", "MINIMAX_"))}
     done = subprocess.run([sys.executable, "-m", "service.cli", command], cwd=ROOT, env={**env, name: value},
                           capture_output=True, text=True, timeout=60)

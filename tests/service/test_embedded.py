@@ -69,7 +69,8 @@ def test_missing_binary_says_how_to_get_one(monkeypatch: pytest.MonkeyPatch) -> 
 def test_a_server_started_by_a_process_that_is_killed_stops_with_it(tmp_path: Path) -> None:
     """`kill -9` of `attune run` left redis-server running, and the next `make run` reused it unowned."""
     code = ("import sys, time; from pathlib import Path; from service.embedded import EmbeddedRedis; "
-            "s = EmbeddedRedis(Path(sys.argv[1])); s.start(); print(s.process.pid, flush=True); time.sleep(60)")
+            "s = EmbeddedRedis(Path(sys.argv[1])); s.start(); print(s.process.pid, flush=True); "
+            "time.sleep(60)")
     owner = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE)
     assert owner.stdout is not None
     pid = int(owner.stdout.readline())

@@ -59,7 +59,8 @@ def test_redact_url_hides_every_password_shape(url: str, shown: str) -> None:
 @pytest.mark.parametrize(("name", "value", "said"), [
     ("ATTUNE_PARTITIONS", "abc", "ATTUNE_PARTITIONS='abc': input should be a valid integer"),
     ("ATTUNE_PORT", "http", "e.g. ATTUNE_PORT=8000"),
-    ("ATTUNE_UPSTREAM_TIMEOUT", "sixty", "ATTUNE_UPSTREAM_TIMEOUT='sixty': not JSON; e.g. ATTUNE_UPSTREAM_TIMEOUT='{"),
+    ("ATTUNE_UPSTREAM_TIMEOUT", "sixty",
+     "ATTUNE_UPSTREAM_TIMEOUT='sixty': not JSON; e.g. ATTUNE_UPSTREAM_TIMEOUT='{"),
     ("ATTUNE_UPSTREAM_TIMEOUT", '{"first_byte":"x"}',
      "first_byte: input should be a valid number, unable to parse string as a number; "
      "e.g. ATTUNE_UPSTREAM_TIMEOUT='{\"first_byte\": 60.0}'"),
@@ -84,4 +85,5 @@ def test_every_bad_variable_is_reported_at_once(monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(SettingsError) as caught:
         get_settings()
     get_settings.cache_clear()
-    assert [p.split("=")[0] for p in caught.value.problems] == ["ATTUNE_UPSTREAM_TIMEOUT", "ATTUNE_PARTITIONS"]
+    named = [p.split("=")[0] for p in caught.value.problems]
+    assert named == ["ATTUNE_UPSTREAM_TIMEOUT", "ATTUNE_PARTITIONS"]
