@@ -31,6 +31,8 @@ log = logging.getLogger("attune.gateway")
 # RecentVerdicts): a Redis that hangs then costs the chat a second, not the 3 s socket timeout, before it
 # goes out unconditioned. The check takes well under a millisecond when Redis is well.
 OUTAGE_WAIT_S = 1.0
+# What to do about a chat body over the size limit (an event batch is split instead).
+CHAT_TOO_LARGE = "shorten the conversation: send fewer or shorter messages"
 router = APIRouter(tags=["conditioning"])
 
 _ANSWERS: dict[int | str, dict[str, Any]] = {
@@ -184,7 +186,7 @@ async def _prepare(request: Request) -> Call:
     runtime: Runtime = state.gateway
     problem: AttuneError | None = None
     try:
-        raw = await read_json(request, settings.max_body_bytes)
+        raw = await read_json(request, settings.max_body_bytes, CHAT_TOO_LARGE)
         if not isinstance(raw, dict):
             raise BadRequest(
                 'the body must be a JSON object like M2-her\'s: {"model", "messages", ...}',
