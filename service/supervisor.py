@@ -6,6 +6,7 @@ Redis, which flushes its append-only file. Works without a terminal: everything 
 
 from __future__ import annotations
 
+import errno
 import http.client
 import os
 import secrets
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from service.children import die_with_parent
 from service.embedded import EmbeddedRedis, EmbeddedRedisError
-from service.settings import get_settings
+from service.settings import Settings, get_settings
 
 GRACE_SECONDS = 15.0
 # A worker that exits on its own is started again after a delay doubled per exit in a row, from
@@ -77,6 +78,22 @@ def _wait_http(port: int, host: str, proc: subprocess.Popen[bytes], timeout: flo
     return False
 
 
+def port_taken(host: str, port: int) -> bool:
+    """Whether another process listens on host:port already (bound as uvicorn binds, SO_REUSEADDR)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        socket.create_server((host, port), family=family).close()
+    except OSError as exc:
+        return exc.errno == errno.EADDRINUSE
+    return False
+
+
+def _port_taken_message(settings: Settings) -> str:
+    return (f"port {settings.port} on {settings.host} is already in use (another `make run`?): stop what "
+            f"listens there, or set ATTUNE_PORT to a free port, e.g. ATTUNE_PORT={settings.port + 1} "
+            "make run")
+
+
 def restart_delay(previous: float | None, ran_for: float) -> float:
     """Seconds to wait before starting again a worker that exited after running ran_for seconds."""
     if previous is None or ran_for >= RESTART_RESET_AFTER:
@@ -118,6 +135,9 @@ def main() -> int:
         started[name] = time.monotonic()
         return proc
 
+    if port_taken(settings.host, settings.port):  # before anything starts, and before the banner
+        say(_port_taken_message(settings))
+        return 1
     try:
         if not settings.redis_url:
             embedded = EmbeddedRedis(settings.data_dir)
@@ -147,7 +167,9 @@ def main() -> int:
         api = spawn("api", "service")
         spawn("worker", RESTARTED["worker"])
         if not _wait_http(settings.port, settings.host, api):
-            say("the API did not start; see the lines above")
+            # Taken since the check above: the API's own "address already in use" is easy to miss.
+            taken = api.poll() is not None and port_taken(settings.host, settings.port)
+            say(_port_taken_message(settings) if taken else "the API did not start; see the lines above")
             return 1
         base = f"http://{settings.host}:{settings.port}"
         say(f"API:        {base}   (docs: {base}/docs)")
@@ -161,6 +183,8 @@ def main() -> int:
                 if proc.poll() is None:
                     continue
                 if name not in RESTARTED:
+                    if name == "api" and port_taken(settings.host, settings.port):
+                        say(_port_taken_message(settings))
                     say(f"{name} exited with code {proc.returncode}; stopping everything")
                     stopping = True
                     break

@@ -183,3 +183,21 @@ def test_an_embedded_redis_already_running_is_reused_and_said_so_and_left_runnin
         assert _answers(server.sock)  # not ours to stop
     finally:
         server.stop()
+
+
+def test_a_port_in_use_is_said_with_what_to_set_before_anything_starts(tmp_path: Path) -> None:
+    """The banner came first (another server answered on the port), then the API's "[Errno 98] address
+    already in use" and "api exited with code 3", with no word of ATTUNE_PORT."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ATTUNE_", "MINIMAX_", "PYTEST"))}
+        done = subprocess.run([sys.executable, "-m", "service.cli", "run"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=60, stdin=subprocess.DEVNULL,
+                              env={**env, "ATTUNE_PORT": str(port), "ATTUNE_DATA_DIR": str(tmp_path / "var")})
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"port {port} on 127.0.0.1 is already in use" in done.stdout, done.stdout + done.stderr
+    assert f"set ATTUNE_PORT to a free port, e.g. ATTUNE_PORT={port + 1}" in done.stdout
+    assert "API:" not in done.stdout and "embedded Redis" not in done.stdout  # nothing started
+    assert not (tmp_path / "var" / "redis.sock").exists()
