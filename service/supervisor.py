@@ -2,6 +2,8 @@
 
 Ctrl-C or SIGTERM stops the children first (the API drains, the worker hands back its batch), then
 Redis, which flushes its append-only file. Works without a terminal: everything goes to stdout.
+A worker that exits on its own is started again (see restart_delay); the API or the stand-in exiting
+stops everything.
 """
 
 from __future__ import annotations
