@@ -8,13 +8,33 @@ directly and the two checkouts: medians over the slices of each one's p50 and p9
 Under a shared machine's shifting load, slices that alternate give fairer before/after ratios than
 bench/gateway.py's sequential targets (use `git worktree add /tmp/before <commit>` for a checkout).
 """
-import os, re, subprocess, sys, time
+import argparse, os, re, subprocess, sys, time
 from pathlib import Path
 
 import httpx
 
+
+def checkout(path: str) -> str:
+    """An Attune checkout's directory, resolved (argparse type)."""
+    tree = Path(path).resolve()
+    if not (tree / "service" / "cli.py").is_file():
+        raise argparse.ArgumentTypeError(f"{path} is not an Attune checkout (no service/cli.py); "
+                                         "make one with `git worktree add /tmp/before <commit>`")
+    return str(tree)
+
+
+ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+ap.add_argument("before", type=checkout, help="the checkout to compare against (e.g. a worktree of main)")
+ap.add_argument("after", type=checkout, help="the checkout with the change")
+ap.add_argument("rounds", type=int, nargs="?", default=4,
+                help="wrk slices per checkout and stream mode (default 4)")
+ap.add_argument("rate", type=float, nargs="?", default=100.0, help="open-loop requests/s of the latency part "
+                "(default 100)")
+args = ap.parse_args()
+
 PY = sys.executable
-trees = {"before": str(Path(sys.argv[1]).resolve()), "after": str(Path(sys.argv[2]).resolve())}
+trees = {"before": args.before, "after": args.after}
 TMP = Path(__import__("tempfile").mkdtemp(prefix="attune-ab-"))
 procs = []
 
@@ -63,7 +83,7 @@ request = function()
   return wrk.format()
 end
 ''')
-        for rnd in range(int(sys.argv[3]) if len(sys.argv) > 3 else 4):
+        for rnd in range(args.rounds):
             for name, (port, p) in (servers.items() if rnd % 2 == 0 else reversed(servers.items())):
                 pids = [p.pid] + children(p.pid)
                 c0 = sum(cpu(x) for x in pids)
@@ -83,12 +103,12 @@ end
     import asyncio, random, statistics  # noqa: E401
     from gateway import body, open_loop  # bench/gateway.py, beside this file
 
-    rate = float(sys.argv[4]) if len(sys.argv) > 4 else 100.0
+    rate = args.rate
     targets = {"direct": (f"http://127.0.0.1:{SP}/v1/chat/completions", {"Authorization": "Bearer x"})}
     for name, (port, _) in servers.items():
         targets[name] = (f"http://127.0.0.1:{port}/v1/chat/completions", {"Authorization": f"Bearer {key}"})
     slices: dict[str, list[tuple[float, float]]] = {n: [] for n in targets}
-    for rnd in range(2 * (int(sys.argv[3]) if len(sys.argv) > 3 else 4) + 1):
+    for rnd in range(2 * args.rounds + 1):
         for name in random.sample(list(targets), len(targets)):
             url, hdrs = targets[name]
             lat = asyncio.run(open_loop(url, hdrs, body(False), rate, 3))

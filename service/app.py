@@ -15,6 +15,7 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from service import store as store_mod
 from service.embedded import EmbeddedRedis
@@ -24,6 +25,9 @@ from service.routes import admin, dashboard, events, gateway, health, profiles, 
 from service.settings import Settings, get_settings
 
 log = logging.getLogger("attune.api")
+# Named in a 404's message, with /docs for the rest.
+MAIN_ROUTES = ("POST /v1/events", "POST /v1/chat/completions", "POST /v1/text/chatcompletion_v2",
+               "POST /v1/condition", "GET /v1/users/{user_id}/profile")
 ROUTE_MODULES = (health, events, admin, profiles, gateway, stats, dashboard)
 
 DESCRIPTION = """Attune turns implicit role-play signals (repeats, reply lengths, reading and typing times,
@@ -101,7 +105,8 @@ def create_app(settings: Settings | None = None, serving: bool = False) -> FastA
         if not url:
             embedded = EmbeddedRedis(settings.data_dir)
             url = embedded.start()
-            log.warning("ATTUNE_REDIS_URL is unset: using the embedded Redis at %s", url)
+            log.warning("ATTUNE_REDIS_URL is unset: using the embedded Redis at %s%s", url,
+                        "" if embedded.process else " (already running; reusing it)")
         client = store_mod.connect(url)
         try:
             await store_mod.check_server(client)
@@ -160,10 +165,11 @@ def create_app(settings: Settings | None = None, serving: bool = False) -> FastA
         return JSONResponse({"error": {"code": "invalid_request", "message": message}}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse({"error": {"code": code, "message": str(exc.detail)}}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        return JSONResponse({"error": {"code": code, "message": routing_message(app, request, exc, headers)}},
+                            status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -171,6 +177,24 @@ def create_app(settings: Settings | None = None, serving: bool = False) -> FastA
         return JSONResponse(INTERNAL_ERROR_BODY, status_code=500)
 
     return app
+
+
+def routing_message(app: FastAPI, request: Request, exc: StarletteHTTPException,
+                    headers: dict[str, str] | None) -> str:
+    """What to do about a path no route takes, or a method the route does not: the router's own "Not Found"
+    and "Method Not Allowed" said nothing. A handler's own detail is kept."""
+    method, path = request.method, request.url.path
+    if exc.status_code == 405 and exc.detail == "Method Not Allowed":
+        allowed = (headers or {}).get("Allow", "")
+        return f"{method} is not allowed on {path}" + (f"; use {allowed}" if allowed else "")
+    if exc.status_code != 404 or exc.detail != "Not Found":
+        return str(exc.detail)
+    if not path.startswith("/v1/"):
+        scope = {**request.scope, "path": "/v1" + path}
+        if any(route.matches(scope)[0] != Match.NONE for route in app.router.routes):
+            hint = " (OpenAI SDK: base_url must end in /v1)" if path == "/chat/completions" else ""
+            return f"no route {path}; did you mean /v1{path}?{hint}"
+    return f"no route {path}; the API's routes are under /v1: {', '.join(MAIN_ROUTES)}; all of them at /docs"
 
 
 def app_from_env() -> FastAPI:

@@ -51,11 +51,12 @@ async def read_body(request: Request, limit: int, hint: str = "split the batch")
             raise ClientClosed("the client closed the connection before its body arrived whole")
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    raw = await read_body(request, limit)
+async def read_json(request: Request, limit: int, hint: str = "split the batch") -> Any:
+    """The body as JSON, at most `limit` bytes before and after gzip (413 with `hint`, what to do)."""
+    raw = await read_body(request, limit, hint)
     encoding = request.headers.get("content-encoding", "identity").lower()
     if encoding == "gzip":
-        raw = _gunzip(raw, limit)
+        raw = _gunzip(raw, limit, hint)
     elif encoding not in ("identity", ""):
         raise BadRequest(f"Content-Encoding {encoding!r} is not supported; send gzip or no encoding",
                          code="unsupported_encoding")
@@ -72,7 +73,7 @@ async def read_json(request: Request, limit: int) -> Any:
 MAX_GZIP_MEMBERS = 64
 
 
-def _gunzip(raw: bytes, limit: int) -> bytes:
+def _gunzip(raw: bytes, limit: int, hint: str) -> bytes:
     """Inflate every member of a gzip body (as gzip -d does: writers that flush may start new members), at
     most `limit` bytes and MAX_GZIP_MEMBERS members in all; a body cut short is refused, not read as far as it
     goes. Zero bytes after the last member (padding, which gzip -d also takes) are ignored."""
@@ -87,8 +88,7 @@ def _gunzip(raw: bytes, limit: int) -> bytes:
                              code="invalid_gzip") from exc
         size += len(part)
         if size > limit or inflater.unconsumed_tail:
-            raise PayloadTooLarge(f"the uncompressed body exceeds the limit of {limit} bytes; "
-                                  "split the batch")
+            raise PayloadTooLarge(f"the uncompressed body exceeds the limit of {limit} bytes; {hint}")
         if not inflater.eof:
             raise BadRequest("the gzip body is cut short (its end and checksum are missing); send it whole",
                              code="invalid_gzip")

@@ -28,6 +28,9 @@ def _serve(args: argparse.Namespace) -> int:
         # Start it here, once, so every API process of this command shares it.
         embedded = EmbeddedRedis(settings.data_dir)
         os.environ["ATTUNE_REDIS_URL"] = embedded.start()
+        if embedded.process is None:
+            print(f"[attune] the embedded Redis at {embedded.url} was already running; reusing it "
+                  "(this server leaves it running)", file=sys.stderr, flush=True)
         get_settings.cache_clear()
     prom_dir = None
     if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -62,6 +65,17 @@ def _unsupported_redis(url: str) -> str | None:
         return None
 
     return asyncio.run(go())
+
+
+def _settings_problems() -> list[str]:
+    """What is wrong with the ATTUNE_* variables, one line each, said before anything starts."""
+    from service.settings import SettingsError, get_settings  # noqa: PLC0415
+
+    try:
+        get_settings()
+    except SettingsError as exc:
+        return exc.problems
+    return []
 
 
 def _exec_module(module: str, extra: Sequence[str]) -> int:
@@ -132,6 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in PROGRAMS:
         return _exec_module(PROGRAMS[argv[0]], argv[1:])
     args = build_parser().parse_args(argv)
+    if args.command in ("serve", "worker", "run", "keys") and (problems := _settings_problems()):
+        for line in problems:
+            print(f"[attune] {line}", file=sys.stderr)
+        return 2
     if args.command == "serve":
         return _serve(args)
     if args.command == "worker":

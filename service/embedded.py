@@ -10,6 +10,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from service.children import die_with_parent
+
 
 log = logging.getLogger("attune.embedded")
 
@@ -58,7 +60,9 @@ def _answers(sock: Path) -> bool:
 
 
 class EmbeddedRedis:
-    """Start (or reuse) a redis-server with append-only persistence under data_dir."""
+    """Start (or reuse) a redis-server with append-only persistence under data_dir. One it starts gets
+    SIGTERM when the thread that started it ends, the process killed included (it would be left running and
+    reused, unowned, by the next start); one it reuses is left alone, and process stays None."""
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir.resolve()
@@ -82,7 +86,8 @@ class EmbeddedRedis:
             "--save", "", "--daemonize", "no", "--logfile", str(self.data_dir / "redis.log"),
         ]
         self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, start_new_session=True)
+                                        stderr=subprocess.DEVNULL, start_new_session=True,
+                                        preexec_fn=die_with_parent())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

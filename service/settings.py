@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import difflib
+import json
+import os
 import re
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class UpstreamTimeout(BaseModel):
     """M2-her timeouts in seconds (env ATTUNE_UPSTREAM_TIMEOUT as JSON, e.g. {"first_byte": 20})."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")  # a misspelt key is refused, not ignored
     connect: float = Field(default=5.0, gt=0)
     first_byte: float = Field(default=60.0, gt=0)  # until the first event of the reply
     idle: float = Field(default=30.0, gt=0)  # silence between two chunks of a streamed reply
@@ -23,7 +27,7 @@ class UpstreamTimeout(BaseModel):
 class UpstreamRetry(BaseModel):
     """Retries before the first byte reached the app (env ATTUNE_UPSTREAM_RETRY as JSON)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
     attempts: int = Field(default=3, ge=1, le=10)  # in all, the first try included
     backoff: float = Field(default=0.25, ge=0)  # seconds, doubled per retry, full jitter
     max_backoff: float = Field(default=4.0, ge=0)
@@ -42,8 +46,9 @@ class Settings(BaseSettings):
 
     minimax_api_key: SecretStr | None = Field(default=None, validation_alias="MINIMAX_API_KEY")
     minimax_base_url: str = Field(default="https://api.minimax.io", validation_alias="MINIMAX_BASE_URL")
-    upstream_timeout: UpstreamTimeout = UpstreamTimeout()
-    upstream_retry: UpstreamRetry = UpstreamRetry()
+    # JSON, decoded by _json below so that bad JSON is one more problem reported with the others.
+    upstream_timeout: Annotated[UpstreamTimeout, NoDecode] = UpstreamTimeout()
+    upstream_retry: Annotated[UpstreamRetry, NoDecode] = UpstreamRetry()
     upstream_connections: int = Field(default=512, ge=1)  # pooled connections to M2-her per API process
 
     # Streams: a user always lands in the same partition (hash of app and user).
@@ -81,6 +86,16 @@ class Settings(BaseSettings):
     # model's replies confirms models/profile.py MEASURED_CONFUSION; the pacing asked for is used alone then.
     pacing_from_text: bool = True
 
+    @field_validator("upstream_timeout", "upstream_retry", mode="before")
+    @classmethod
+    def _json(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError:
+                raise ValueError("not JSON") from None
+        return value
+
     @property
     def dedup_ttl_seconds(self) -> int:
         return (self.retention_days + 1) * 86400
@@ -109,6 +124,47 @@ def redact_url(url: str) -> str:
     return f"{scheme}{sep}{rest}"
 
 
+def env_name(field: str) -> str:
+    alias = Settings.model_fields[field].validation_alias
+    return alias if isinstance(alias, str) else f"ATTUNE_{field.upper()}"
+
+
+def _problem(error: dict[str, Any]) -> str:
+    """One line for one validation error: the variable, its value, what is wrong and a good value."""
+    field, *inner = (str(part) for part in error["loc"])
+    if field not in Settings.model_fields:
+        return f"settings: {error['msg']}"
+    name = env_name(field)
+    value = os.environ.get(name)
+    shown = f"{name}={value!r}" if value is not None else name
+    default = Settings.model_fields[field].default
+    msg = "not a JSON object" if error["type"] == "model_type" else error["msg"].removeprefix("Value error, ")
+    msg = msg[0].lower() + msg[1:]
+    if not isinstance(default, BaseModel):
+        return f"{shown}: {msg}; e.g. {name}={json.dumps(default) if isinstance(default, bool) else default}"
+    known = list(type(default).model_fields)
+    if inner and error["type"] == "extra_forbidden":
+        near = difflib.get_close_matches(inner[0], known, n=1)
+        key = near[0] if near else known[0]
+        hint = f"did you mean {key!r}? " if near else ""
+        return (f"{shown}: unknown key {inner[0]!r} ({hint}known: {', '.join(known)}); "
+                f"e.g. {name}='{json.dumps({key: getattr(default, key)})}'")
+    good = {inner[0]: getattr(default, inner[0])} if inner and inner[0] in known else default.model_dump()
+    where = f"{inner[0]}: " if inner else ""
+    return f"{shown}: {where}{msg}; e.g. {name}='{json.dumps(good)}'"
+
+
+class SettingsError(ValueError):
+    """The environment does not make valid settings; problems holds one line per bad variable."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError([_problem(dict(e)) for e in exc.errors()]) from exc

@@ -2,11 +2,13 @@
 
 Ctrl-C or SIGTERM stops the children first (the API drains, the worker hands back its batch), then
 Redis, which flushes its append-only file. Works without a terminal: everything goes to stdout.
+A worker that exits on its own is started again (see restart_delay); the API or the stand-in exiting
+stops everything.
 """
 
 from __future__ import annotations
 
-import ctypes
+import errno
 import http.client
 import os
 import secrets
@@ -17,22 +19,23 @@ import sys
 import time
 from pathlib import Path
 
+from service.children import die_with_parent
 from service.embedded import EmbeddedRedis, EmbeddedRedisError
-from service.settings import get_settings
+from service.settings import Settings, get_settings
 
 GRACE_SECONDS = 15.0
+# A worker that exits on its own is started again after a delay doubled per exit in a row, from
+# RESTART_FIRST up to RESTART_MAX; one that ran RESTART_RESET_AFTER seconds starts over at RESTART_FIRST.
+# Its partitions wait for their leases to expire meanwhile; the API keeps taking events.
+RESTART_FIRST = 1.0
+RESTART_MAX = 30.0
+RESTART_RESET_AFTER = 60.0
+# Children whose exit is survivable, by name, with their module: restarted, not a reason to stop everything.
+RESTARTED = {"worker": "workers"}
 
 
 def say(line: str) -> None:
     print(f"[attune] {line}", flush=True)
-
-
-def _die_with_parent() -> None:
-    """Children get SIGTERM if the supervisor itself is killed (Linux), so nothing is left running."""
-    try:
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def _admin_key(data_dir: Path) -> str:
@@ -77,6 +80,29 @@ def _wait_http(port: int, host: str, proc: subprocess.Popen[bytes], timeout: flo
     return False
 
 
+def port_taken(host: str, port: int) -> bool:
+    """Whether another process listens on host:port already (bound as uvicorn binds, SO_REUSEADDR)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        socket.create_server((host, port), family=family).close()
+    except OSError as exc:
+        return exc.errno == errno.EADDRINUSE
+    return False
+
+
+def _port_taken_message(settings: Settings) -> str:
+    return (f"port {settings.port} on {settings.host} is already in use (another `make run`?): stop what "
+            f"listens there, or set ATTUNE_PORT to a free port, e.g. ATTUNE_PORT={settings.port + 1} "
+            "make run")
+
+
+def restart_delay(previous: float | None, ran_for: float) -> float:
+    """Seconds to wait before starting again a worker that exited after running ran_for seconds."""
+    if previous is None or ran_for >= RESTART_RESET_AFTER:
+        return RESTART_FIRST
+    return min(previous * 2, RESTART_MAX)
+
+
 def main() -> int:
     settings = get_settings()
     env = dict(os.environ)
@@ -100,19 +126,29 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
+    started: dict[str, float] = {}
+
     def spawn(name: str, module: str, extra_env: dict[str, str] | None = None,
               pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen([sys.executable, "-m", module], env={**env, **(extra_env or {})},
-                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
-                                pass_fds=pass_fds)
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=die_with_parent(), pass_fds=pass_fds)
         children.append((name, proc))
+        started[name] = time.monotonic()
         return proc
 
+    if port_taken(settings.host, settings.port):  # before anything starts, and before the banner
+        say(_port_taken_message(settings))
+        return 1
     try:
         if not settings.redis_url:
             embedded = EmbeddedRedis(settings.data_dir)
             env["ATTUNE_REDIS_URL"] = embedded.start()
-            say(f"embedded Redis: {env['ATTUNE_REDIS_URL']} (data in {embedded.data_dir})")
+            if embedded.process is None:
+                say(f"embedded Redis: {env['ATTUNE_REDIS_URL']} was already running; reusing it "
+                    "(another attune process started it and will stop it; this one leaves it running)")
+            else:
+                say(f"embedded Redis: {env['ATTUNE_REDIS_URL']} (data in {embedded.data_dir})")
         else:
             say("Redis: ATTUNE_REDIS_URL (external)")
         admin = settings.admin_key.get_secret_value() if settings.admin_key else _admin_key(settings.data_dir)
@@ -131,21 +167,40 @@ def main() -> int:
             say(f"at {env['MINIMAX_BASE_URL']}, not to MiniMax. Set MINIMAX_API_KEY for real replies.")
             say("!" * 72)
         api = spawn("api", "service")
-        spawn("worker", "workers")
+        spawn("worker", RESTARTED["worker"])
         if not _wait_http(settings.port, settings.host, api):
-            say("the API did not start; see the lines above")
+            # Taken since the check above: the API's own "address already in use" is easy to miss.
+            taken = api.poll() is not None and port_taken(settings.host, settings.port)
+            say(_port_taken_message(settings) if taken else "the API did not start; see the lines above")
             return 1
         base = f"http://{settings.host}:{settings.port}"
         say(f"API:        {base}   (docs: {base}/docs)")
         say(f"dashboard:  {base}/dashboard")
         say(f"admin key:  {admin}")
         say("Ctrl-C stops everything.")
+        delays: dict[str, float] = {}
+        restart_at: dict[str, float] = {}  # when a child that exited is started again
         while not stopping:
-            for name, proc in children:
-                if proc.poll() is not None:
+            for name, proc in list(children):
+                if proc.poll() is None:
+                    continue
+                if name not in RESTARTED:
+                    if name == "api" and port_taken(settings.host, settings.port):
+                        say(_port_taken_message(settings))
                     say(f"{name} exited with code {proc.returncode}; stopping everything")
                     stopping = True
                     break
+                children.remove((name, proc))
+                ran_for = time.monotonic() - started[name]
+                delays[name] = restart_delay(delays.get(name), ran_for)
+                restart_at[name] = time.monotonic() + delays[name]
+                say(f"{name} exited with code {proc.returncode} after {ran_for:.0f} s; restarting it in "
+                    f"{delays[name]:.0f} s (the API keeps serving; its partitions are taken over once their "
+                    "leases expire)")
+            for name, at in list(restart_at.items()):
+                if not stopping and time.monotonic() >= at:
+                    del restart_at[name]
+                    say(f"{name} restarted (pid {spawn(name, RESTARTED[name]).pid})")
             time.sleep(0.2)
         return 0
     except EmbeddedRedisError as exc:

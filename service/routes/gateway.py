@@ -27,6 +27,8 @@ from service.store import StatsBuffer, Store
 from service.upstream import NATIVE_PATH, OPENAI_PATH, Stream, Upstream, UpstreamError
 
 log = logging.getLogger("attune.gateway")
+# What to do about a chat body over the size limit (an event batch is split instead).
+CHAT_TOO_LARGE = "shorten the conversation: send fewer or shorter messages"
 router = APIRouter(tags=["conditioning"])
 
 _ANSWERS: dict[int | str, dict[str, Any]] = {
@@ -180,7 +182,7 @@ async def _prepare(request: Request) -> Call:
     runtime: Runtime = state.gateway
     problem: AttuneError | None = None
     try:
-        raw = await read_json(request, settings.max_body_bytes)
+        raw = await read_json(request, settings.max_body_bytes, CHAT_TOO_LARGE)
         if not isinstance(raw, dict):
             raise BadRequest(
                 'the body must be a JSON object like M2-her\'s: {"model", "messages", ...}',

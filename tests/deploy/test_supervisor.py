@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from service import supervisor
+from service.embedded import EmbeddedRedis, _answers
 from tests.conftest import ROOT, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.embedded_only, pytest.mark.timeout(180)]
@@ -123,3 +124,80 @@ def test_a_socket_that_accepts_connects_is_not_up_until_it_answers_http() -> Non
         finally:
             alive.kill()
             alive.wait()
+
+
+def children_running(pid: int, module: str) -> list[int]:
+    pgrep = ["pgrep", "-P", str(pid), "-f", f" -m {module}$"]
+    out = subprocess.run(pgrep, capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def test_a_killed_worker_is_restarted_and_the_api_keeps_serving(tmp_path: Path) -> None:
+    """The README: a crashed worker's partitions are taken over, and a worker outage must not take the API
+    out of service. The supervisor took everything down with it."""
+    proc, log = start(tmp_path)
+    base = re.search(r"API:\s+(\S+)", log.read_text()).group(1)  # type: ignore[union-attr]
+    try:
+        [worker] = children_running(proc.pid, "workers")
+        os.kill(worker, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while not (again := children_running(proc.pid, "workers")):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        assert again != [worker]
+        text = log.read_text()
+        assert "worker exited with code -9" in text and "restarting it in 1 s" in text, text[-3000:]
+        assert "stopping everything" not in text
+        assert httpx.get(f"{base}/healthz", timeout=10).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, log.read_text()[-3000:]
+    assert log.read_text().rstrip().endswith("[attune] stopped")
+
+
+def test_a_killed_api_still_stops_everything(tmp_path: Path) -> None:
+    proc, log = start(tmp_path)
+    [api] = children_running(proc.pid, "service")
+    os.kill(api, signal.SIGKILL)
+    assert proc.wait(60) == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "api exited with code -9; stopping everything" in text and text.rstrip().endswith("stopped"), text
+
+
+def test_restart_delay_doubles_to_a_ceiling_and_starts_over_after_a_minute_of_running() -> None:
+    delays = [supervisor.restart_delay(None, 0.5)]
+    for _ in range(7):
+        delays.append(supervisor.restart_delay(delays[-1], 0.5))
+    assert delays == [1, 2, 4, 8, 16, 30, 30, 30]
+    assert supervisor.restart_delay(30, 61) == 1
+
+
+def test_an_embedded_redis_already_running_is_reused_and_said_so_and_left_running(tmp_path: Path) -> None:
+    server = EmbeddedRedis(tmp_path / "var")
+    server.start()
+    try:
+        proc, log = start(tmp_path)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, log.read_text()[-3000:]
+        assert "was already running; reusing it" in log.read_text(), log.read_text()[-3000:]
+        assert _answers(server.sock)  # not ours to stop
+    finally:
+        server.stop()
+
+
+def test_a_port_in_use_is_said_with_what_to_set_before_anything_starts(tmp_path: Path) -> None:
+    """The banner came first (another server answered on the port), then the API's "[Errno 98] address
+    already in use" and "api exited with code 3", with no word of ATTUNE_PORT."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ATTUNE_", "MINIMAX_", "PYTEST"))}
+        done = subprocess.run([sys.executable, "-m", "service.cli", "run"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=60, stdin=subprocess.DEVNULL,
+                              env={**env, "ATTUNE_PORT": str(port), "ATTUNE_DATA_DIR": str(tmp_path / "var")})
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"port {port} on 127.0.0.1 is already in use" in done.stdout, done.stdout + done.stderr
+    assert f"set ATTUNE_PORT to a free port, e.g. ATTUNE_PORT={port + 1}" in done.stdout
+    assert "API:" not in done.stdout and "embedded Redis" not in done.stdout  # nothing started
+    assert not (tmp_path / "var" / "redis.sock").exists()

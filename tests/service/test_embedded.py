@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import redis
 
-from service.embedded import EmbeddedRedis, EmbeddedRedisError, redis_executable
+from service.embedded import EmbeddedRedis, EmbeddedRedisError, _answers, redis_executable
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.embedded_only
 
@@ -60,3 +64,26 @@ def test_missing_binary_says_how_to_get_one(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(EmbeddedRedisError, match="ATTUNE_REDIS_URL"):
         redis_executable()
+
+
+def test_a_server_started_by_a_process_that_is_killed_stops_with_it(tmp_path: Path) -> None:
+    """`kill -9` of `attune run` left redis-server running, and the next `make run` reused it unowned."""
+    code = ("import sys, time; from pathlib import Path; from service.embedded import EmbeddedRedis; "
+            "s = EmbeddedRedis(Path(sys.argv[1])); s.start(); print(s.process.pid, flush=True); "
+            "time.sleep(60)")
+    owner = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE)
+    assert owner.stdout is not None
+    pid = int(owner.stdout.readline())
+    server = EmbeddedRedis(tmp_path)
+    try:
+        assert _answers(server.sock)
+        owner.kill()
+        owner.wait()
+        deadline = time.monotonic() + 15
+        while _answers(server.sock):
+            assert time.monotonic() < deadline, "redis-server outlived the process that started it"
+            time.sleep(0.1)
+    finally:
+        owner.stdout.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -416,6 +417,21 @@ def test_missing_user_is_a_400_that_says_how_to_name_one(api: ApiServer, si: Sta
         r = c.post("/v1/chat/completions", json={"model": "M2-her", "messages": MESSAGES})
     assert r.status_code == 400 and r.json()["error"]["code"] == "user_required"
     assert "X-Attune-User" in r.json()["error"]["message"] and not si.log
+
+
+@pytest.mark.parametrize("gzipped", [False, True])
+def test_a_chat_over_the_size_limit_says_to_shorten_the_conversation(
+        api: ApiServer, si: StandIn, gzipped: bool) -> None:
+    """The 413 said "split the batch", which is for event batches."""
+    long = {"role": "user", "name": "u", "content": "x" * 1_100_000}
+    body = orjson.dumps({"model": "M2-her", "messages": [long]})
+    extra = {"Content-Encoding": "gzip"} if gzipped else {}
+    with api.client(api.app_key()) as c:
+        r = c.post("/v1/chat/completions", content=gzip.compress(body) if gzipped else body,
+                   headers={**headers(), **extra, "Content-Type": "application/json"})
+    message = r.json()["error"]["message"]
+    assert r.status_code == 413 and "shorten the conversation" in message and "batch" not in message, message
+    assert not si.log
 
 
 def test_unsupported_params_are_dropped_and_out_of_range_clamped(api: ApiServer, si: StandIn) -> None:

@@ -32,3 +32,19 @@ def test_unknown_route_and_method_use_the_error_shape(api: ApiServer) -> None:
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
         r = c.get("/v1/events")
         assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_an_unknown_route_says_where_the_routes_are_and_a_wrong_method_which_are_allowed(
+        api: ApiServer) -> None:
+    """The router's own "Not Found" and "Method Not Allowed" said nothing a caller could act on."""
+    with api.client() as c:
+        message = c.get("/v1/nope").json()["error"]["message"]
+        assert "/v1/nope" in message and "/v1/events" in message and "/docs" in message, message
+        # The OpenAI SDK with a base_url that lacks /v1 posts here.
+        r = c.post("/chat/completions", json={"model": "M2-her", "messages": []})
+        hint = "did you mean /v1/chat/completions? (OpenAI SDK: base_url must end in /v1)"
+        assert r.status_code == 404 and hint in r.json()["error"]["message"], r.json()
+        assert "did you mean /v1/events?" in c.post("/events", json={}).json()["error"]["message"]
+        r = c.get("/v1/events")
+        assert r.status_code == 405 and r.headers["allow"] == "POST"
+        assert r.json()["error"]["message"] == "GET is not allowed on /v1/events; use POST"

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from service.settings import Settings, redact_url
+from service.settings import Settings, SettingsError, get_settings, redact_url
 
 
 def test_contract_variables_and_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -54,3 +54,36 @@ def test_the_pacing_measured_from_text_can_be_turned_off(monkeypatch: pytest.Mon
 def test_redact_url_hides_every_password_shape(url: str, shown: str) -> None:
     """urlsplit ends the host part at the first '/', '?' or '#', so it showed such passwords whole or in part."""
     assert redact_url(url) == shown
+
+
+@pytest.mark.parametrize(("name", "value", "said"), [
+    ("ATTUNE_PARTITIONS", "abc", "ATTUNE_PARTITIONS='abc': input should be a valid integer"),
+    ("ATTUNE_PORT", "http", "e.g. ATTUNE_PORT=8000"),
+    ("ATTUNE_UPSTREAM_TIMEOUT", "sixty",
+     "ATTUNE_UPSTREAM_TIMEOUT='sixty': not JSON; e.g. ATTUNE_UPSTREAM_TIMEOUT='{"),
+    ("ATTUNE_UPSTREAM_TIMEOUT", '{"first_byte":"x"}',
+     "first_byte: input should be a valid number, unable to parse string as a number; "
+     "e.g. ATTUNE_UPSTREAM_TIMEOUT='{\"first_byte\": 60.0}'"),
+    ("ATTUNE_UPSTREAM_TIMEOUT", '{"firstbyte": 60}', "unknown key 'firstbyte' (did you mean 'first_byte'?"),
+    ("ATTUNE_UPSTREAM_RETRY", '{"tries": 2}', "unknown key 'tries' (known: attempts, backoff, max_backoff)"),
+])
+def test_a_bad_variable_is_one_line_naming_it_its_problem_and_a_good_value(
+        monkeypatch: pytest.MonkeyPatch, name: str, value: str, said: str) -> None:
+    monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    with pytest.raises(SettingsError) as caught:
+        get_settings()
+    get_settings.cache_clear()
+    [line] = caught.value.problems
+    assert said in line and "e.g. " in line, line
+
+
+def test_every_bad_variable_is_reported_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ATTUNE_PARTITIONS", "0")
+    monkeypatch.setenv("ATTUNE_UPSTREAM_TIMEOUT", "sixty")
+    get_settings.cache_clear()
+    with pytest.raises(SettingsError) as caught:
+        get_settings()
+    get_settings.cache_clear()
+    named = [p.split("=")[0] for p in caught.value.problems]
+    assert named == ["ATTUNE_UPSTREAM_TIMEOUT", "ATTUNE_PARTITIONS"]
