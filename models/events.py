@@ -37,7 +37,8 @@ _NEEDS_SESSION = {"session_start", "session_end"}
 # (auth0's "auth0|5f7c...", e-mail-like "a+b@x.com"), and nothing that means something in a Redis key's hash
 # tag ({ }) or a URL path (/ ? # %), or could fool a log reader (spaces, control characters).
 ID_RULE = "1 to 128 ASCII letters, digits or . _ : @ | + -"
-_ID = re.compile(r"[A-Za-z0-9._:@|+\-]{1,128}")
+ID_CHARS = r"[A-Za-z0-9._:@|+\-]"
+_ID = re.compile(ID_CHARS + "{1,128}")
 _ID_MATCH = _ID.fullmatch
 _NUMBER = (int, float)  # a tuple: isinstance(x, int | float) builds the union on every call, 4x slower
 # Per type, the id fields in the order they are checked, and whether the type requires each.

@@ -7,9 +7,11 @@ compared in constant time.
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import dataclasses
+import hashlib
 import hmac
+import logging
 import re
 import secrets
 import time
@@ -18,9 +20,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from service import keys
 from service.errors import BadRequest, Forbidden, RateLimited, Unauthorized
 from service.settings import Settings
 from service.store import KeyCheck, Store
+
+log = logging.getLogger("attune.auth")
 
 SCOPES = ("ingest", "read", "condition", "manage")
 APP_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
@@ -126,12 +131,14 @@ _uncounted = LocalCounts()
 class RecentVerdicts:
     """The store's last verdict on each app key that passed, kept in this process for KEY_GRACE_S: what lets a
     chat fail open when Redis does (contract: conditioning fails open, never an error for the chat). The key
-    was valid, with these scopes, moments ago; a revocation made during the outage could not be read anyway,
-    and one made before it was seen by the check that came after it. A key this process has not seen verified
-    within the grace still gets the 503: nothing else can vouch for it. At most MAX entries, oldest
-    dropped."""
+    was valid, with these scopes, moments ago. A revocation made during the outage cannot be read anyway; one
+    made before it drops the key here at once when this process revoked it (forget), else within SWEEP_S
+    (sweep: every cached key is checked against the store while it answers). A key this process has not
+    seen verified within the grace still gets the 503: nothing else can vouch for it. At most MAX entries,
+    oldest dropped."""
 
     KEY_GRACE_S = 600.0
+    SWEEP_S = 10.0
     MAX = 10_000
 
     def __init__(self) -> None:
@@ -153,6 +160,33 @@ class RecentVerdicts:
         self.seen[name] = (check, now)
         if len(self.seen) > self.MAX:
             del self.seen[next(iter(self.seen))]
+
+    def forget(self, app: str, key_id: str) -> None:
+        """A key revoked: never vouched for again, whatever its secret."""
+        for name in [n for n in self.seen if n[0] == app and n[1] == key_id]:
+            del self.seen[name]
+
+    async def sweep(self, store: Store) -> None:
+        """Drop every cached key whose record is gone or changed (revoked, or revoked by another process)."""
+        names = list(self.seen)
+        if not names:
+            return
+        pipe = store.redis.pipeline(transaction=False)
+        for app, key_id, _ in names:
+            pipe.hget(keys.api_key(app, key_id), "hash")
+        stored = await pipe.execute()
+        for name, digest in zip(names, stored, strict=True):
+            if digest is None or (digest.decode() if isinstance(digest, bytes) else digest) != name[2]:
+                self.seen.pop(name, None)
+
+    async def sweeping(self, store: Store) -> None:
+        """sweep() every SWEEP_S for the process's life; a failed sweep (Redis down) keeps what it has."""
+        while True:
+            await asyncio.sleep(self.SWEEP_S)
+            try:
+                await self.sweep(store)
+            except Exception as exc:  # noqa: BLE001 - an outage is what the cache is for
+                log.debug("key verdict sweep skipped: %s: %s", type(exc).__name__, exc)
 
     def recall(self, key: AppKey) -> KeyCheck | None:
         """The verdict if the store gave it within KEY_GRACE_S, with its count left to this process."""

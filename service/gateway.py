@@ -31,7 +31,7 @@ from models.events import _ID, ID_RULE
 from models.features import reply_features
 from service import keys
 from service.errors import BadRequest
-from service.metrics import ATTRIBUTION_LOST
+from service.metrics import ATTRIBUTION_LOST, FAIL_OPEN
 from service.profiles import read_profile
 from service.store import Script, Store, check_hello, hello_commands, reply_error
 from service.upstream import UpstreamError, base_resp_error
@@ -199,7 +199,7 @@ async def load_decision(
                 record = recorder.record_for(regen, record)
         return decide(profile, rng, rejected_of(record)), True
     except Exception as exc:  # noqa: BLE001 - fail open on anything: the chat matters more than the note
-        log.warning("conditioning skipped (fail open) for app %s: %s: %s", app, type(exc).__name__, exc)
+        fail_open(app, "profile_error", f"{type(exc).__name__}: {exc}")
         return None, False
 
 
@@ -213,20 +213,38 @@ def profile_keys(app: str, user: str, character: str | None, regen: str | None =
     return out
 
 
+_FAIL_OPEN_LOGGED: dict[str, list[float]] = {}  # reason -> [when last logged, chats since]
+FAIL_OPEN_LOG_EVERY_S = 10.0
+
+
+def fail_open(app: str, reason: str, detail: str) -> None:
+    """Count a chat that goes out unconditioned (attune_gateway_fail_open_total{reason}) and log it, at most
+    once per FAIL_OPEN_LOG_EVERY_S per reason with how many went the same way since: an outage at a
+    thousand chats a second must not become a thousand log lines a second."""
+    FAIL_OPEN.labels(reason).inc()
+    seen = _FAIL_OPEN_LOGGED.setdefault(reason, [0.0, 0])
+    seen[1] += 1
+    now = time.monotonic()
+    if now - seen[0] >= FAIL_OPEN_LOG_EVERY_S:
+        log.warning("conditioning skipped (fail open), %d chat(s) since the last such line; this one of app %s:"
+                    " %s", seen[1], app, detail)
+        seen[0], seen[1] = now, 0
+
+
 def decide_from(
     docs: list[bytes | None] | None, app: str, rng: random.Random, regen: bool = False
 ) -> tuple[Decision | None, bool]:
     """load_decision for documents already read (Store.condition_checked): None means they could not be;
     regen: the last of them is the regeneration record (profile_keys)."""
     if docs is None:
-        log.warning("conditioning skipped (fail open) for app %s: the profile could not be read", app)
+        fail_open(app, "profile_unreadable", "the profile could not be read")
         return None, False
     try:
         record = docs[-1] if regen else None
         raw = next((d for d in (docs[:-1] if regen else docs) if d), None)
         return decide(orjson.loads(raw) if raw is not None else None, rng, rejected_of(record)), True
     except Exception as exc:  # noqa: BLE001 - fail open on anything: the chat matters more than the note
-        log.warning("conditioning skipped (fail open) for app %s: %s: %s", app, type(exc).__name__, exc)
+        fail_open(app, "profile_error", f"{type(exc).__name__}: {exc}")
         return None, False
 
 
@@ -637,10 +655,11 @@ class LeanRedis:
     pipelined on it and their replies come back in order. Errors are redis-py's (RedisError) or OSError
     (connection lost, timeout), so store._guard turns them into StoreUnavailable as before."""
 
-    # A chat's key check: a Redis silent for a second is down for it (store.connect's redis-py waits 2 s and 3 s);
-    # the chat then fails open on its key's recent verdict (auth.RecentVerdicts) instead of waiting.
-    CONNECT_TIMEOUT = 1.0
-    TIMEOUT = 1.0
+    CONNECT_TIMEOUT = 2.0  # as store.connect's socket_connect_timeout (a lost SYN is resent after 1 s)
+    # A chat's key check: a Redis silent this long is down for it (store.connect's redis-py waits 3 s); the
+    # chat then fails open on its key's recent verdict (auth.RecentVerdicts) instead of waiting, and the
+    # calls of the next FAIL_FAST seconds fail at once rather than wait out the same silence.
+    TIMEOUT = 1.5
     MAX_IDLE = 30.0  # a connection idle longer is replaced (a NAT or firewall may have dropped it silently)
     FAIL_FAST = 1.0  # after a failed connect, calls within this many seconds fail at once (no queue of 2 s waits)
 
@@ -707,10 +726,12 @@ class LeanRedis:
                 finally:
                     timer.cancel()
                 break
-            except TimeoutError:
+            except TimeoutError as exc:
                 # A stalled connection is never trusted again: the calls queued on it fail now, and the
-                # next call connects afresh instead of waiting out the same dead socket.
+                # next call connects afresh instead of waiting out the same dead socket, after FAIL_FAST:
+                # a hung server still takes connects (a unix socket at once), and each would wait again.
                 proto.close()  # type: ignore[union-attr]
+                self._failed = (time.monotonic(), f"no reply in {self.TIMEOUT} s ({exc})")
                 raise
             except ConnectionError:
                 # A connection that broke while idle (a Redis restart) is retried once on a new one, as

@@ -24,6 +24,9 @@ UPSTREAM = Histogram(
     ["route", "outcome"], buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
 )
 UPSTREAM_ERRORS = Counter("attune_upstream_errors_total", "M2-her errors by MiniMax code", ["code"])
+FAIL_OPEN = Counter("attune_gateway_fail_open_total",
+                    "Chats forwarded unconditioned because Redis or the profile could not be read, by reason",
+                    ["reason"])
 ATTRIBUTION_LOST = Counter("attune_attribution_lost_total",
                            "Gateway reply_shown events that could not be recorded after retries")
 

@@ -10,7 +10,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
-Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@\-]+$")]
+from models.events import ID_CHARS, ID_RULE
+
+Id = Annotated[str, Field(min_length=1, max_length=128, pattern=f"^{ID_CHARS}+$", description=ID_RULE)]
 Time = Annotated[str | int, Field(description="ISO 8601 text (2026-11-25T09:59:58.000Z) or epoch milliseconds, client clock")]
 
 

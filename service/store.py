@@ -77,8 +77,8 @@ return {1, rec[2], n, limit}
 # ARGV[1] secret hash, ARGV[2] cost, ARGV[3] scope, ARGV[4] rate limit, ARGV[5] dedup ttl, ARGV[6..]
 # payloads. Returns {0} for an unknown key, else {1, scopes, used, limit, flag per event}: no flags
 # (nothing written) when the scope is missing or the rate limit exceeded, the same verdicts auth.admit gives.
-# Its keys span hash tags, so it needs one Redis node (connect() gives one); on Redis Cluster, check
-# the key with AUTH and append with INGEST as Store.ingest does.
+# Its keys span hash tags (as INGEST's do: an event's dedup mark takes its slot from the event id), so it
+# needs one Redis node; connect() refuses a Redis Cluster.
 AUTH_INGEST_LUA = KEY_CHECK_LUA + """
 local out = {1, rec[2], n, limit}
 if refused then return out end

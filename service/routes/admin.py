@@ -28,6 +28,9 @@ async def revoke_key(key_id: str, request: Request, _: Admin) -> dict[str, objec
     app = await request.app.state.store.delete_key(key_id)
     if app is None:
         raise NotFound(f"no key with id {key_id[:40]!r}; list keys with GET /v1/admin/apps/{{app}}/keys", code="key_not_found")
+    gateway = getattr(request.app.state, "gateway", None)
+    if gateway is not None:  # no fail-open verdict for it here; other processes drop it at their next sweep
+        gateway.verdicts.forget(app, key_id)
     return {"key_id": key_id, "app": app, "revoked": True}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 from functools import lru_cache
 from importlib import resources
 from urllib.parse import parse_qs, quote
@@ -126,7 +127,8 @@ async def export(request: Request, user_id: str, _: Operator, app: str) -> Respo
     upstream = await _through_api(request, "GET", name, user_id, "/export")
     headers = {"Cache-Control": "no-store"}
     if upstream.status_code == 200:
-        headers["Content-Disposition"] = f'attachment; filename="{name}-{user_id}-export.json"'
+        safe = re.sub(r"[^A-Za-z0-9._@-]", "_", f"{name}-{user_id}")  # no | or : in a Windows file name
+        headers["Content-Disposition"] = f'attachment; filename="{safe}-export.json"'
     return Response(upstream.content, status_code=upstream.status_code, headers=headers,
                     media_type=upstream.headers.get("content-type", "application/json"))
 

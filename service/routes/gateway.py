@@ -27,6 +27,9 @@ from service.store import StatsBuffer, Store
 from service.upstream import NATIVE_PATH, OPENAI_PATH, Stream, Upstream, UpstreamError
 
 log = logging.getLogger("attune.gateway")
+# X-Attune-Conditioning's values (lower case): off for a holdout, on (or no header) to condition.
+CONDITIONING_MODES = {"": True, **dict.fromkeys(("on", "true", "1", "yes", "enabled"), True),
+                      **dict.fromkeys(("off", "false", "0", "no", "none", "disabled"), False)}
 # What to do about a chat body over the size limit (an event batch is split instead).
 CHAT_TOO_LARGE = "shorten the conversation: send fewer or shorter messages"
 router = APIRouter(tags=["conditioning"])
@@ -87,10 +90,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             )
         log.warning("!" * 72)
     app.state.gateway = runtime
+    sweeping = asyncio.create_task(runtime.verdicts.sweeping(app.state.store))
     try:
         async with runtime.recorder.running():
             yield
     finally:
+        sweeping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeping
         await runtime.upstream.aclose()
         if runtime.lean is not None:
             await runtime.lean.aclose()
@@ -193,13 +200,14 @@ async def _prepare(request: Request) -> Call:
     except AttuneError as exc:
         problem = exc
     key = app_key(request)  # None for the admin key; 401 for a missing or malformed one
-    mode = request.headers.get("x-attune-conditioning", "").strip().lower()
-    if mode not in ("", "on", "off") and problem is None:
-        # A holdout header mistyped ("false", "0", "none") would condition the holdout arm without a word.
-        problem = BadRequest(f"X-Attune-Conditioning must be 'on' or 'off', got {mode[:20]!r}; 'off' forwards "
-                             "the chat unconditioned (a holdout), 'on' or no header conditions it",
+    mode = CONDITIONING_MODES.get(request.headers.get("x-attune-conditioning", "").strip().lower())
+    if mode is None and problem is None:
+        # A word it does not know could mean either: conditioning a holdout without a word corrupts the A/B.
+        problem = BadRequest("X-Attune-Conditioning must be 'on' or 'off' (or true/false, 1/0, yes/no), got "
+                             f"{request.headers['x-attune-conditioning'][:20]!r}; 'off' forwards the chat "
+                             "unconditioned (a holdout), 'on' or no header conditions it",
                              code="invalid_header")
-    wanted = mode != "off"
+    wanted = mode is not False
     if key is None or problem is not None:
         principal = await authenticate(request, "condition")
         if problem is not None:
@@ -225,7 +233,7 @@ async def _prepare(request: Request) -> Call:
         if remembered is None:
             raise  # no verdict on this key to go on
         # Fail open: the key passed moments ago; the chat goes out unconditioned, counted in this process.
-        log.warning("Redis unavailable: app %s's chat goes out unconditioned on its key's last verdict", key.app)
+        gw.fail_open(key.app, "store_unavailable", "Redis unavailable; the key's recent verdict stands")
         admit(key, remembered, "condition", settings)
         return Call(key.app, who, prep, None, False, runtime, regen)
     runtime.verdicts.remember(key, check)

@@ -729,19 +729,22 @@ def test_a_full_redis_still_serves_profiles_and_chats(api: ApiServer, si: StandI
 
 
 def test_a_mistyped_conditioning_header_is_a_400_not_a_conditioned_holdout(api: ApiServer, si: StandIn) -> None:
-    """Only 'on' and 'off' (any case) mean something: 'false' or '0' meant off to the app that sent it, and
-    was conditioned without a word, which corrupts the holdout arm of an A/B."""
+    """on/off and their usual spellings (true/false, 1/0, yes/no, any case) mean what they say; anything else is
+    a 400: 'false' or '0' meant off to the app that sent it and was conditioned without a word, which
+    corrupts the holdout arm of an A/B."""
     with api.client(api.app_key()) as c:
         bad = [c.post("/v1/chat/completions", headers=headers(**{"X-Attune-Conditioning": v}),
-                      json={"model": "M2-her", "messages": MESSAGES}) for v in ("false", "0", "none")]
+                      json={"model": "M2-her", "messages": MESSAGES}) for v in ("of", "holdout", "2")]
+        spelled = ("OFF", "on", "Off", "false", "0", "no", "None", "disabled", "true", "1", "YES", "enabled")
         good = {v: c.post("/v1/condition", headers=headers(**{"X-Attune-Conditioning": v}),
-                          json={"model": "M2-her", "messages": MESSAGES}) for v in ("OFF", "on", "Off")}
+                          json={"model": "M2-her", "messages": MESSAGES}) for v in spelled}
         wrong_key = httpx.post(f"{api.url}/v1/chat/completions", headers={
-            "Authorization": "Bearer atk_demo_0123456789ab_" + "0" * 64, "X-Attune-Conditioning": "false",
+            "Authorization": "Bearer atk_demo_0123456789ab_" + "0" * 64, "X-Attune-Conditioning": "of",
             "X-Attune-User": "u1"}, json={"model": "M2-her", "messages": MESSAGES})
     for r in bad:
         assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_header", r.text
         assert "'on' or 'off'" in r.json()["error"]["message"]
     assert not si.log  # nothing went upstream
-    assert [good[v].json()["conditioned"] for v in ("OFF", "on", "Off")] == [False, True, False]
+    assert [good[v].json()["conditioned"] for v in spelled] == [False, True, False, False, False, False, False,
+                                                                 False, True, True, True, True]
     assert wrong_key.status_code == 401  # the key's verdict comes first, as for a bad body

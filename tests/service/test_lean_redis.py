@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import redis
+import uvloop
 
 from service import keys
 from service.embedded import redis_executable
@@ -147,21 +148,27 @@ def test_lean_client_reports_an_outage_as_store_unavailable() -> None:
 
 
 def test_a_stalled_connection_is_replaced_and_a_failed_connect_fails_the_next_calls_fast() -> None:
-    # A peer that accepts and then says nothing (a connection a NAT or firewall dropped silently).
+    # A peer that accepts and then says nothing (a connection a NAT or firewall dropped silently, a hung
+    # Redis): after one call waited TIMEOUT, the calls of the next FAIL_FAST seconds fail at once (each would
+    # wait again on a new connection); then a call tries a new connection, never the one that stalled.
     accepted: list[Any] = []
 
     async def run() -> tuple[list[str], int, str]:
         server = await asyncio.start_server(lambda r, w: accepted.append(w), "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         lean = LeanRedis("127.0.0.1", port)
-        lean.TIMEOUT = 0.3
+        lean.TIMEOUT, lean.FAIL_FAST = 0.3, 0.5
         outcomes = []
-        for _ in range(2):
+        for pause in (0.0, 0.0, 0.6):
+            await asyncio.sleep(pause)
+            started = time.monotonic()
             try:
                 await lean.evalsha("0" * 40, 0)
                 outcomes.append("answered")
             except TimeoutError:
                 outcomes.append("timeout")
+            except ConnectionError:
+                outcomes.append("fast" if time.monotonic() - started < 0.1 else "slow")
         connections = len(accepted)
         await lean.aclose()
         server.close()
@@ -175,9 +182,35 @@ def test_a_stalled_connection_is_replaced_and_a_failed_connect_fails_the_next_ca
         return outcomes, connections, str(fast.value)
 
     outcomes, connections, message = asyncio.run(run())
-    assert outcomes == ["timeout", "timeout"]
-    assert connections == 2, "the second call must not wait on the socket that stalled"
+    assert outcomes == ["timeout", "fast", "timeout"]
+    assert connections == 2, "the third call must not wait on the socket that stalled"
     assert "unreachable a moment ago" in message
+
+
+def test_a_reply_that_came_while_the_loop_was_busy_is_not_a_timeout(redis_url: str,
+                                                                     redis_sync: redis.Redis) -> None:
+    """A process busy longer than TIMEOUT (overload, not a silent Redis) must still take the reply that came
+    meanwhile instead of failing the call: on the API's loop (uvloop) the socket is read before the timer
+    that would expire the call runs. Were it the other way round, a busy second would fail every chat."""
+    redis_sync.set("attune:test:busy", b"here")
+
+    async def run() -> bytes:
+        client = connect(redis_url)
+        lean = LeanRedis.like(client)
+        assert lean is not None
+        lean.TIMEOUT = 0.2
+        try:
+            await lean.eval("return redis.call('GET', KEYS[1])", 1, "attune:test:busy")  # connected
+            call = asyncio.ensure_future(lean.eval("return redis.call('GET', KEYS[1])", 1, "attune:test:busy"))
+            await asyncio.sleep(0)  # the command is written at the end of this turn
+            await asyncio.sleep(0)
+            time.sleep(0.5)  # the loop is blocked past TIMEOUT while the reply arrives
+            return await call
+        finally:
+            await lean.aclose()
+            await client.aclose()
+
+    assert uvloop.run(run()) == b"here"  # the API's loop (service/cli.py)
 
 
 def test_an_idle_connection_is_replaced_before_use(redis_url: str, redis_sync: redis.Redis) -> None:

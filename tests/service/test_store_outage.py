@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import os
 import signal
 import time
@@ -11,10 +12,12 @@ from pathlib import Path
 
 import httpx
 import orjson
+import pytest
 import redis
 
 from service import keys
 from service.embedded import EmbeddedRedis
+from service.metrics import FAIL_OPEN
 from service.standin import running
 from tests.conftest import full_redis, make_settings, start_api
 from tests.service.test_events import ev
@@ -174,3 +177,57 @@ def test_a_chat_fails_open_when_redis_goes_down_for_a_key_it_verified_moments_ag
         assert all(m.get("name") != "reader_preferences" for m in entry["body"]["messages"])
         assert "max_completion_tokens" not in entry["body"]
     assert unknown.status_code == 503 and unknown.json()["error"]["code"] == "store_unavailable"
+
+
+def test_a_key_revoked_before_the_outage_is_not_vouched_for(tmp_path: Path) -> None:
+    """The verdict a chat fails open on must not outlive a revocation made while Redis answered."""
+    server = EmbeddedRedis(tmp_path / "redis")
+    url = server.start()
+    body = {"model": "M2-her", "user": "u1", "messages": [{"role": "user", "name": "User", "content": "Hi"}]}
+    with running(first_byte_ms=0, chunk_ms=0, seed=3) as (_, si_url):
+        api_server, api = start_api(make_settings(url, tmp_path, minimax_base_url=si_url))
+        try:
+            key, kept = api.app_key(("condition",)), api.app_key(("condition", "read"))
+            for k in (key, kept):
+                with api.client(k) as c:
+                    assert c.post("/v1/chat/completions", json=body).status_code == 200
+            with api.admin() as a:
+                assert a.delete(f"/v1/admin/keys/{key.split('_')[2]}").status_code == 200
+            server.stop()
+            with api.client(key) as c:
+                revoked = c.post("/v1/chat/completions", json=body)
+            with api.client(kept) as c:
+                still = c.post("/v1/chat/completions", json=body)
+        finally:
+            api_server.__exit__(None, None, None)
+            server.stop()
+    assert revoked.status_code == 503, revoked.text
+    assert still.status_code == 200 and still.headers["x-attune-conditioned"] == "false"
+
+
+def test_an_outage_is_counted_and_logged_once_per_ten_seconds_not_per_chat(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """At a thousand chats a second, a log line each would flood the logs: one line per reason per 10 s says
+    how many went the same way, and attune_gateway_fail_open_total counts every one."""
+    from service import gateway as gw  # noqa: PLC0415
+
+    gw._FAIL_OPEN_LOGGED.clear()
+    before = FAIL_OPEN.labels("store_unavailable")._value.get()
+    server = EmbeddedRedis(tmp_path / "redis")
+    url = server.start()
+    body = {"model": "M2-her", "user": "u1", "messages": [{"role": "user", "name": "User", "content": "Hi"}]}
+    with running(first_byte_ms=0, chunk_ms=0, seed=3) as (_, si_url):
+        api_server, api = start_api(make_settings(url, tmp_path, minimax_base_url=si_url))
+        try:
+            with api.client(api.app_key(("condition",))) as c:
+                assert c.post("/v1/chat/completions", json=body).status_code == 200
+                server.stop()
+                with caplog.at_level(logging.WARNING, logger="attune.gateway"):
+                    codes = [c.post("/v1/chat/completions", json=body).status_code for _ in range(20)]
+        finally:
+            api_server.__exit__(None, None, None)
+            server.stop()
+    assert codes == [200] * 20
+    assert FAIL_OPEN.labels("store_unavailable")._value.get() - before == 20
+    lines = [r for r in caplog.records if "fail open" in r.getMessage()]
+    assert len(lines) == 1 and "1 chat(s) since" in lines[0].getMessage()
