@@ -74,23 +74,29 @@ def add_docs(app: FastAPI) -> None:
     """/docs (Swagger UI) and /redoc from files shipped with the package (fastapi-offline's), not from a CDN:
     FastAPI's default pages load their scripts from cdn.jsdelivr.net and stay blank on a machine without
     internet, where operators of such a service often are."""
-    import fastapi_offline  # noqa: PLC0415
-
-    static = Path(fastapi_offline.__file__).parent / "static"
-    app.mount(DOCS_ASSETS, StaticFiles(directory=static), name="docs-assets")
+    swagger: dict[str, str] = {}
+    redoc: dict[str, str] = {}
+    try:
+        import fastapi_offline  # noqa: PLC0415
+    except ImportError:  # a checkout updated without `make install`: the API must still start
+        log.warning("fastapi-offline is not installed (run `make install`): /docs and /redoc load from a CDN")
+    else:
+        static = Path(fastapi_offline.__file__).parent / "static"
+        app.mount(DOCS_ASSETS, StaticFiles(directory=static), name="docs-assets")
+        swagger = {"swagger_js_url": f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                   "swagger_css_url": f"{DOCS_ASSETS}/swagger-ui.css",
+                   "swagger_favicon_url": f"{DOCS_ASSETS}/favicon.png"}
+        redoc = {"redoc_js_url": f"{DOCS_ASSETS}/redoc.standalone.js",
+                 "redoc_favicon_url": f"{DOCS_ASSETS}/favicon.png"}
 
     @app.get("/docs", include_in_schema=False)
-    async def swagger() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="Attune - API docs",
-                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
-                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
-                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png")
+    async def swagger_page() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="Attune - API docs", **swagger)
 
     @app.get("/redoc", include_in_schema=False)
-    async def redoc() -> HTMLResponse:
+    async def redoc_page() -> HTMLResponse:
         return get_redoc_html(openapi_url="/openapi.json", title="Attune - API reference",
-                              redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
-                              redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png", with_google_fonts=False)
+                              with_google_fonts=False, **redoc)
 
 
 def create_app(settings: Settings | None = None, serving: bool = False) -> FastAPI:

@@ -67,8 +67,9 @@ def _unsupported_redis(url: str) -> str | None:
     return asyncio.run(go())
 
 
-def _settings_problems() -> list[str]:
-    """What is wrong with the ATTUNE_* variables, one line each, said before anything starts."""
+def settings_problems() -> list[str]:
+    """What is wrong with the ATTUNE_* variables, one line each, said before anything starts (also by the
+    entry points run without `attune`: `python -m workers`, `python -m service.supervisor`)."""
     from service.settings import SettingsError, get_settings  # noqa: PLC0415
 
     try:
@@ -146,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in PROGRAMS:
         return _exec_module(PROGRAMS[argv[0]], argv[1:])
     args = build_parser().parse_args(argv)
-    if args.command in ("serve", "worker", "run", "keys") and (problems := _settings_problems()):
+    if args.command in ("serve", "worker", "run", "keys") and (problems := settings_problems()):
         for line in problems:
             print(f"[attune] {line}", file=sys.stderr)
         return 2

@@ -225,4 +225,10 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    from service.cli import settings_problems  # noqa: PLC0415
+
+    if problems := settings_problems():
+        for line in problems:
+            print(f"[attune] {line}", file=sys.stderr)
+        raise SystemExit(2)
     raise SystemExit(main())

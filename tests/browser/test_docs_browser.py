@@ -43,3 +43,28 @@ def test_redoc_renders_offline(page: Page, api: ApiServer, console_errors: Conso
     # ReDoc's own "API docs by Redocly" badge is an image from its CDN: decoration, the page works without it.
     assert [u for u in refused if not u.startswith("https://cdn.redoc.ly/redoc/logo")] == []
     assert [e for e in console_errors if "Failed to load resource" not in e or not refused] == []
+
+
+def test_without_the_package_the_api_still_starts_and_docs_fall_back_to_the_cdn(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkout updated without `make install` lacks fastapi-offline: the docs page must not take the API
+    down with it."""
+    import builtins  # noqa: PLC0415
+
+    from fastapi import FastAPI  # noqa: PLC0415
+    from fastapi.testclient import TestClient  # noqa: PLC0415
+
+    from service.app import add_docs  # noqa: PLC0415
+
+    real = builtins.__import__
+
+    def no_offline(name: str, *args: object, **kw: object) -> object:
+        if name == "fastapi_offline":
+            raise ImportError(name)
+        return real(name, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(builtins, "__import__", no_offline)
+    app = FastAPI(docs_url=None, redoc_url=None)
+    add_docs(app)
+    page = TestClient(app).get("/docs")
+    assert page.status_code == 200 and "cdn.jsdelivr.net" in page.text

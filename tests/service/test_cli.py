@@ -27,3 +27,16 @@ def test_a_bad_setting_is_one_line_and_exit_code_2_not_a_traceback(
     assert "Traceback" not in done.stderr and done.stdout == ""
     [line] = done.stderr.splitlines()
     assert line.startswith(f"[attune] {name}={value!r}: ") and f"e.g. {name}=" in line, line
+
+
+@pytest.mark.parametrize("module", ["workers", "service.supervisor"])
+def test_the_entry_points_run_without_attune_refuse_bad_settings_the_same_way(module: str) -> None:
+    """`python -m workers` (the README's other way to start a worker) and the supervisor module printed a
+    pydantic traceback."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ATTUNE_", "MINIMAX_"))}
+    done = subprocess.run([sys.executable, "-m", module], cwd=ROOT, env={**env, "ATTUNE_PARTITIONS": "abc"},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith("[attune] ATTUNE_PARTITIONS='abc': "), line
