@@ -14,6 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
+MIN_ADMIN_KEY = 16
+SECRETS = ("admin_key", "minimax_api_key")
+
+
 class UpstreamTimeout(BaseModel):
     """M2-her timeouts in seconds (env ATTUNE_UPSTREAM_TIMEOUT as JSON, e.g. {"first_byte": 20})."""
 
@@ -86,6 +90,15 @@ class Settings(BaseSettings):
     # model's replies confirms models/profile.py MEASURED_CONFUSION; the pacing asked for is used alone then.
     pacing_from_text: bool = True
 
+    @field_validator("admin_key")
+    @classmethod
+    def _strong(cls, value: SecretStr | None) -> SecretStr | None:
+        # The admin key opens every app's data: one a person can guess is no key. `make run` makes a 43-char one.
+        if value is not None and len(value.get_secret_value()) < MIN_ADMIN_KEY:
+            raise ValueError(f"shorter than {MIN_ADMIN_KEY} characters, guessable; make one with "
+                             "`openssl rand -hex 24`, or leave it unset and `make run` makes one")
+        return value
+
     @field_validator("upstream_timeout", "upstream_retry", mode="before")
     @classmethod
     def _json(cls, value: Any) -> Any:
@@ -103,7 +116,7 @@ class Settings(BaseSettings):
     def masked(self) -> dict[str, object]:
         """A view safe for logs: secrets shown as set or unset only."""
         out = self.model_dump()
-        for name in ("admin_key", "minimax_api_key"):
+        for name in SECRETS:
             out[name] = "***" if getattr(self, name) else None
         out["redis_url"] = redact_url(self.redis_url) if self.redis_url else None
         return out
@@ -135,6 +148,8 @@ def _problem(error: dict[str, Any]) -> str:
     if field not in Settings.model_fields:
         return f"settings: {error['msg']}"
     name = env_name(field)
+    if field in SECRETS:  # never its value, not even in an error
+        return f"{name}: {error['msg'].removeprefix('Value error, ')}"
     value = os.environ.get(name)
     shown = f"{name}={value!r}" if value is not None else name
     default = Settings.model_fields[field].default

@@ -40,3 +40,16 @@ def test_the_entry_points_run_without_attune_refuse_bad_settings_the_same_way(mo
     assert "Traceback" not in done.stderr
     [line] = done.stderr.splitlines()
     assert line.startswith("[attune] ATTUNE_PARTITIONS='abc': "), line
+
+
+def test_a_guessable_admin_key_is_refused_without_showing_it() -> None:
+    """ATTUNE_ADMIN_KEY=abc opened every app's data to anyone who guessed it; the refusal names the variable,
+    never its value."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ATTUNE_", "MINIMAX_"))}
+    done = subprocess.run([sys.executable, "-m", "service.cli", "serve"], cwd=ROOT,
+                          env={**env, "ATTUNE_ADMIN_KEY": "hunter2-secret"}, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith("[attune] ATTUNE_ADMIN_KEY: shorter than 16 characters") and "openssl rand" in line
+    assert "hunter2" not in done.stderr + done.stdout
