@@ -174,9 +174,21 @@ class Reply(Response):
                 self.after()
 
 
-def _error_reply(exc: AttuneError) -> Reply:
+# Attune's own errors on the native route also carry M2-her's `base_resp`, with the MiniMax code of the same
+# meaning (docs/m2her-api.md), so a client that checks base_resp.status_code (as MiniMax's samples do) sees
+# the failure and whether to retry it; `error` stays for clients of Attune's other routes.
+MINIMAX_CODES = {400: 2013, 401: 1004, 403: 1004, 404: 2013, 408: 1001, 413: 2013, 422: 2013, 429: 1002,
+                 431: 2013, 500: 1000, 502: 1000, 503: 1033, 504: 1001}
+
+
+def _error_reply(exc: AttuneError, native: bool = False) -> Reply:
     headers = [(k.lower().encode("latin-1"), str(v).encode("latin-1")) for k, v in exc.headers.items()]
-    return Reply(orjson.dumps(exc.body()), exc.status, headers)
+    body = exc.body()
+    if native:
+        message = body.get("error", {}).get("message", "")
+        code = MINIMAX_CODES.get(exc.status, 1000)
+        body = {**body, "base_resp": {"status_code": code, "status_msg": message}}
+    return Reply(orjson.dumps(body), exc.status, headers)
 
 
 async def _prepare(request: Request) -> Call:
@@ -341,7 +353,7 @@ class FastPath:
         try:
             response = await handler(_Request(scope, receive))
         except AttuneError as exc:
-            response = _error_reply(exc)
+            response = _error_reply(exc, native=name == "chat_native")
         except Exception as exc:  # noqa: BLE001 - rendered as app.py's 500 handler renders it
             logging.getLogger("attune.api").exception("unexpected error: %s", type(exc).__name__)
             response = Reply(self.INTERNAL, 500)

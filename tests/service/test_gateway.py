@@ -748,3 +748,22 @@ def test_a_mistyped_conditioning_header_is_a_400_not_a_conditioned_holdout(api: 
     assert [good[v].json()["conditioned"] for v in spelled] == [False, True, False, False, False, False, False,
                                                                  False, True, True, True, True]
     assert wrong_key.status_code == 401  # the key's verdict comes first, as for a bad body
+
+
+def test_attunes_own_errors_on_the_native_route_carry_base_resp(api: ApiServer, si: StandIn) -> None:
+    """A MiniMax client checks base_resp.status_code: Attune's own refusals on the native route carry it too,
+    with the MiniMax code of the same meaning (2013 invalid parameters, 1004 bad key, 1002 rate limit)."""
+    native = "/v1/text/chatcompletion_v2"
+    with api.client(api.app_key()) as c:
+        no_user = c.post(native, json={"model": "M2-her", "messages": MESSAGES})
+        bad_header = c.post(native, headers=headers(**{"X-Attune-Conditioning": "maybe"}),
+                            json={"model": "M2-her", "messages": MESSAGES})
+        openai_route = c.post("/v1/chat/completions", json={"model": "M2-her", "messages": MESSAGES})
+    wrong = {"Authorization": "Bearer atk_demo_0123456789ab_" + "0" * 64, **headers()}
+    bad_key = httpx.post(f"{api.url}{native}", headers=wrong, json={"model": "M2-her", "messages": MESSAGES})
+    for r, status, code in ((no_user, 400, 2013), (bad_header, 400, 2013), (bad_key, 401, 1004)):
+        body = r.json()
+        assert r.status_code == status and body["base_resp"]["status_code"] == code, r.text
+        assert body["base_resp"]["status_msg"] == body["error"]["message"] and body["error"]["code"]
+    assert "base_resp" not in openai_route.json() and openai_route.json()["error"]["code"] == "user_required"
+    assert not si.log
