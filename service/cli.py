@@ -79,6 +79,14 @@ def settings_problems() -> list[str]:
     return []
 
 
+def refuse_bad_settings() -> bool:
+    """Print settings_problems() to stderr, one line each; whether there were any (the caller exits 2)."""
+    problems = settings_problems()
+    for line in problems:
+        print(f"[attune] {line}", file=sys.stderr)
+    return bool(problems)
+
+
 def _exec_module(module: str, extra: Sequence[str]) -> int:
     os.execv(sys.executable, [sys.executable, "-m", module, *extra])
     return 0  # not reached
@@ -147,9 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in PROGRAMS:
         return _exec_module(PROGRAMS[argv[0]], argv[1:])
     args = build_parser().parse_args(argv)
-    if args.command in ("serve", "worker", "run", "keys") and (problems := settings_problems()):
-        for line in problems:
-            print(f"[attune] {line}", file=sys.stderr)
+    if args.command in ("serve", "worker", "run", "keys") and refuse_bad_settings():
         return 2
     if args.command == "serve":
         return _serve(args)

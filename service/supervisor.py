@@ -225,10 +225,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    from service.cli import settings_problems  # noqa: PLC0415
+    from service.cli import refuse_bad_settings  # noqa: PLC0415
 
-    if problems := settings_problems():
-        for line in problems:
-            print(f"[attune] {line}", file=sys.stderr)
+    if refuse_bad_settings():
         raise SystemExit(2)
     raise SystemExit(main())

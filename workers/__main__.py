@@ -67,11 +67,9 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
-    from service.cli import settings_problems  # noqa: PLC0415
+    from service.cli import refuse_bad_settings  # noqa: PLC0415
 
-    if problems := settings_problems():
-        for line in problems:
-            print(f"[attune] {line}", file=sys.stderr)
+    if refuse_bad_settings():
         sys.exit(2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tune_gc()

@@ -185,9 +185,8 @@ def _error_reply(exc: AttuneError, native: bool = False) -> Reply:
     headers = [(k.lower().encode("latin-1"), str(v).encode("latin-1")) for k, v in exc.headers.items()]
     body = exc.body()
     if native:
-        message = body.get("error", {}).get("message", "")
         code = MINIMAX_CODES.get(exc.status, 1000)
-        body = {**body, "base_resp": {"status_code": code, "status_msg": message}}
+        body = {**body, "base_resp": {"status_code": code, "status_msg": exc.message}}
     return Reply(orjson.dumps(body), exc.status, headers)
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import os
 import signal
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -18,8 +20,8 @@ import redis
 from service import keys
 from service.embedded import EmbeddedRedis
 from service.metrics import FAIL_OPEN
-from service.standin import running
-from tests.conftest import full_redis, make_settings, start_api
+from service.standin import StandIn, running
+from tests.conftest import ApiServer, full_redis, make_settings, start_api
 from tests.service.test_events import ev
 
 
@@ -134,39 +136,49 @@ def test_a_redis_that_refuses_the_password_is_named_in_the_503(tmp_path: Path) -
         server.stop()
 
 
+SHORT_CHAT = {"model": "M2-her", "user": "u1", "messages": [{"role": "user", "name": "User", "content": "Hi"}]}
+
+
+@contextlib.contextmanager
+def gateway_on_own_redis(tmp_path: Path) -> Iterator[tuple[EmbeddedRedis, str, ApiServer, StandIn]]:
+    """An API on an embedded Redis of its own (the test may stop or hang it) with the stand-in as M2-her."""
+    server = EmbeddedRedis(tmp_path / "redis")
+    url = server.start()
+    with running(first_byte_ms=0, chunk_ms=0, seed=3) as (si, si_url):
+        api_server, api = start_api(make_settings(url, tmp_path, minimax_base_url=si_url))
+        try:
+            yield server, url, api, si
+        finally:
+            api_server.__exit__(None, None, None)
+            server.stop()
+
+
 def test_a_chat_fails_open_when_redis_goes_down_for_a_key_it_verified_moments_ago(tmp_path: Path) -> None:
     """Contract: conditioning fails open, never an error for the chat; issue 4: "if Redis or the profile cannot
     be read, the chat still goes out unconditioned". The key check needs Redis too: a key the store verified
     moments ago stands on that verdict; a key never verified still gets the 503, and a hung Redis holds the
     chat about a second (the chat path's Redis connection gives up then: LeanRedis.TIMEOUT), not 3 s."""
-    server = EmbeddedRedis(tmp_path / "redis")
-    url = server.start()
     body = {"model": "M2-her", "user": "u1",
             "messages": [{"role": "system", "name": "Mira", "content": "You are Mira."},
                          {"role": "user", "name": "User", "content": "Where does the map lead?"}]}
-    with running(first_byte_ms=0, chunk_ms=0, seed=3) as (si, si_url):
-        api_server, api = start_api(make_settings(url, tmp_path, minimax_base_url=si_url))
-        try:
-            key, other = api.app_key(("condition",)), api.app_key(("condition", "read"))
-            with api.client(key) as c:
-                first = c.post("/v1/chat/completions", json=body)
-                assert first.status_code == 200 and first.headers["x-attune-conditioned"] == "true", first.text
-                pid = int(redis.Redis.from_url(url).info("server")["process_id"])
-                os.kill(pid, signal.SIGSTOP)  # hung: connects hang too, nothing is refused
-                try:
-                    started = time.monotonic()
-                    hung = c.post("/v1/chat/completions", json=body)
-                    waited = time.monotonic() - started
-                finally:
-                    os.kill(pid, signal.SIGCONT)
-                server.stop()  # gone: refused at once
-                gone = c.post("/v1/chat/completions", json={**body, "stream": True})
-                native = c.post("/v1/text/chatcompletion_v2", json=body)
-            with api.client(other) as c:  # created, never used: no verdict to go on
-                unknown = c.post("/v1/chat/completions", json=body)
-        finally:
-            api_server.__exit__(None, None, None)
-            server.stop()
+    with gateway_on_own_redis(tmp_path) as (server, url, api, si):
+        key, other = api.app_key(("condition",)), api.app_key(("condition", "read"))
+        with api.client(key) as c:
+            first = c.post("/v1/chat/completions", json=body)
+            assert first.status_code == 200 and first.headers["x-attune-conditioned"] == "true", first.text
+            pid = int(redis.Redis.from_url(url).info("server")["process_id"])
+            os.kill(pid, signal.SIGSTOP)  # hung: connects hang too, nothing is refused
+            try:
+                started = time.monotonic()
+                hung = c.post("/v1/chat/completions", json=body)
+                waited = time.monotonic() - started
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            server.stop()  # gone: refused at once
+            gone = c.post("/v1/chat/completions", json={**body, "stream": True})
+            native = c.post("/v1/text/chatcompletion_v2", json=body)
+        with api.client(other) as c:  # created, never used: no verdict to go on
+            unknown = c.post("/v1/chat/completions", json=body)
     for r in (hung, gone, native):
         assert r.status_code == 200 and r.headers["x-attune-conditioned"] == "false", r.text
         assert r.headers["x-attune-reply-id"]
@@ -181,26 +193,18 @@ def test_a_chat_fails_open_when_redis_goes_down_for_a_key_it_verified_moments_ag
 
 def test_a_key_revoked_before_the_outage_is_not_vouched_for(tmp_path: Path) -> None:
     """The verdict a chat fails open on must not outlive a revocation made while Redis answered."""
-    server = EmbeddedRedis(tmp_path / "redis")
-    url = server.start()
-    body = {"model": "M2-her", "user": "u1", "messages": [{"role": "user", "name": "User", "content": "Hi"}]}
-    with running(first_byte_ms=0, chunk_ms=0, seed=3) as (_, si_url):
-        api_server, api = start_api(make_settings(url, tmp_path, minimax_base_url=si_url))
-        try:
-            key, kept = api.app_key(("condition",)), api.app_key(("condition", "read"))
-            for k in (key, kept):
-                with api.client(k) as c:
-                    assert c.post("/v1/chat/completions", json=body).status_code == 200
-            with api.admin() as a:
-                assert a.delete(f"/v1/admin/keys/{key.split('_')[2]}").status_code == 200
-            server.stop()
-            with api.client(key) as c:
-                revoked = c.post("/v1/chat/completions", json=body)
-            with api.client(kept) as c:
-                still = c.post("/v1/chat/completions", json=body)
-        finally:
-            api_server.__exit__(None, None, None)
-            server.stop()
+    with gateway_on_own_redis(tmp_path) as (server, _, api, _):
+        key, kept = api.app_key(("condition",)), api.app_key(("condition", "read"))
+        for k in (key, kept):
+            with api.client(k) as c:
+                assert c.post("/v1/chat/completions", json=SHORT_CHAT).status_code == 200
+        with api.admin() as a:
+            assert a.delete(f"/v1/admin/keys/{key.split('_')[2]}").status_code == 200
+        server.stop()
+        with api.client(key) as c:
+            revoked = c.post("/v1/chat/completions", json=SHORT_CHAT)
+        with api.client(kept) as c:
+            still = c.post("/v1/chat/completions", json=SHORT_CHAT)
     assert revoked.status_code == 503, revoked.text
     assert still.status_code == 200 and still.headers["x-attune-conditioned"] == "false"
 
@@ -213,20 +217,12 @@ def test_an_outage_is_counted_and_logged_once_per_ten_seconds_not_per_chat(
 
     gw._FAIL_OPEN_LOGGED.clear()
     before = FAIL_OPEN.labels("store_unavailable")._value.get()
-    server = EmbeddedRedis(tmp_path / "redis")
-    url = server.start()
-    body = {"model": "M2-her", "user": "u1", "messages": [{"role": "user", "name": "User", "content": "Hi"}]}
-    with running(first_byte_ms=0, chunk_ms=0, seed=3) as (_, si_url):
-        api_server, api = start_api(make_settings(url, tmp_path, minimax_base_url=si_url))
-        try:
-            with api.client(api.app_key(("condition",))) as c:
-                assert c.post("/v1/chat/completions", json=body).status_code == 200
-                server.stop()
-                with caplog.at_level(logging.WARNING, logger="attune.gateway"):
-                    codes = [c.post("/v1/chat/completions", json=body).status_code for _ in range(20)]
-        finally:
-            api_server.__exit__(None, None, None)
+    with gateway_on_own_redis(tmp_path) as (server, _, api, _):
+        with api.client(api.app_key(("condition",))) as c:
+            assert c.post("/v1/chat/completions", json=SHORT_CHAT).status_code == 200
             server.stop()
+            with caplog.at_level(logging.WARNING, logger="attune.gateway"):
+                codes = [c.post("/v1/chat/completions", json=SHORT_CHAT).status_code for _ in range(20)]
     assert codes == [200] * 20
     assert FAIL_OPEN.labels("store_unavailable")._value.get() - before == 20
     lines = [r for r in caplog.records if "fail open" in r.getMessage()]
