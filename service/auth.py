@@ -21,7 +21,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from service import keys
-from service.errors import BadRequest, Forbidden, RateLimited, Unauthorized
+from service.errors import BadRequest, Forbidden, NotFound, RateLimited, StoreUnavailable, Unauthorized
 from service.settings import Settings
 from service.store import KeyCheck, Store
 
@@ -219,17 +219,34 @@ async def authenticate(request: Request, scope: str, cost: int = 1) -> Principal
     """Who is calling, with the scope checked and the call counted against the app's rate limit."""
     key = app_key(request)
     if key is None:
-        return _bind_admin(request)
+        return await _bind_admin(request)
     store: Store = request.app.state.store
     check = await store.check_key(key.app, key.key_id, key.secret_hash, max(1, cost),
                                   request.app.state.settings.rate_limit_per_second)
     return admit(key, check, scope, request.app.state.settings)
 
 
-def _bind_admin(request: Request) -> Principal:
-    """The admin key acts on any app: it names one with X-Attune-App (or ?app=) on app routes."""
+async def _bind_admin(request: Request) -> Principal:
+    """The admin key acts on any app: it names one with X-Attune-App (or ?app=) on app routes, an app that
+    exists, so a mistyped name is a 404 instead of a new app no key can read."""
     app = request.headers.get("x-attune-app") or request.query_params.get("app")
-    return Principal(app=check_app_name(app) if app else None, scopes=SCOPES, admin=True)
+    if not app:
+        return Principal(app=None, scopes=SCOPES, admin=True)
+    try:
+        app = await existing_app(request.app.state.store, app)
+    except StoreUnavailable:
+        app = check_app_name(app)  # a typo guard only: the route's own Redis calls decide (a chat fails open)
+    return Principal(app=app, scopes=SCOPES, admin=True)
+
+
+async def existing_app(store: Store, app: str) -> str:
+    """The app's name, checked, if the app has had a key or an event; else a 404 naming the known apps."""
+    app = check_app_name(app)
+    if not await store.app_exists(app):
+        known = await store.apps()
+        raise NotFound(f"no app named {app!r}; known apps: {', '.join(known) or 'none yet'} (an app starts with "
+                       "its first key: POST /v1/admin/apps/{app}/keys)", code="app_not_found")
+    return app
 
 
 def require_app(principal: Principal) -> str:

@@ -522,6 +522,10 @@ class Store:
                             "created_at": d.get("created_at")})
         return out
 
+    async def app_exists(self, app: str) -> bool:
+        """Whether the app has had a key or an event."""
+        return bool(await _guard(self.redis.sismember(keys.APPS, app)))
+
     async def apps(self) -> list[str]:
         return sorted(a.decode() for a in await _guard(self.redis.smembers(keys.APPS)))
 

@@ -4,25 +4,19 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from service import keys, stats
-from service.auth import check_app_name
-from service.errors import BadRequest, NotFound
+from service import stats
+from service.auth import existing_app
+from service.errors import BadRequest
 from service.sessions import Operator
-from service.store import _guard
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
 
 async def known_app(request: Request, app: str | None) -> str:
     """The app named by ?app=, which must exist (have had a key or an event)."""
-    store = request.app.state.store
     if not app:
         raise BadRequest("name an app with ?app=; GET /v1/admin/apps lists them", code="app_required")
-    app = check_app_name(app)
-    if not await _guard(store.redis.sismember(keys.APPS, app)):
-        known = await store.apps()
-        raise NotFound(f"no app named {app!r}; known apps: {', '.join(known) or 'none yet'}", code="app_not_found")
-    return app
+    return await existing_app(request.app.state.store, app)
 
 
 @router.get("/stats", summary="Dashboard figures for one app over a window (15m, 1h, 6h, 24h, 7d)")

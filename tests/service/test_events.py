@@ -302,9 +302,21 @@ def test_admin_key_ingests_for_the_app_it_names(api: ApiServer, redis_sync: redi
     with api.admin() as c:
         r = c.post("/v1/events", json=ev())
         assert r.status_code == 400 and r.json()["error"]["code"] == "app_required"
+        r = c.post("/v1/events", json=ev(), headers={"X-Attune-App": "ops"})  # no such app yet: a typo?
+        assert r.status_code == 404 and r.json()["error"]["code"] == "app_not_found", r.text
+        assert "no app named 'ops'" in r.json()["error"]["message"]
+        assert stored(redis_sync) == []
+        assert c.post("/v1/admin/apps/ops/keys", json={"scopes": ["read"]}).status_code == 201
         r = c.post("/v1/events", json=ev(), headers={"X-Attune-App": "ops"})
         assert r.status_code == 202
+        # a mistyped name reads nothing and creates nothing, on every app route
+        for method, path in (("GET", "/v1/users/u1/profile"), ("DELETE", "/v1/users/u1"),
+                             ("GET", "/v1/users/u1/export"), ("POST", "/v1/chat/completions")):
+            r = c.request(method, path, headers={"X-Attune-App": "opps"}, params={"user": "u1"},
+                          json={"messages": [{"role": "user", "content": "hi"}]} if method == "POST" else None)
+            assert r.status_code == 404 and "known apps: ops" in r.json()["error"]["message"], (path, r.text)
     assert [e["app"] for e in stored(redis_sync)] == ["ops"]
+    assert "opps" not in {a.decode() for a in redis_sync.smembers(keys.APPS)}
 
 
 def test_metrics_count_accepted_duplicate_and_rejected(api: ApiServer) -> None:
