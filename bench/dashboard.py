@@ -11,6 +11,7 @@ Run: .venv/bin/python -m bench.dashboard   (embedded Redis, an API on loopback, 
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -55,6 +56,7 @@ def main() -> None:
     finally:
         server.__exit__(None, None, None)
         server_redis.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 CHROMIUM = os.environ.get("ATTUNE_CHROMIUM", "/usr/bin/chromium")

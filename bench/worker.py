@@ -20,6 +20,7 @@ import asyncio
 import os
 import secrets
 import signal
+import shutil
 import socket
 import subprocess
 import sys
@@ -254,6 +255,8 @@ def main() -> int:
     finally:
         r.close()
         server.stop()
+        if sys.exc_info()[0] is None:  # kept after a failure: its messages point at the log in it
+            shutil.rmtree(tmp, ignore_errors=True)  # the run's Redis data and log (~45 MB)
 
 
 def free_port() -> int:
