@@ -71,7 +71,8 @@ async def login(request: Request) -> Response:
     body = await read_body(request, 4096, "the login form holds one key")
     typed = (parse_qs(body.decode(errors="replace")).get("key") or [""])[0].strip()
     if not sessions.is_admin_key(request, typed):
-        await sessions.record_failure(store, ip)
+        if typed:  # an empty form guesses nothing: it does not bring the lockout closer
+            await sessions.record_failure(store, ip)
         message = ("this is an app key: the dashboard needs the admin key (ATTUNE_ADMIN_KEY)" if typed.startswith("atk_")
                    else "wrong admin key: use the value of ATTUNE_ADMIN_KEY (make run prints it)" if typed
                    else "type the admin key")

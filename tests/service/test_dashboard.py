@@ -71,6 +71,9 @@ def test_wrong_key_gets_a_clear_message_and_is_rate_limited_per_ip(api: ApiServe
         assert r.status_code == 401 and "wrong admin key" in r.text and COOKIE not in r.headers.get("set-cookie", "")
         r = c.post("/dashboard/login", data={"key": app_key})
         assert r.status_code == 401 and "this is an app key" in r.text
+        for _ in range(LOGIN_FAILURES_PER_MINUTE):  # empty forms: a message, never a lockout
+            r = c.post("/dashboard/login", data={"key": "  "})
+            assert r.status_code == 401 and "type the admin key" in r.text
         for _ in range(LOGIN_FAILURES_PER_MINUTE - 2):
             assert c.post("/dashboard/login", data={"key": "guess"}).status_code == 401
         r = c.post("/dashboard/login", data={"key": ADMIN_KEY})  # even the right key waits once locked
