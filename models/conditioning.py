@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from scipy.special import betainc
 
+from models.features import CHARS_PER_TOKEN
 from models.profile import dialogue_balance, pacing_repeat
 
 PACING = ("slow_burn", "balanced", "fast")
@@ -58,7 +59,6 @@ MIN_LENGTH_CONFIDENCE = 0.3
 MIN_SIGMA, MAX_SIGMA = 0.03, 0.05
 DEFAULT_BAND = (math.log(1.25), math.log(1 / 0.75))
 _NORMAL = NormalDist()
-CHARS_PER_TOKEN = 4.0  # role-play English on M2-her; headroom covers the spread
 HEADROOM = 1.5  # max_completion_tokens leaves room above the target: cut replies read badly
 MIN_TARGET, MAX_TARGET = 40, 6000
 MAX_COMPLETION_TOKENS = 2048
@@ -324,8 +324,9 @@ def _mass(below: float, above: float, sigma: float) -> float:
     return cdf(above / sigma) - cdf(-below / sigma)
 
 
-def max_tokens_for(target_chars: int) -> int:
-    return int(min(MAX_COMPLETION_TOKENS, max(16, math.ceil(target_chars * HEADROOM / CHARS_PER_TOKEN))))
+def max_tokens_for(target_chars: int, per_token: float = CHARS_PER_TOKEN) -> int:
+    """The token budget of a reply of about target_chars characters, of per_token characters per token."""
+    return int(min(MAX_COMPLETION_TOKENS, max(16, math.ceil(target_chars * HEADROOM / per_token))))
 
 
 def render_note(pacing: str, target_chars: int | None, dialogue: str | None = None) -> str:

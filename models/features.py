@@ -29,6 +29,21 @@ SLOW_SCORE = 12.25  # words per sentence + SLOW_WORD_WEIGHT * (mean word length 
 SLOW_WORD_WEIGHT = 3.0
 PLAIN_WORD_LENGTH = 4.2
 PACING_MIN_WORDS = 12
+# Chinese, Japanese and Korean: sentences end at 。！？ (or ! ?, …), words are not spaced, so the length of a
+# sentence is counted in characters; read off the stand-in's Chinese voices like the thresholds above.
+_CJK = re.compile("[\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+_CJK_ENDS = re.compile(r"[。！？!?]+|…+")
+CJK_FAST_CHARS_PER_SENTENCE = 8.0
+CJK_EXCLAIMED_CHARS_PER_SENTENCE = 12.0  # exclaimed, and short: a long reply's one shout is not fast prose
+CJK_SLOW_CHARS_PER_SENTENCE = 19.0
+PACING_MIN_CJK = 24  # characters: about PACING_MIN_WORDS words
+# Tokens, for the budget of a reply (max_completion_tokens): role-play English holds about 4 characters per
+# token on M2-her; Chinese, Japanese and Korean 1.3-2 on current tokenizers (DeepSeek documents ~1.7 for
+# Chinese). The low end, as a budget that cuts a reply reads worse than a loose one: with English's 4, a
+# Chinese reader's 300-character target got a budget of about 170 characters and every reply was cut.
+CHARS_PER_TOKEN = 4.0
+CJK_CHARS_PER_TOKEN = 1.3
+_CJK_WIDE = re.compile("[\u1100-\u11ff\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")  # and their punctuation
 
 
 def reply_features(text: str) -> dict[str, float | int | bool | str]:
@@ -47,7 +62,18 @@ def reply_features(text: str) -> dict[str, float | int | bool | str]:
     pacing = pacing_of(text)
     if pacing is not None:
         out["pacing"] = pacing
+    if not text.isascii() and (cpt := chars_per_token(text)) < CHARS_PER_TOKEN:
+        out["chars_per_token"] = round(cpt, 2)  # Chinese, Japanese or Korean in it: the reader's budget differs
     return out
+
+
+def chars_per_token(text: str) -> float:
+    """Characters per token of text like this: CHARS_PER_TOKEN for Latin-script prose, CJK_CHARS_PER_TOKEN
+    for Chinese, Japanese or Korean, the harmonic mix for a mixed text."""
+    if text.isascii():
+        return CHARS_PER_TOKEN
+    cjk = len(_CJK_WIDE.findall(text))
+    return len(text) / (cjk / CJK_CHARS_PER_TOKEN + (len(text) - cjk) / CHARS_PER_TOKEN)
 
 
 def _mostly_latin(text: str) -> bool:
@@ -62,9 +88,11 @@ def _mostly_latin(text: str) -> bool:
 def pacing_of(text: str) -> str | None:
     """`slow_burn`, `balanced` or `fast` from the sentences' length, their words' length and how many end in
     '!'; None when the text has fewer than PACING_MIN_WORDS words (a line or two says little about pace) or
-    is not mostly in Latin letters."""
+    is in neither Latin letters nor mostly Chinese, Japanese or Korean characters (_cjk_pacing)."""
+    if not _mostly_latin(text):
+        return _cjk_pacing(text)
     words = text.split()
-    if len(words) < PACING_MIN_WORDS or not _mostly_latin(text):
+    if len(words) < PACING_MIN_WORDS:
         return None
     bare = text
     for mark in _CLOSERS:
@@ -80,3 +108,19 @@ def pacing_of(text: str) -> str | None:
     if per_sentence + SLOW_WORD_WEIGHT * (word_length - PLAIN_WORD_LENGTH) >= SLOW_SCORE:
         return "slow_burn"
     return "balanced"
+
+
+def _cjk_pacing(text: str) -> str | None:
+    """pacing_of for Chinese, Japanese or Korean prose: characters per sentence and the share of sentences
+    ending in ！; None under PACING_MIN_CJK such characters or when they are under half of the text."""
+    chars = len(_CJK.findall(text))
+    if chars < PACING_MIN_CJK or chars < 0.5 * len(text.replace(" ", "")):
+        return None
+    ends = _CJK_ENDS.findall(text)
+    sentences = max(len(ends), 1)
+    exclaimed = sum(1 for e in ends if "！" in e or "!" in e)
+    per_sentence = chars / sentences
+    if per_sentence <= CJK_FAST_CHARS_PER_SENTENCE or (
+            exclaimed / sentences >= FAST_EXCLAIMED_SHARE and per_sentence <= CJK_EXCLAIMED_CHARS_PER_SENTENCE):
+        return "fast"
+    return "slow_burn" if per_sentence >= CJK_SLOW_CHARS_PER_SENTENCE else "balanced"

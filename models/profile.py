@@ -134,6 +134,9 @@ class Applier:
             rec["s"] = ev.get("session_id")
         if "pacing" in reply and self.pacing_from_text:
             rec["pm"] = reply["pacing"]  # as measured from its text (models/features.py pacing_of)
+        cpt = get("chars_per_token")  # only replies with Chinese, Japanese or Korean in them have one
+        if cpt is not None or "cpt" in rec:
+            rec["cpt"] = cpt
         cond = ev.get("conditioning")
         if cond and (cond.get("pacing") is not None or cond.get("target_chars") is not None):
             rec["ap"] = {"pacing": cond.get("pacing"), "target_chars": cond.get("target_chars"),
@@ -834,8 +837,9 @@ def character_prior(est: Mapping[str, Any]) -> dict[str, float]:
     return {"mu": est["mu"], "mu_sd": 0.35, "ds": est["ds"], "ds_sd": ds_sd}
 
 
-def render_conditioning(est: Mapping[str, Any], trust: str) -> dict[str, Any]:
-    """The short reader-preference note and token budget; only what is confident enough is said."""
+def render_conditioning(est: Mapping[str, Any], trust: str, per_token: float = CHARS_PER_TOKEN) -> dict[str, Any]:
+    """The short reader-preference note and token budget (per_token: characters per token of the reader's
+    replies); only what is confident enough is said."""
     parts = []
     if trust == "normal":
         if est["len_conf"] >= 0.4:
@@ -850,8 +854,16 @@ def render_conditioning(est: Mapping[str, Any], trust: str) -> dict[str, Any]:
         if est["hook"] >= 0.8:
             parts.append("end on a hook")
     instructions = ("Reader preference: " + "; ".join(parts) + ".") if parts else ""
-    tokens = int(math.ceil(est["target"] * TOKEN_HEADROOM / CHARS_PER_TOKEN))
+    tokens = int(math.ceil(est["target"] * TOKEN_HEADROOM / per_token))
     return {"instructions": instructions, "max_completion_tokens": max(1, min(2048, tokens))}
+
+
+def replies_chars_per_token(state: Mapping[str, Any], recent: int = 20) -> float:
+    """Characters per token of the user's recent replies: the median of those measured (models/features.py
+    chars_per_token) when most of them were, else CHARS_PER_TOKEN (replies in Latin letters, or no text)."""
+    recs = state["closed"][-recent:]
+    measured = [r["cpt"] for r in recs if r.get("cpt")]
+    return statistics.median(measured) if measured and 2 * len(measured) > len(recs) else CHARS_PER_TOKEN
 
 
 def profile_document(app: str, user_id: str, character_id: str | None, version: int, updated_at: str,
@@ -876,7 +888,7 @@ def profile_document(app: str, user_id: str, character_id: str | None, version: 
         "engagement": {"repeat_rate": r3(est["repeat_rate"]),
                        "repeat_rate_interval": [r3(est["repeat_interval"][0]), r3(est["repeat_interval"][1])]},
         "trust": trust,
-        "conditioning": render_conditioning(est, trust),
+        "conditioning": render_conditioning(est, trust, replies_chars_per_token(state)),
     }
 
 

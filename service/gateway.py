@@ -26,9 +26,9 @@ import orjson
 from redis.asyncio import Redis
 from redis.asyncio.connection import SSLConnection
 
-from models.conditioning import Decision, decide
+from models.conditioning import Decision, decide, max_tokens_for
 from models.events import _ID, ID_RULE
-from models.features import reply_features
+from models.features import chars_per_token, reply_features
 from service import keys
 from service.errors import BadRequest
 from service.metrics import ATTRIBUTION_LOST, FAIL_OPEN
@@ -177,11 +177,22 @@ def condition(body: dict[str, Any], decision: Decision) -> dict[str, Any]:
     messages.insert(last_user, note)
     out = {**body, "messages": messages}
     if decision.max_completion_tokens is not None:
+        budget = decision.max_completion_tokens
+        if decision.target_chars and not (sample := _reply_language_sample(body["messages"])).isascii():
+            budget = max_tokens_for(decision.target_chars, chars_per_token(sample))  # Chinese: more tokens
         asked = body.get("max_completion_tokens")
-        out["max_completion_tokens"] = (
-            min(asked, decision.max_completion_tokens) if asked else decision.max_completion_tokens
-        )
+        out["max_completion_tokens"] = min(asked, budget) if asked else budget
     return out
+
+
+def _reply_language_sample(messages: list[dict[str, Any]]) -> str:
+    """Text in the language the reply will be in: the end of the last assistant message, else of the last
+    user message (the reply follows the conversation, whatever the character card is written in)."""
+    for role in ("assistant", "user"):
+        for m in reversed(messages):
+            if m["role"] == role and m["content"]:
+                return m["content"][-400:]
+    return ""
 
 
 async def load_decision(

@@ -38,6 +38,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from service import standin_zh as zh
+
 PACING = ("slow_burn", "balanced", "fast")
 FOLLOW_PACING = 0.8  # the share of replies that take the requested pacing
 CHARS_PER_TOKEN = 4.0
@@ -150,7 +152,7 @@ _NOTE_LENGTH = re.compile(r"about\s+(\d{1,5})\s+characters", re.I)
 
 def perceived_pacing(text: str) -> str:
     """The pacing a reader would infer from a reply: the voice whose marks dominate it."""
-    scores = {p: len(rx.findall(text)) for p, rx in _MARKS.items()}
+    scores = {p: len(rx.findall(text)) + len(zh.MARKS[p].findall(text)) for p, rx in _MARKS.items()}
     best = max(scores.values())
     if best == 0:
         return "balanced"
@@ -179,6 +181,10 @@ def read_note(messages: list[dict[str, Any]]) -> tuple[str | None, int | None, s
 def compose(messages: list[dict[str, Any]], max_tokens: int | None, rng: random.Random) -> dict[str, Any]:
     """The reply a model might write: pacing and length follow the note imperfectly; cut at max_tokens."""
     asked_pacing, asked_chars, asked_dialogue = read_note(messages)
+    last_user = next((m.get("content") for m in reversed(messages) if m.get("role") == "user"), None)
+    chinese = isinstance(last_user, str) and zh.is_chinese(last_user)  # M2-her answers in the user's language
+    sentences, spoken, hooks, natural = ((zh.SENTENCES, zh.SPOKEN, zh.HOOKS, zh.NATURAL_CHARS) if chinese
+                                         else (SENTENCES, SPOKEN, HOOKS, NATURAL_CHARS))
     # Drawn only when asked, so a reply without that note is the same as before it existed.
     balance = asked_dialogue if asked_dialogue and rng.random() < FOLLOW_DIALOGUE else None
     if asked_pacing in PACING and rng.random() < FOLLOW_PACING:
@@ -190,7 +196,7 @@ def compose(messages: list[dict[str, Any]], max_tokens: int | None, rng: random.
     if asked_chars:
         want = asked_chars * math.exp(rng.gauss(0.0, 0.2))  # follows the asked length, loosely
     else:
-        want = NATURAL_CHARS[pacing] * math.exp(rng.gauss(0.0, 0.45))
+        want = natural[pacing] * math.exp(rng.gauss(0.0, 0.45))
     parts: list[str] = []
     size = 0
     pool: list[str] = []
@@ -198,24 +204,25 @@ def compose(messages: list[dict[str, Any]], max_tokens: int | None, rng: random.
     while size < want - 40 or not parts:
         if balance is not None and rng.random() < SPOKEN_SHARE[balance]:
             if not spoken_pool:
-                lines = SPOKEN[pacing] + [s for s in SENTENCES[pacing] if s.startswith('"')]
+                lines = spoken[pacing] + [s for s in sentences[pacing] if s.startswith(('"', "“"))]
                 spoken_pool = rng.sample(lines, len(lines))
             s = spoken_pool.pop()
         else:
             if not pool:  # each sentence once before any repeats, like a model that does not loop
-                voice = SENTENCES[pacing]
+                voice = sentences[pacing]
                 if balance is not None:  # its spoken lines come from the other pool
-                    voice = [s for s in voice if not s.startswith('"')]
+                    voice = [s for s in voice if not s.startswith(('"', "“"))]
                 pool = rng.sample(voice, len(voice))
             s = pool.pop()
         parts.append(s)
-        size += len(s) + 1
+        size += len(s) + (not chinese)
     if rng.random() < 0.5 and balance != "mostly_narration":  # the hooks are spoken: none in narration
-        parts.append(HOOKS[pacing])
-    text = " ".join(parts)
+        parts.append(hooks[pacing])
+    text = ("" if chinese else " ").join(parts)  # Chinese puts no space between sentences
     finish = "stop"
-    if max_tokens is not None and len(text) > max_tokens * CHARS_PER_TOKEN:
-        cut = int(max_tokens * CHARS_PER_TOKEN)
+    if max_tokens is not None and _tokens(text) > max_tokens:
+        cjk = zh.cjk_count(text) if chinese else 0
+        cut = int(max_tokens * CHARS_PER_TOKEN) if not cjk else int(len(text) * max_tokens / _tokens(text))
         text = text[:cut]
         if " " in text[1:]:
             text = text[: text.rindex(" ")]
@@ -231,12 +238,15 @@ def compose(messages: list[dict[str, Any]], max_tokens: int | None, rng: random.
 
 
 def _tokens(text: str) -> int:
-    return max(1, math.ceil(len(text) / CHARS_PER_TOKEN)) if text else 0
+    if not text:
+        return 0
+    cjk = 0 if text.isascii() else zh.cjk_count(text)
+    return max(1, math.ceil(cjk / zh.CHARS_PER_TOKEN + (len(text) - cjk) / CHARS_PER_TOKEN))
 
 
 def _chunks(text: str, rng: random.Random) -> list[str]:
     """Pieces of one to three words with their spaces, as a model streams tokens in groups."""
-    words = re.findall(r"\S+\s*", text)
+    words = re.findall(r"\S+\s*", text) if text.isascii() or " " in text else list(text)  # Chinese: characters
     out, i = [], 0
     while i < len(words):
         n = rng.randint(1, 3)

@@ -13,8 +13,11 @@ import pytest
 from models.profile import (
     CHARACTER_DS_SD, DIALOGUE_ABOVE, NARRATION_BELOW, dialogue_balance,
 )
+from models.features import CHARS_PER_TOKEN, CJK_CHARS_PER_TOKEN, chars_per_token
 from models.conditioning import (
     EPSILON,
+    HEADROOM,
+    MAX_COMPLETION_TOKENS,
     MAX_SIGMA,
     MIN_LENGTH_CONFIDENCE,
     PACING,
@@ -269,3 +272,15 @@ def test_a_character_is_never_surer_of_the_dialogue_share_than_its_user() -> Non
     assert character_prior({"mu": 6.0, "ds": 0.4, "ds_var": 0.04})["ds_sd"] == pytest.approx(0.2)
     assert character_prior({"mu": 6.0, "ds": 0.4, "ds_var": 0.0001})["ds_sd"] == CHARACTER_DS_SD
     assert character_prior({"mu": 6.0, "ds": 0.4})["ds_sd"] == CHARACTER_DS_SD  # an estimate without it
+
+
+def test_the_token_budget_counts_chinese_japanese_and_korean_at_their_own_rate() -> None:
+    assert chars_per_token("She nods and waits.") == CHARS_PER_TOKEN
+    assert chars_per_token("Évidemment, elle court.") == CHARS_PER_TOKEN
+    for text in ("她笑了，抬眼看着你。", "「何を考えているの？」", "안녕하세요반갑습니다"):
+        assert chars_per_token(text) == pytest.approx(CJK_CHARS_PER_TOKEN), text
+    mixed = chars_per_token("他说：OK, let us go now.")
+    assert CJK_CHARS_PER_TOKEN < mixed < CHARS_PER_TOKEN
+    assert max_tokens_for(300, CJK_CHARS_PER_TOKEN) == math.ceil(300 * HEADROOM / CJK_CHARS_PER_TOKEN)
+    assert max_tokens_for(300) < max_tokens_for(300, mixed) < max_tokens_for(300, CJK_CHARS_PER_TOKEN)
+    assert max_tokens_for(5000, CJK_CHARS_PER_TOKEN) == MAX_COMPLETION_TOKENS

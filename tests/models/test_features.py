@@ -47,12 +47,35 @@ def test_the_measured_pacing_confuses_no_more_than_the_learner_assumes() -> None
     assert np.all(np.diag(rates) > 0.75), rates
 
 
-def test_replies_not_in_latin_letters_get_no_pacing_rather_than_a_wrong_one() -> None:
-    # Chinese has no spaces between words and other full stops: the counts would read it as slow burn.
-    chinese = "她猛地推开门！ 快跑！ 没时间了！ 走廊里传来脚步声。 他们来了！ 快！ 快！ 我们必须离开这里！ 跑！ 跑！"
-    assert pacing_of(chinese) is None
+def test_chinese_reads_by_characters_per_sentence_and_other_scripts_get_no_pacing() -> None:
+    # Chinese has no spaces between words and other full stops: counted as words, it read as slow burn.
+    fast = "她猛地推开门！快跑！没时间了！走廊里传来脚步声。他们来了！快！快！我们必须离开这里！跑！跑！"
+    assert pacing_of(fast) == "fast"
+    slow = ("窗外的雨依旧不紧不慢地敲打着玻璃，轻柔而耐心，像是在讲述一个很长很长的故事。"
+            "她让沉默在你们之间慢慢沉淀下来，仿佛每一次呼吸都值得拥有属于它自己的一段空白。")
+    assert pacing_of(slow) == "slow_burn"
+    assert pacing_of("她放下杯子，抬眼看着你。然后她往后一靠，若有所思，朝门口点了点头。她的语气很平稳。") == "balanced"
+    assert pacing_of("她笑了。你好吗？") is None  # too short to tell
+    assert pacing_of("Привет! Как дела? Всё хорошо, спасибо. Пойдём гулять в парк сегодня вечером вместе.") is None
     french = "Évidemment, elle court vers la porte! Vite! Ils arrivent! Pas le temps! Cours! Allez!"
     assert pacing_of(french) == "fast"  # accented Latin letters are Latin
+
+
+def test_the_measured_pacing_of_chinese_replies_confuses_no_more_than_the_learner_assumes() -> None:
+    # As for English above, on the stand-in's Chinese voices (it answers a Chinese message in Chinese).
+    rng = random.Random(7)
+    counts = np.zeros((3, 3))
+    user = {"role": "user", "content": "我们今晚就出发吗？外面的雨还没有停。"}
+    for i in range(1500):
+        target = int(math.exp(rng.uniform(math.log(50), math.log(500))))
+        note = {"role": "system", "name": "Attune", "content": render_note(PACINGS[i % 3], target)}
+        reply = compose([note, user] if i % 5 else [user], None if i % 2 else max(20, int(target / 1.2)), rng)
+        measured = pacing_of(reply["text"])
+        if measured is not None:
+            counts[PACINGS.index(perceived_pacing(reply["text"])), PACINGS.index(measured)] += 1
+    assert counts.sum() > 1350
+    rates = counts / counts.sum(axis=1, keepdims=True)
+    assert np.all(np.diag(rates) >= np.diag(pm.MEASURED_CONFUSION) - 0.05), rates
 
 
 def test_a_quote_never_runs_past_another_opening_mark() -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from models.features import reply_features
 from models.population import PACINGS, Population
 from models import profile as pm
 from models.profile import Applier, behaviour_features, estimate, estimate_many, new_state, update_trust
@@ -380,3 +381,28 @@ def test_ratings_that_say_nothing_of_pacing_leave_the_pacing_near_what_the_repea
     balanced = PACINGS.index("balanced")
     assert without[balanced] > 0.6, without
     assert with_ratings[balanced] > 0.8 * without[balanced], (with_ratings, without)
+
+
+def test_the_served_token_budget_follows_the_script_of_the_readers_replies() -> None:
+    # A Chinese reader's replies hold ~1.3 characters per token, not English's ~4: the profile's suggested
+    # max_completion_tokens for the same target in characters is about three times larger.
+    texts = {"zh": "她放下杯子，抬眼看着你。然后她往后一靠，若有所思，朝门口点了点头。" * 4,
+             "en": "She sets the cup down and meets your eyes. Then she leans back and nods toward the door. " * 3}
+    budgets = {}
+    for lang, text in texts.items():
+        events: list[dict[str, Any]] = []
+        t = 1_000_000
+        for n in range(12):
+            events.append({"type": "reply_shown", "reply_id": f"r{n}", "t": t,
+                           "reply": {"chars": len(text), **reply_features(text)}})
+            events.append({"type": "user_message", "reply_id": f"r{n}", "t": t + 30_000, "chars": 40})
+            t += 60_000
+        state, applier = feed(events)
+        applier.close_due(10**12)
+        est = estimate(state["closed"], Population())
+        doc = pm.profile_document("a", "u", None, 1, "", state, est, state["replies"], state["n"])
+        per_token = pm.replies_chars_per_token(state)
+        assert doc["conditioning"]["max_completion_tokens"] == math.ceil(est["target"] * pm.TOKEN_HEADROOM / per_token)
+        budgets[lang] = doc["conditioning"]["max_completion_tokens"] / est["target"]
+        assert (per_token < 1.5) if lang == "zh" else (per_token == pm.CHARS_PER_TOKEN)
+    assert budgets["zh"] > 2.5 * budgets["en"]

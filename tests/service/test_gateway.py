@@ -14,9 +14,10 @@ import orjson
 import pytest
 import redis
 
-from models.conditioning import after_rejections, label_probabilities
-from models.features import pacing_of
+from models.conditioning import after_rejections, label_probabilities, max_tokens_for
+from models.features import CJK_CHARS_PER_TOKEN, pacing_of
 from service import keys
+from service import standin_zh as zh
 from service.settings import Settings
 from service.standin import StandIn, running
 from tests.conftest import ApiServer, full_redis, make_settings
@@ -348,6 +349,33 @@ def test_profile_conditions_the_request_without_touching_the_character(
     )
     assert cond["pacing"] in note["content"].lower().replace(" ", "_") or cond["explored"]
     assert "Dialogue:" not in note["content"] and cond.get("dialogue") is None  # no style in this profile
+
+
+def test_a_chinese_conversation_gets_a_token_budget_for_chinese_and_its_reply_is_not_cut(
+    api: ApiServer, si: StandIn, redis_sync: redis.Redis
+) -> None:
+    # A Chinese character is about 1.5 tokens' worth of an English one's 0.25: a budget counted at 4
+    # characters per token cut every reply of a 300-character reader at about 170 characters.
+    put_profile(redis_sync, "u1", reply_length={"target_chars": 300, "interval": [290, 310], "confidence": 0.99})
+    messages = [{"role": "system", "name": "Character", "content": SYSTEM},
+                {"role": "user", "name": "u", "content": "我们今晚就出发吗？外面的雨还没有停。"}]
+    finishes = []
+    with api.client(api.app_key()) as c:
+        for _ in range(6):
+            r = c.post("/v1/chat/completions", headers=headers(), json={"model": "M2-her", "messages": messages})
+            assert r.status_code == 200 and r.headers["x-attune-conditioned"] == "true", r.text
+            finishes.append(r.json()["choices"][0]["finish_reason"])
+            sent, reply = si.log[-1]["body"], si.log[-1]["reply"]
+            target = recorded(redis_sync, r.headers["x-attune-reply-id"])["conditioning"]["target_chars"]
+            assert sent["max_completion_tokens"] == max_tokens_for(target, CJK_CHARS_PER_TOKEN)
+            assert sent["max_completion_tokens"] >= 1.1 * target  # room for the target, in Chinese tokens
+            assert zh.cjk_count(reply) > 0.6 * len(reply)  # the stand-in answered in Chinese
+    assert finishes.count("length") <= 1, finishes  # the stand-in writes 0.8-1.25x the target, rarely more
+    # An English conversation keeps English's budget.
+    with api.client(api.app_key()) as c:
+        r = c.post("/v1/chat/completions", headers=headers(), json={"model": "M2-her", "messages": MESSAGES})
+    target = recorded(redis_sync, r.headers["x-attune-reply-id"])["conditioning"]["target_chars"]
+    assert si.log[-1]["body"]["max_completion_tokens"] == max_tokens_for(target)
 
 
 def test_a_sure_dialogue_taste_asks_for_mostly_dialogue_and_is_recorded(

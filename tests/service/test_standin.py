@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import random
 import subprocess
@@ -17,6 +18,7 @@ import orjson
 import pytest
 
 from models.features import pacing_of, reply_features
+from service import standin_zh as zh
 from service.standin import (
     FOLLOW_DIALOGUE, FOLLOW_PACING, PACING, StandIn, compose, perceived_pacing, running,
 )
@@ -230,3 +232,27 @@ def test_a_reply_without_a_dialogue_note_is_the_one_written_before_that_note_exi
         note = [{"role": "system", "content": asked}] if i % 4 else [{"role": "user", "content": "hi"}]
         h.update(compose(note, 120 if i % 5 == 0 else None, rng)["text"].encode())
     assert h.hexdigest()[:16] == "831b3ffaa0f8b20f"
+
+
+def test_a_chinese_message_gets_a_chinese_reply_streamed_in_characters_and_counted_in_chinese_tokens(
+    standin: tuple[StandIn, httpx.Client],
+) -> None:
+    s, c = standin
+    body = {**BODY, "messages": [BODY["messages"][0], {"role": "user", "name": "Ren", "content": "你好，我们走吧。"}]}
+    r = c.post("/v1/chat/completions", json={**body, "stream": True})
+    chunks = [orjson.loads(p) for p in payloads(r.text) if p != "[DONE]"]
+    text = "".join(ch["choices"][0]["delta"].get("content") or "" for ch in chunks if ch["choices"])
+    reply = s.log[-1]["reply"]
+    assert text == reply and zh.cjk_count(reply) > 0.6 * len(reply) and " " not in reply
+    assert len([ch for ch in chunks if ch["choices"]]) > len(reply) / 4  # pieces of a few characters
+    usage = next(ch["usage"] for ch in chunks if ch.get("usage"))
+    assert usage["completion_tokens"] == math.ceil(zh.cjk_count(reply) / zh.CHARS_PER_TOKEN
+                                                   + (len(reply) - zh.cjk_count(reply)) / 4)
+    # max_completion_tokens cuts at the Chinese count: 30 tokens hold about 48 characters
+    note = {"role": "system", "name": "reader_preferences", "content": "Length: about 300 characters."}
+    long_body = {**body, "messages": [body["messages"][0], note, body["messages"][1]], "max_completion_tokens": 30}
+    cut = c.post("/v1/chat/completions", json=long_body).json()
+    assert cut["choices"][0]["finish_reason"] == "length"
+    assert 40 <= len(cut["choices"][0]["message"]["content"]) <= 50
+    english = compose(BODY["messages"], None, random.Random(1))["text"]
+    assert zh.cjk_count(english) == 0 and " " in english  # an English message still gets English
