@@ -49,10 +49,14 @@ def test_a_repeated_sigterm_is_one_clean_stop_that_finishes_the_reply_in_flight(
     first_chunk = threading.Event()
 
     def chat() -> None:
+        # Unconditioned and asked for a long reply: at least 10 chunks (2.5 s), never a short one that ends
+        # before the stop begins (the stand-in's natural length is drawn).
         body = {"model": "M2-her", "stream": True, "max_completion_tokens": 48,
-                "messages": [{"role": "user", "name": "u", "content": "Tell me a long story."}]}
+                "messages": [{"role": "system", "name": "reader_preferences", "content": "Length: about 3000 characters."},
+                             {"role": "user", "name": "u", "content": "Tell me a long story."}]}
         with httpx.stream("POST", f"{base}/v1/text/chatcompletion_v2", json=body, timeout=60,
-                          headers={"Authorization": f"Bearer {key}", "X-Attune-User": "u1"}) as r:
+                          headers={"Authorization": f"Bearer {key}", "X-Attune-User": "u1",
+                                   "X-Attune-Conditioning": "off"}) as r:
             for chunk in r.iter_bytes():
                 chunks.append(chunk)
                 first_chunk.set()

@@ -278,12 +278,12 @@ async def test_a_slow_reader_is_not_taken_for_upstream_silence() -> None:
             yield sse(CHUNK)
             await asyncio.sleep(0.02)
 
-    up = client(lambda r: sse_response(steady()), timeout=UpstreamTimeout(first_byte=1.0, idle=0.15))
+    up = client(lambda r: sse_response(steady()), timeout=UpstreamTimeout(first_byte=1.0, idle=0.5))
     stream = await up.stream(OPENAI_PATH, {**BODY, "stream": True})
     got = 0
     async for batch in stream.batches():
         got += len(batch)
-        await asyncio.sleep(0.3)  # twice the idle limit, spent outside the wait for M2-her
+        await asyncio.sleep(1.0)  # twice the idle limit, spent outside the wait for M2-her
     await stream.aclose()
     assert got == 4
 
