@@ -114,11 +114,17 @@ class ApiServer:
 class ThreadServer:
     """A real uvicorn server on loopback, in a thread of the test process."""
 
-    def __init__(self, app: Any, port: int, http: type[CoalescingHttpTools] = CoalescingHttpTools) -> None:
+    def __init__(self, app: Any, port: int = 0, http: type[CoalescingHttpTools] = CoalescingHttpTools) -> None:
+        # Bound here and handed to uvicorn: a port picked free and bound later may be taken in between.
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
+        self.port = int(self.sock.getsockname()[1])
         # The HTTP protocol `attune serve` runs (service/http.py), so every API test goes through it.
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", http=http)
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
+                                http=http)
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> ThreadServer:
         self.thread.start()
@@ -132,15 +138,15 @@ class ThreadServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(10)
+        self.sock.close()
 
 
 def start_api(
     settings: Settings, http: type[CoalescingHttpTools] = CoalescingHttpTools
 ) -> tuple[ThreadServer, ApiServer]:
-    port = free_port()
-    server = ThreadServer(create_app(settings), port, http)
+    server = ThreadServer(create_app(settings), 0, http)
     server.__enter__()
-    return server, ApiServer(f"http://127.0.0.1:{port}", settings)
+    return server, ApiServer(f"http://127.0.0.1:{server.port}", settings)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 
 from service.http import CoalescingHttpTools, _Coalescing
 from service.settings import Settings
-from tests.conftest import ApiServer, ThreadServer, free_port, raw_request, start_api
+from tests.conftest import ApiServer, ThreadServer, raw_request, start_api
 from tests.service.test_body import request_counts
 from tests.service.test_events import ev
 
@@ -189,8 +189,7 @@ def test_slow_answers_and_kept_alive_connections_are_not_cut() -> None:
                     "headers": [(b"content-length", str(len(port)).encode())]})
         await send({"type": "http.response.body", "body": port})
 
-    port = free_port()
-    with ThreadServer(slow, port, http=Impatient), httpx.Client(base_url=f"http://127.0.0.1:{port}") as c:
+    with ThreadServer(slow, http=Impatient) as server, httpx.Client(base_url=f"http://127.0.0.1:{server.port}") as c:
         first = c.get("/")
         time.sleep(0.8)  # idle between requests is uvicorn's keep-alive (5 s), not the head deadline
         second = c.get("/")
