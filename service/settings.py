@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from redis.connection import parse_url
 
 
 MIN_ADMIN_KEY = 16
@@ -99,6 +100,23 @@ class Settings(BaseSettings):
                              "`openssl rand -hex 24`, or leave it unset and `make run` makes one")
         return value
 
+    @field_validator("redis_url")
+    @classmethod
+    def _readable(cls, value: str | None) -> str | None:
+        # Checked here, not at the first connect: redis-py's error there quotes the URL's pieces, and a
+        # password holding '/' comes out as the "port" in a traceback, in every log that keeps stderr.
+        if value:
+            try:
+                parse_url(value)
+            except ValueError as exc:
+                if "scheme" in str(exc):
+                    raise ValueError("not a Redis URL: it starts with redis://, rediss:// or unix://, e.g. "
+                                     "redis://:PASSWORD@host:6379/0") from None
+                raise ValueError("not a Redis URL: its host, port or database cannot be read; a password "
+                                 "holding '/', '?', '#' or '@' must be percent-encoded (%2F for '/'), e.g. "
+                                 "redis://:PASSWORD@host:6379/0") from None
+        return value
+
     @field_validator("upstream_timeout", "upstream_retry", mode="before")
     @classmethod
     def _json(cls, value: Any) -> Any:
@@ -151,10 +169,14 @@ def _problem(error: dict[str, Any]) -> str:
     if field in SECRETS:  # never its value, not even in an error
         return f"{name}: {error['msg'].removeprefix('Value error, ')}"
     value = os.environ.get(name)
+    if value is not None and field == "redis_url":
+        value = redact_url(value)  # it may hold a password
     shown = f"{name}={value!r}" if value is not None else name
     default = Settings.model_fields[field].default
     msg = "not a JSON object" if error["type"] == "model_type" else error["msg"].removeprefix("Value error, ")
     msg = msg[0].lower() + msg[1:]
+    if default is None:  # the message says what a good value looks like
+        return f"{shown}: {msg}"
     if not isinstance(default, BaseModel):
         return f"{shown}: {msg}; e.g. {name}={json.dumps(default) if isinstance(default, bool) else default}"
     known = list(type(default).model_fields)
