@@ -75,18 +75,26 @@ def is_admin_key(request: Request, typed: str) -> bool:
     return bool(admin) and hmac.compare_digest(typed.encode(), admin.get_secret_value().encode())
 
 
-async def create(store: Store) -> tuple[str, Session]:
+def admin_fingerprint(request: Request) -> str:
+    """Which admin key a session was opened with (keyed, so the stored value says nothing of the key): a
+    session opened with a key that has since been replaced (a leaked one, rotated) is no session."""
+    admin = request.app.state.settings.admin_key
+    secret = admin.get_secret_value().encode() if admin else b""
+    return hmac.new(secret, b"attune dashboard session", hashlib.sha256).hexdigest()[:32]
+
+
+async def create(store: Store, fingerprint: str) -> tuple[str, Session]:
     token = secrets.token_urlsafe(32)
     session = Session(_hash(token), secrets.token_urlsafe(24), int(time.time()))
     key = keys.dashboard_session(session.token_hash)
     pipe = store.redis.pipeline(transaction=True)
-    pipe.hset(key, mapping={"csrf": session.csrf, "created_at": session.created_at})
+    pipe.hset(key, mapping={"csrf": session.csrf, "created_at": session.created_at, "admin": fingerprint})
     pipe.expire(key, TTL_SECONDS)
     await _guard(pipe.execute())
     return token, session
 
 
-async def lookup(store: Store, token: str | None) -> Session | None:
+async def lookup(store: Store, token: str | None, fingerprint: str) -> Session | None:
     if not token or len(token) > 200:
         return None
     token_hash = _hash(token)
@@ -94,6 +102,8 @@ async def lookup(store: Store, token: str | None) -> Session | None:
     if not raw:
         return None
     d = {k.decode(): v.decode() for k, v in raw.items()}
+    if not hmac.compare_digest(d.get("admin", ""), fingerprint):
+        return None  # opened with an admin key that is no longer the admin key
     return Session(token_hash, d.get("csrf", ""), int(d.get("created_at", "0")))
 
 
@@ -103,7 +113,7 @@ async def destroy(store: Store, token: str | None) -> None:
 
 
 async def current(request: Request) -> Session | None:
-    return await lookup(request.app.state.store, request.cookies.get(COOKIE))
+    return await lookup(request.app.state.store, request.cookies.get(COOKIE), admin_fingerprint(request))
 
 
 async def operator(request: Request) -> Principal:

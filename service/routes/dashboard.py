@@ -77,7 +77,7 @@ async def login(request: Request) -> Response:
                    else "wrong admin key: use the value of ATTUNE_ADMIN_KEY (make run prints it)" if typed
                    else "type the admin key")
         return _login_page(message, status=401)
-    token, _ = await sessions.create(store)
+    token, _ = await sessions.create(store, sessions.admin_fingerprint(request))
     response = RedirectResponse("/dashboard", status_code=303, headers={"Cache-Control": "no-store"})
     secure = request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
     response.set_cookie(sessions.COOKIE, token, max_age=sessions.TTL_SECONDS, httponly=True, samesite="strict",

@@ -5,14 +5,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 import redis
+from pydantic import SecretStr
 
 from service import keys
 from service.sessions import COOKIE, LOGIN_FAILURES_PER_MINUTE, TTL_SECONDS
-from tests.conftest import ADMIN_KEY, ApiServer, raw_request
+from tests.conftest import ADMIN_KEY, ApiServer, make_settings, raw_request, start_api
 from tests.dashboard_data import fill_users
 
 
@@ -196,3 +198,28 @@ def test_an_oversized_login_body_is_refused_before_it_is_read(api: ApiServer, ch
         answer = s.recv(4096)
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert b"the login form holds one key" in answer
+
+
+def test_a_session_ends_when_the_admin_key_it_was_opened_with_is_replaced(
+        api: ApiServer, redis_url: str, tmp_path: Path) -> None:
+    # A leaked admin key is rotated by restarting with another: a session opened with the old one must not
+    # keep reading and deleting every app's users for the rest of its 12 hours.
+    api.app_key(("ingest",), app="demo")
+    with login(api) as c:
+        token = c.cookies[COOKIE]
+        assert c.get("/v1/admin/stats", params={"app": "demo"}).status_code == 200
+    rotated = make_settings(redis_url, tmp_path, admin_key=SecretStr("rotated-admin-key-" + "9" * 20))
+    server, other = start_api(rotated)
+    try:
+        with other.client(follow_redirects=False) as c:
+            c.cookies.set(COOKIE, token)
+            assert c.get("/v1/admin/stats", params={"app": "demo"}).status_code == 401
+            assert 'action="/dashboard/login"' in c.get("/dashboard").text
+            assert c.get("/dashboard/api/users", params={"app": "demo"}).status_code in (401, 403)
+        with login(other, "rotated-admin-key-" + "9" * 20) as c:  # the new key opens a session of its own
+            assert c.get("/v1/admin/stats", params={"app": "demo"}).status_code == 200
+    finally:
+        server.__exit__(None, None, None)
+    with api.client(follow_redirects=False) as c:  # and the old key's server still honours its own session
+        c.cookies.set(COOKIE, token)
+        assert c.get("/v1/admin/stats", params={"app": "demo"}).status_code == 200
