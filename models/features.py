@@ -73,6 +73,8 @@ def chars_per_token(text: str) -> float:
     if text.isascii():
         return CHARS_PER_TOKEN
     cjk = len(_CJK_WIDE.findall(text))
+    if not cjk:
+        return CHARS_PER_TOKEN  # exactly: accented Latin text is English's budget, not a float's rounding of it
     return len(text) / (cjk / CJK_CHARS_PER_TOKEN + (len(text) - cjk) / CHARS_PER_TOKEN)
 
 

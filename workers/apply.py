@@ -31,10 +31,11 @@ from workers.resp import Pipe, raise_first
 
 log = logging.getLogger("attune.worker")
 
-# KEYS: state, profile, recent, tombstone, then per-character profile keys.
+# KEYS: state, profile, recent, tombstone, per-character profile keys written, then those deleted.
 # ARGV: expected version, tombstone value seen at load ('' none), state, profile,
 #       full (1: rewrite the recent list with the items; 0: push the items onto its head), n items,
-#       n replaced (index, item) pairs, length to trim to (-1: none), items..., pairs..., char docs...
+#       n replaced (index, item) pairs, length to trim to (-1: none), items..., pairs..., char docs...,
+#       last the number of per-character profile keys to delete (the last KEYS).
 # A version prefix on the state ("17|{...}") lets the script compare without decoding JSON. The recent
 # list changes incrementally when the worker knows what it holds (its cache of the user, valid while the
 # version matches): a new reply is pushed, an amended one replaced in place, instead of 50 rewrites.
@@ -61,10 +62,12 @@ for _ = 1, m do
   i = i + 2
 end
 if keep >= 0 then redis.call('LTRIM', KEYS[3], 0, keep - 1) end
-for k = 5, #KEYS do
+local gone = tonumber(ARGV[#ARGV])
+for k = 5, #KEYS - gone do
   redis.call('SET', KEYS[k], ARGV[i])
   i = i + 1
 end
+for k = #KEYS - gone + 1, #KEYS do redis.call('DEL', KEYS[k]) end
 return 1
 """
 COMMIT = Script(COMMIT_LUA)
@@ -508,14 +511,19 @@ class Applier:
         updated = _format_time(ctx["now_ms"])
         doc = pm.profile_document(w.app, w.user_id, None, version, updated, state, est, state["replies"], state["n"])
         char_keys, char_docs = [], []
-        for cid, recs in pm.characters_ready(state).items():
+        ready = pm.characters_ready(state)
+        for cid, recs in ready.items():
             cest = pm.estimate(recs, pop, prior=pm.character_prior(est))
             cdoc = pm.profile_document(w.app, w.user_id, cid, version, updated, state, cest,
                                        sum(1 for r in recs), state["n"])
             char_keys.append(keys.profile(w.app, w.user_id, cid))
             char_docs.append(orjson.dumps(cdoc))
-        if char_keys:
-            state["chars"] = sorted(set(state["chars"]) | {k.rsplit(":", 1)[1] for k in char_keys})
+        # A character that left the window of remembered replies loses its profile (reads fall back to the
+        # user's): its evidence is gone from the state, and kept keys would pile up one per character ever
+        # played (one app key could grow a user's keys without bound). At most MAX_CLOSED /
+        # CHARACTER_MIN_REPLIES characters have one.
+        gone = [keys.profile(w.app, w.user_id, cid) for cid in state["chars"] if cid not in ready]
+        state["chars"] = sorted(ready)
         old_hist = state["hist"]
         state["hist"] = pm.hist_buckets(doc)
         state["sum"] = pm.summary(state, est, ctx["feats"])
@@ -528,8 +536,9 @@ class Applier:
             "version": version, "tomb": tomb, "body": body,
             "recent_ids": [item["reply_id"] for item in items], "recent": [orjson.dumps(item) for item in items],
             "keys": [keys.user_state(w.app, w.user_id), keys.profile(w.app, w.user_id),
-                     keys.user_recent(w.app, w.user_id), keys.deleted(w.app, w.user_id), *char_keys],
+                     keys.user_recent(w.app, w.user_id), keys.deleted(w.app, w.user_id), *char_keys, *gone],
             "head": [version - 1, tomb.decode() if tomb else "", body, orjson.dumps(doc)], "char_docs": char_docs,
+            "gone": len(gone),
         }
 
     @staticmethod
@@ -654,7 +663,7 @@ def _commit_call(c: dict[str, Any]) -> tuple[Any, ...]:
 def _commit_args(c: dict[str, Any]) -> list[Any]:
     full, items, pairs, keep = c["recent_ops"]
     flat = [x for i, item in pairs for x in (i, item)]
-    return [*c["head"], full, len(items), len(pairs), keep, *items, *flat, *c["char_docs"]]
+    return [*c["head"], full, len(items), len(pairs), keep, *items, *flat, *c["char_docs"], c["gone"]]
 
 
 def _recent_ops(old_ids: list[str], old: list[bytes], new_ids: list[str], new: list[bytes]

@@ -205,3 +205,22 @@ def test_redelivered_events_are_skipped_by_id_whether_a_user_comes_from_one_read
     state = pm.new_state()
     state["wm"] = "5-0"
     assert applier._advance(w, None, None, T0, False, state) is None and state["wm"] == "5-0"
+
+
+def test_characters_that_leave_the_window_lose_their_profile_so_a_users_keys_stay_bounded(
+        redis_url: str, tmp_path: Any, redis_sync: redis.Redis) -> None:
+    # One app key playing ever new characters must not grow a user's keys without end: a character whose
+    # replies left the remembered window (MAX_CLOSED) has its profile removed; reads fall back to the user's.
+    s = make_settings(redis_url, tmp_path, worker_block_ms=0, population_refresh_seconds=0)
+    per = pm.CHARACTER_MIN_REPLIES
+    characters = pm.MAX_CLOSED // per + 5
+    events = [e for k in range(characters)
+              for e in session("u", per, start=T0 + k * per * 60_000, prefix=f"c{k}-", character=f"c{k}")]
+    for i in range(0, len(events), 2 * per):  # one character at a time, each drained before the next
+        run(ingest(s, "demo", events[i:i + 2 * per]))
+        run(drain(s))
+    stored = {k.decode().rsplit(":profile:c:", 1)[1]
+              for k in redis_sync.scan_iter(match=keys.profile("demo", "u", "*"))}
+    ready = set(pm.characters_ready(_state(redis_sync, "u")))
+    assert stored == ready == set(_state(redis_sync, "u")["chars"]), (stored, ready)
+    assert 0 < len(stored) <= pm.MAX_CLOSED // per and "c0" not in stored and f"c{characters - 2}" in stored
