@@ -29,9 +29,10 @@ SLOW_SCORE = 12.25  # words per sentence + SLOW_WORD_WEIGHT * (mean word length 
 SLOW_WORD_WEIGHT = 3.0
 PLAIN_WORD_LENGTH = 4.2
 PACING_MIN_WORDS = 12
-# Chinese, Japanese and Korean: sentences end at 。！？ (or ! ?, …), words are not spaced, so the length of a
-# sentence is counted in characters; read off the stand-in's Chinese voices like the thresholds above.
-_CJK = re.compile("[\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+# Chinese and Japanese: sentences end at 。！？ (or ! ?, …), words are not spaced, so the length of a sentence
+# is counted in characters; read off the stand-in's Chinese voices like the thresholds above. Korean spaces
+# its words and ends sentences with '.': uncalibrated, it gets no pacing rather than a wrong one.
+_CJK = re.compile("[\u2e80-\u9fff\uf900-\ufaff]")  # Han, kana and CJK punctuation (not Hangul)
 _CJK_ENDS = re.compile(r"[。！？!?]+|…+")
 CJK_FAST_CHARS_PER_SENTENCE = 8.0
 CJK_EXCLAIMED_CHARS_PER_SENTENCE = 12.0  # exclaimed, and short: a long reply's one shout is not fast prose
@@ -43,7 +44,8 @@ PACING_MIN_CJK = 24  # characters: about PACING_MIN_WORDS words
 # Chinese reader's 300-character target got a budget of about 170 characters and every reply was cut.
 CHARS_PER_TOKEN = 4.0
 CJK_CHARS_PER_TOKEN = 1.3
-_CJK_WIDE = re.compile("[\u1100-\u11ff\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")  # and their punctuation
+# For tokens, Korean counts too (Hangul syllables and jamo), and full-width forms.
+_CJK_WIDE = re.compile("[\u1100-\u11ff\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")
 
 
 def reply_features(text: str) -> dict[str, float | int | bool | str]:
@@ -113,8 +115,8 @@ def pacing_of(text: str) -> str | None:
 
 
 def _cjk_pacing(text: str) -> str | None:
-    """pacing_of for Chinese, Japanese or Korean prose: characters per sentence and the share of sentences
-    ending in ！; None under PACING_MIN_CJK such characters or when they are under half of the text."""
+    """pacing_of for Chinese or Japanese prose: characters per sentence and the share of sentences ending in
+    ！; None under PACING_MIN_CJK such characters or when they are under half of the text (Korean, too)."""
     chars = len(_CJK.findall(text))
     if chars < PACING_MIN_CJK or chars < 0.5 * len(text.replace(" ", "")):
         return None

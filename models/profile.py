@@ -858,12 +858,15 @@ def render_conditioning(est: Mapping[str, Any], trust: str, per_token: float = C
     return {"instructions": instructions, "max_completion_tokens": max(1, min(2048, tokens))}
 
 
-def replies_chars_per_token(state: Mapping[str, Any], recent: int = 20) -> float:
-    """Characters per token of the user's recent replies: the median of those measured (models/features.py
-    chars_per_token) when most of them were, else CHARS_PER_TOKEN (replies in Latin letters, or no text)."""
-    recs = state["closed"][-recent:]
+def replies_chars_per_token(closed: list[Mapping[str, Any]], recent: int = 20) -> float:
+    """Characters per token of the recent replies: the median of those measured (models/features.py
+    chars_per_token, only replies holding CJK text have one) when most of them were, never above
+    CHARS_PER_TOKEN (an English reply with a kaomoji measures 3.8); else CHARS_PER_TOKEN."""
+    recs = closed[-recent:]
     measured = [r["cpt"] for r in recs if r.get("cpt")]
-    return statistics.median(measured) if measured and 2 * len(measured) > len(recs) else CHARS_PER_TOKEN
+    if measured and 2 * len(measured) > len(recs):
+        return min(CHARS_PER_TOKEN, statistics.median(measured))
+    return CHARS_PER_TOKEN
 
 
 def profile_document(app: str, user_id: str, character_id: str | None, version: int, updated_at: str,
@@ -888,7 +891,8 @@ def profile_document(app: str, user_id: str, character_id: str | None, version: 
         "engagement": {"repeat_rate": r3(est["repeat_rate"]),
                        "repeat_rate_interval": [r3(est["repeat_interval"][0]), r3(est["repeat_interval"][1])]},
         "trust": trust,
-        "conditioning": render_conditioning(est, trust, replies_chars_per_token(state)),
+        "conditioning": render_conditioning(est, trust, replies_chars_per_token(
+            [r for r in state["closed"] if r.get("ch") == character_id] if character_id else state["closed"])),
     }
 
 

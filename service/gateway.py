@@ -28,7 +28,7 @@ from redis.asyncio.connection import SSLConnection
 
 from models.conditioning import Decision, decide, max_tokens_for
 from models.events import _ID, ID_RULE
-from models.features import chars_per_token, reply_features
+from models.features import CHARS_PER_TOKEN, chars_per_token, reply_features
 from service import keys
 from service.errors import BadRequest
 from service.metrics import ATTRIBUTION_LOST, FAIL_OPEN
@@ -178,21 +178,23 @@ def condition(body: dict[str, Any], decision: Decision) -> dict[str, Any]:
     out = {**body, "messages": messages}
     if decision.max_completion_tokens is not None:
         budget = decision.max_completion_tokens
-        if decision.target_chars and not (sample := _reply_language_sample(body["messages"])).isascii():
-            budget = max_tokens_for(decision.target_chars, chars_per_token(sample))  # Chinese: more tokens
+        if decision.target_chars and (per_token := _reply_chars_per_token(body["messages"])) < CHARS_PER_TOKEN:
+            budget = max_tokens_for(decision.target_chars, per_token)  # Chinese: more tokens
         asked = body.get("max_completion_tokens")
         out["max_completion_tokens"] = min(asked, budget) if asked else budget
     return out
 
 
-def _reply_language_sample(messages: list[dict[str, Any]]) -> str:
-    """Text in the language the reply will be in: the end of the last assistant message, else of the last
-    user message (the reply follows the conversation, whatever the character card is written in)."""
-    for role in ("assistant", "user"):
-        for m in reversed(messages):
-            if m["role"] == role and m["content"]:
-                return m["content"][-400:]
-    return ""
+def _reply_chars_per_token(messages: list[dict[str, Any]]) -> float:
+    """Characters per token of the reply to come, judged by the conversation, not the character card: the
+    lower of the last user message's and the last assistant message's (a reader who writes Chinese after an
+    English greeting gets a Chinese answer; a budget too loose costs nothing, one too tight cuts the reply)."""
+    per_token = CHARS_PER_TOKEN
+    for role in ("user", "assistant"):
+        last = next((m["content"] for m in reversed(messages) if m["role"] == role and m["content"]), "")
+        if last and not last.isascii():
+            per_token = min(per_token, chars_per_token(last[-400:]))
+    return per_token
 
 
 async def load_decision(

@@ -57,6 +57,8 @@ def test_chinese_reads_by_characters_per_sentence_and_other_scripts_get_no_pacin
     assert pacing_of("她放下杯子，抬眼看着你。然后她往后一靠，若有所思，朝门口点了点头。她的语气很平稳。") == "balanced"
     assert pacing_of("她笑了。你好吗？") is None  # too short to tell
     assert pacing_of("Привет! Как дела? Всё хорошо, спасибо. Пойдём гулять в парк сегодня вечером вместе.") is None
+    # Korean ends sentences with '.', and nothing is calibrated on it: unknown, not eight sentences read as one.
+    assert pacing_of("문이 열렸다. 그녀가 뛰었다. 총소리가 났다. 우리는 달렸다. 빨리! 지금! 가자! 어서!") is None
     french = "Évidemment, elle court vers la porte! Vite! Ils arrivent! Pas le temps! Cours! Allez!"
     assert pacing_of(french) == "fast"  # accented Latin letters are Latin
 

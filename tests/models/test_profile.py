@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 import numpy as np
+import pytest
 
 from models.features import reply_features
 from models.population import PACINGS, Population
@@ -401,8 +402,31 @@ def test_the_served_token_budget_follows_the_script_of_the_readers_replies() -> 
         applier.close_due(10**12)
         est = estimate(state["closed"], Population())
         doc = pm.profile_document("a", "u", None, 1, "", state, est, state["replies"], state["n"])
-        per_token = pm.replies_chars_per_token(state)
+        per_token = pm.replies_chars_per_token(state["closed"])
         assert doc["conditioning"]["max_completion_tokens"] == math.ceil(est["target"] * pm.TOKEN_HEADROOM / per_token)
         budgets[lang] = doc["conditioning"]["max_completion_tokens"] / est["target"]
         assert (per_token < 1.5) if lang == "zh" else (per_token == pm.CHARS_PER_TOKEN)
     assert budgets["zh"] > 2.5 * budgets["en"]
+
+
+def test_a_characters_token_budget_follows_that_characters_replies() -> None:
+    # A user plays a Chinese story with one character, then an English one with another: each character's
+    # profile budgets at the rate of its own replies, the user's at the recent replies'.
+    zh_text = "她放下杯子，抬眼看着你。然后她往后一靠，若有所思，朝门口点了点头。" * 4
+    en_text = "She sets the cup down and meets your eyes. Then she leans back and nods toward the door. " * 3
+    events: list[dict[str, Any]] = []
+    t = 1_000_000
+    for n in range(2 * pm.CHARACTER_MIN_REPLIES):
+        cid, text = ("mei", zh_text) if n < pm.CHARACTER_MIN_REPLIES else ("ann", en_text)
+        events.append({"type": "reply_shown", "reply_id": f"r{n}", "t": t, "character_id": cid,
+                       "reply": {"chars": len(text), **reply_features(text)}})
+        events.append({"type": "user_message", "reply_id": f"r{n}", "t": t + 30_000, "chars": 40})
+        t += 60_000
+    state, applier = feed(events)
+    applier.close_due(10**12)
+    rates = {}
+    for cid, recs in pm.characters_ready(state).items():
+        est = estimate(recs, Population())
+        doc = pm.profile_document("a", "u", cid, 1, "", state, est, len(recs), state["n"])
+        rates[cid] = est["target"] * pm.TOKEN_HEADROOM / doc["conditioning"]["max_completion_tokens"]
+    assert rates["mei"] < 1.5 and rates["ann"] == pytest.approx(pm.CHARS_PER_TOKEN, rel=0.02), rates

@@ -358,7 +358,9 @@ def test_a_chinese_conversation_gets_a_token_budget_for_chinese_and_its_reply_is
     # A Chinese character is about 1.5 tokens' worth of an English one's 0.25: a budget counted at 4
     # characters per token cut every reply of a 300-character reader at about 170 characters.
     put_profile(redis_sync, "u1", reply_length={"target_chars": 300, "interval": [290, 310], "confidence": 0.99})
+    # The character's greeting is English (cards often are); the reader answers in Chinese, and so will the reply.
     messages = [{"role": "system", "name": "Character", "content": SYSTEM},
+                {"role": "assistant", "name": "Character", "content": "Welcome, traveller. Sit by the fire."},
                 {"role": "user", "name": "u", "content": "我们今晚就出发吗？外面的雨还没有停。"}]
     finishes = []
     with api.client(api.app_key()) as c:
