@@ -226,6 +226,9 @@ async def authenticate(request: Request, scope: str, cost: int = 1) -> Principal
     return admit(key, check, scope, request.app.state.settings)
 
 
+ADMIN_APP_CHECK_S = 0.5  # a hung Redis must not hold an admin-key chat for the client's 3 s before it fails open
+
+
 async def _bind_admin(request: Request) -> Principal:
     """The admin key acts on any app: it names one with X-Attune-App (or ?app=) on app routes, an app that
     exists, so a mistyped name is a 404 instead of a new app no key can read."""
@@ -233,8 +236,9 @@ async def _bind_admin(request: Request) -> Principal:
     if not app:
         return Principal(app=None, scopes=SCOPES, admin=True)
     try:
-        app = await existing_app(request.app.state.store, app)
-    except StoreUnavailable:
+        async with asyncio.timeout(ADMIN_APP_CHECK_S):
+            app = await existing_app(request.app.state.store, app)
+    except (StoreUnavailable, TimeoutError):
         app = check_app_name(app)  # a typo guard only: the route's own Redis calls decide (a chat fails open)
     return Principal(app=app, scopes=SCOPES, admin=True)
 
@@ -243,10 +247,13 @@ async def existing_app(store: Store, app: str) -> str:
     """The app's name, checked, if the app has had a key or an event; else a 404 naming the known apps."""
     app = check_app_name(app)
     if not await store.app_exists(app):
-        known = await store.apps()
-        raise NotFound(f"no app named {app!r}; known apps: {', '.join(known) or 'none yet'} (an app starts with "
-                       "its first key: POST /v1/admin/apps/{app}/keys)", code="app_not_found")
+        raise app_not_found(app, await store.apps())
     return app
+
+
+def app_not_found(app: str, known: list[str]) -> NotFound:
+    return NotFound(f"no app named {app!r}; known apps: {', '.join(known) or 'none yet'} (an app starts with its "
+                    "first key: POST /v1/admin/apps/{app}/keys)", code="app_not_found")
 
 
 def require_app(principal: Principal) -> str:

@@ -8,6 +8,7 @@ header and a same-origin Origin.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import math
@@ -76,11 +77,16 @@ def is_admin_key(request: Request, typed: str) -> bool:
 
 
 def admin_fingerprint(request: Request) -> str:
-    """Which admin key a session was opened with (keyed, so the stored value says nothing of the key): a
-    session opened with a key that has since been replaced (a leaked one, rotated) is no session."""
+    """Which admin key a session was opened with: a session opened with a key that has since been replaced
+    (a leaked one, rotated) is no session."""
     admin = request.app.state.settings.admin_key
-    secret = admin.get_secret_value().encode() if admin else b""
-    return hmac.new(secret, b"attune dashboard session", hashlib.sha256).hexdigest()[:32]
+    return _fingerprint(admin.get_secret_value() if admin else "")
+
+
+@functools.lru_cache(maxsize=4)
+def _fingerprint(secret: str) -> str:
+    # scrypt, once per process: a copy of Redis must not become a cheap offline test of guesses at the key.
+    return hashlib.scrypt(secret.encode(), salt=b"attune dashboard session", n=2**14, r=8, p=1, dklen=16).hex()
 
 
 async def create(store: Store, fingerprint: str) -> tuple[str, Session]:

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from service import sessions, user_lookup
-from service.auth import check_app_name
+from service.auth import app_not_found, check_app_name
 from service.body import read_body
 from service.errors import NotFound, RateLimited
 from service.routes.stats import known_app
@@ -52,7 +52,7 @@ async def dashboard(request: Request, app: str | None = None) -> Response:
     apps = await store.apps()
     chosen = check_app_name(app) if app else (apps[0] if apps else "")
     if app and chosen not in apps:
-        raise NotFound(f"no app named {chosen!r}; known apps: {', '.join(apps) or 'none yet'}", code="app_not_found")
+        raise app_not_found(chosen, apps)
     boot = orjson.dumps({"apps": apps, "app": chosen, "csrf": session.csrf}).decode().replace("<", "\\u003c")
     # Raw text inside <script type="application/json">: escaping '<' is what keeps it inert.
     page = _asset("dashboard.html").decode().replace("{{boot}}", boot)

@@ -177,6 +177,10 @@ def test_a_chat_fails_open_when_redis_goes_down_for_a_key_it_verified_moments_ag
                 started = time.monotonic()
                 hung = c.post("/v1/chat/completions", json=body)
                 waited = time.monotonic() - started
+                with api.admin() as a:  # the admin key's app check gives up too, then the chat fails open
+                    started = time.monotonic()
+                    admin_hung = a.post("/v1/chat/completions", json=body, headers={"X-Attune-App": "demo"})
+                    admin_waited = time.monotonic() - started
             finally:
                 os.kill(pid, signal.SIGCONT)
             server.stop()  # gone: refused at once
@@ -188,9 +192,11 @@ def test_a_chat_fails_open_when_redis_goes_down_for_a_key_it_verified_moments_ag
         assert r.status_code == 200 and r.headers["x-attune-conditioned"] == "false", r.text
         assert r.headers["x-attune-reply-id"]
     assert waited < 2.5, waited  # LeanRedis.TIMEOUT plus the reply; it waited 3 s before (redis-py's)
-    assert hung.json()["choices"][0]["message"]["content"] == si.log[-3]["reply"]
+    assert admin_hung.status_code == 200 and admin_hung.headers["x-attune-conditioned"] == "false", admin_hung.text
+    assert admin_waited < 2.5, admin_waited  # the app check's 0.5 s and the profile's 0.25 s, not 3 s
+    assert hung.json()["choices"][0]["message"]["content"] == si.log[-4]["reply"]
     assert "data:" in gone.text and native.json()["base_resp"]["status_code"] == 0
-    for entry in list(si.log)[-3:]:  # forwarded unconditioned: no note, no length cap
+    for entry in list(si.log)[-4:]:  # forwarded unconditioned: no note, no length cap
         assert all(m.get("name") != "reader_preferences" for m in entry["body"]["messages"])
         assert "max_completion_tokens" not in entry["body"]
     assert unknown.status_code == 503 and unknown.json()["error"]["code"] == "store_unavailable"
