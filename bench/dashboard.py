@@ -31,6 +31,7 @@ def main() -> None:
     url = server_redis.start()
     r = redis.Redis.from_url(url)
     server, api = start_api(make_settings(url, root))
+    ok = False
     try:
         # Two apps with the same counters, one with 10,000 users; calls alternate so machine noise hits both alike.
         for app, users in (("nousers", 0), ("tenk", 10_000)):
@@ -53,10 +54,12 @@ def main() -> None:
                 print(f"window={window:>3}: median no user {none * 1000:6.1f} ms, 10,000 users {tenk * 1000:6.1f} ms "
                       f"(ratio {tenk / none:.2f}), body {len(resp.content) / 1024:.0f} KiB")
         page_load_times(api.url)
+        ok = True
     finally:
         server.__exit__(None, None, None)
         server_redis.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        if ok:  # kept after a failure, for a look at what the run left
+            shutil.rmtree(root, ignore_errors=True)
 
 
 CHROMIUM = os.environ.get("ATTUNE_CHROMIUM", "/usr/bin/chromium")
