@@ -1,7 +1,8 @@
 """Dashboard sessions: the admin key typed once at the login, then an HttpOnly cookie.
 
 The cookie holds a random 256-bit token; Redis keeps only its SHA-256 (a leaked Redis dump gives no
-usable session) with a TTL, plus the session's CSRF token. Data routes are GET only and the cookie
+usable session) with a TTL, plus the session's CSRF token and an scrypt fingerprint of the admin key it
+was opened with (a new admin key ends the old one's sessions). Data routes are GET only and the cookie
 is SameSite=Strict; the one state-changing action (deleting a user) also needs the CSRF token in a
 header and a same-origin Origin.
 """
