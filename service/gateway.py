@@ -176,10 +176,8 @@ def condition(body: dict[str, Any], decision: Decision) -> dict[str, Any]:
     last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=len(messages))
     messages.insert(last_user, note)
     out = {**body, "messages": messages}
-    if decision.max_completion_tokens is not None:
-        budget = decision.max_completion_tokens
-        if decision.target_chars and (per_token := _reply_chars_per_token(body["messages"])) < CHARS_PER_TOKEN:
-            budget = max_tokens_for(decision.target_chars, per_token)  # Chinese: more tokens
+    if decision.target_chars:  # the budget at the conversation's rate (decide() assumed English's)
+        budget = max_tokens_for(decision.target_chars, _reply_chars_per_token(body["messages"]))
         asked = body.get("max_completion_tokens")
         out["max_completion_tokens"] = min(asked, budget) if asked else budget
     return out

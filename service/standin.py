@@ -221,8 +221,7 @@ def compose(messages: list[dict[str, Any]], max_tokens: int | None, rng: random.
     text = ("" if chinese else " ").join(parts)  # Chinese puts no space between sentences
     finish = "stop"
     if max_tokens is not None and _tokens(text) > max_tokens:
-        cjk = zh.cjk_count(text) if chinese else 0
-        cut = int(max_tokens * CHARS_PER_TOKEN) if not cjk else int(len(text) * max_tokens / _tokens(text))
+        cut = int(len(text) * max_tokens / _tokens(text)) if chinese else int(max_tokens * CHARS_PER_TOKEN)
         text = text[:cut]
         if " " in text[1:]:
             text = text[: text.rindex(" ")]
